@@ -1,0 +1,219 @@
+"""``feature_repo.yaml``: the environment of a Tessera repo, parsed into validated models.
+
+The file holds environment only: store locations, Kafka, the Spark master, schedules and the
+local services. Feature definitions live in Python modules that the file points to.
+
+Any value may be overridden by an environment variable ``TESSERA__<SECTION>__<KEY>`` (double
+underscores separate levels), for example ``TESSERA__ONLINE__URL=redis://cache:6379/0``. Relative
+paths are resolved against the directory that holds the file.
+
+Example:
+    >>> from features.config import load_config
+    >>> cfg = load_config("feature_repo.yaml")   # doctest: +SKIP
+    >>> cfg.online.url                          # doctest: +SKIP
+    'redis://127.0.0.1:6390/0'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from features.errors import ConfigError
+
+ENV_PREFIX = "TESSERA__"
+DEFAULT_FILE = "feature_repo.yaml"
+
+
+class _Model(BaseModel):
+    # An unknown key is an error, never silently ignored: a typo must not fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OfflineConfig(_Model):
+    """Offline store: Parquet files queried by DuckDB."""
+
+    type: Literal["parquet"] = "parquet"
+    path: Path = Field(Path(".tessera/offline"), description="Root folder of the Parquet tiles.")
+
+
+class OnlineConfig(_Model):
+    """Online store: Redis (a single node or a cluster endpoint)."""
+
+    type: Literal["redis"] = "redis"
+    url: str = Field("redis://127.0.0.1:6390/0", description="redis:// or rediss:// URL.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {v!r}")
+        return v
+
+
+class KafkaConfig(_Model):
+    """Kafka cluster the streaming consumers read from."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9392", description="host:port[,host:port...]")
+    consumer_group: str = "tessera"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, v: str) -> str:
+        for server in v.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {v!r}")
+        return v
+
+
+class SparkConfig(_Model):
+    """Spark used by ``tessera run --engine spark``: any master URL Spark accepts."""
+
+    master: str = Field("local[2]", description="local[N], spark://host:7077, yarn, k8s://...")
+    app_name: str = "tessera"
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
+
+
+class RegistryConfig(_Model):
+    """Feast registry file written by ``tessera apply``."""
+
+    path: Path = Path(".tessera/registry.db")
+
+
+class RedisServiceConfig(_Model):
+    """Local Redis started by ``tessera services up`` (Debian's redis-server)."""
+
+    host: Literal["127.0.0.1", "localhost"] = "127.0.0.1"
+    port: int = Field(6390, ge=1, le=65535)
+
+
+class KafkaServiceConfig(_Model):
+    """Local Apache Kafka (KRaft, one combined broker/controller) started by ``services up``."""
+
+    host: Literal["127.0.0.1", "localhost"] = "127.0.0.1"
+    port: int = Field(9392, ge=1, le=65535)
+    controller_port: int = Field(9393, ge=1, le=65535)
+    version: str = Field("4.3.1", pattern=r"^\d+\.\d+\.\d+$")
+    heap: str = Field("512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for the broker.")
+
+
+class ServicesConfig(_Model):
+    """Local services for development, tests and the demo. Loopback only."""
+
+    state_dir: Path = Field(Path(".tessera"), description="pids, logs, data; git-ignored.")
+    redis: RedisServiceConfig = RedisServiceConfig()
+    kafka: KafkaServiceConfig = KafkaServiceConfig()
+
+
+class Schedule(_Model):
+    """A job run by ``tessera schedule`` on a cron expression (UTC)."""
+
+    name: str
+    cron: str
+    job: Literal["drift", "run"]
+    args: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"expected a 5-field cron expression like '0 6 * * *', got {v!r}")
+        return v
+
+
+class RepoConfig(_Model):
+    """The whole of ``feature_repo.yaml``."""
+
+    project: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    definitions: list[Path] = Field(
+        default_factory=list, description="Python files that define entities and feature views."
+    )
+    offline: OfflineConfig = OfflineConfig()
+    online: OnlineConfig = OnlineConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    spark: SparkConfig = SparkConfig()
+    registry: RegistryConfig = RegistryConfig()
+    services: ServicesConfig = ServicesConfig()
+    schedules: list[Schedule] = Field(default_factory=list)
+    root: Path = Field(Path("."), exclude=True, description="Folder of the file; set on load.")
+
+    def resolve(self, path: Path) -> Path:
+        """An absolute path for a path written in the file (relative to the file's folder)."""
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_FILE,
+                environ: Mapping[str, str] | None = None) -> RepoConfig:
+    """Read, override from the environment, and validate ``feature_repo.yaml``.
+
+    Raises:
+        ConfigError: one line per problem, each naming the file and the dotted key.
+    """
+    import yaml  # kept local: only the commands that need the config pay for it
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: file not found (expected a feature_repo.yaml)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{file}:{where}: not valid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping of keys at the top, got {type(raw).__name__}")
+    data = _apply_env(dict(raw), os.environ if environ is None else environ)
+    data["root"] = file.resolve().parent
+    try:
+        return RepoConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_one_line(file, err) for err in e.errors())) from None
+
+
+def _one_line(file: Path, err: Any) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{file}: {key}: unknown key (check the spelling; see docs/configuration.md)"
+    if kind == "missing":
+        return f"{file}: {key}: required key is missing"
+    got = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{file}: {key}: {msg} (got {got!r})"
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``TESSERA__SECTION__KEY=value`` variables on the parsed file.
+
+    Values are parsed as YAML scalars so ``TESSERA__SERVICES__REDIS__PORT=7000`` is an int.
+    """
+    import yaml
+
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{name}: {'.'.join(parts)}: {part!r} is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value else value
+    return data

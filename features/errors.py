@@ -1,0 +1,36 @@
+"""Errors of the engine-free core.
+
+Every error Tessera raises derives from :class:`TesseraError`. Messages say what failed, quote
+the offending value with ``!r`` and, where one exists, give a hint. Errors are picklable (they
+must survive a trip through a Spark executor), so subclasses keep their constructor to a single
+message argument.
+"""
+
+from __future__ import annotations
+
+
+class TesseraError(Exception):
+    """Root of every error Tessera raises on purpose."""
+
+    def __reduce__(self):  # keep picklable even when a subclass adds attributes
+        return (self.__class__, (str(self),))
+
+
+class ConfigError(TesseraError):
+    """``feature_repo.yaml`` (or an environment override) is missing, malformed or invalid."""
+
+
+class DefinitionError(TesseraError):
+    """A feature definition (entity, source, feature view, service) is invalid."""
+
+
+class ExprError(DefinitionError):
+    """A row expression is invalid: unknown column, wrong operand type, bad literal."""
+
+
+class UnsupportedOperationError(TesseraError):
+    """An engine has no compiler for an operation. Every operation must have one per engine."""
+
+
+class OfflineStoreError(TesseraError):
+    """The offline store could not be read or written."""
