@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine (Python 3.11, Java 17, Maven):
+#   make demo   install, start local Redis + Kafka, run the example end to end
+#   make test   install, start local Redis + Kafka, run the whole test suite
+SHELL := /bin/bash
+PY ?= python3
+UV := $(PY) -m uv
+VENV := .venv
+TESSERA := $(VENV)/bin/tessera
+PYTEST_ARGS ?=
+
+.PHONY: install services demo test down status lint bench clean
+
+install: $(VENV)/.installed
+
+# uv installs exactly the versions in uv.lock; re-run only when the lock or project changes.
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
+	$(UV) sync --frozen
+	@touch $@
+
+services: install
+	$(TESSERA) services up
+
+demo: services
+	$(TESSERA) demo
+
+test: services
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+status: install
+	$(TESSERA) services status
+
+down:
+	@if [ -x $(TESSERA) ]; then $(TESSERA) services down; fi
+
+lint: install
+	$(VENV)/bin/ruff check features pipelines streaming validation tessera tests bench
+
+clean: down
+	rm -rf .tessera

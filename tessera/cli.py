@@ -1,0 +1,126 @@
+"""The ``tessera`` command line. It parses, loads the repo and calls one function: no logic here.
+
+Heavy libraries (Feast, Spark, Great Expectations, Evidently) are imported by the functions the
+commands call, never at import time, so ``tessera --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="tessera",
+    help="Tessera: write features once; batch, streaming and serving stay consistent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    # Plain click help: Typer's rich formatter imports markdown and pygments (~0.5 s), and
+    # `tessera --help` must answer at once.
+    rich_markup_mode=None,
+)
+services_app = typer.Typer(help="Local Redis and Apache Kafka on 127.0.0.1 (for dev, tests, demo).",
+                           no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(services_app, name="services")
+
+RepoOpt = Annotated[Path, typer.Option("--repo", "-r", help="Path to feature_repo.yaml.",
+                                       envvar="TESSERA_REPO")]
+DEFAULT_REPO = Path("feature_repo.yaml")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn a TesseraError into one red line and exit code 1 (no traceback for user errors)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from features.errors import TesseraError
+
+        try:
+            return fn(*args, **kwargs)
+        except TesseraError as e:
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"[bold red]error:[/] {e}", markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _config(repo: Path) -> Any:
+    from features.config import load_config
+
+    return load_config(repo)
+
+
+@services_app.command("up")
+@_friendly
+def services_up(repo: RepoOpt = DEFAULT_REPO) -> None:
+    """Start Redis and Kafka (idempotent: running healthy services are left alone)."""
+    from tessera import services
+
+    cfg = _config(repo)
+    console = _console()
+    console.print(services.render_status(services.up(cfg.services, cfg.root, console=console)))
+
+
+@services_app.command("down")
+@_friendly
+def services_down(repo: RepoOpt = DEFAULT_REPO) -> None:
+    """Stop the local services started by `services up`."""
+    from tessera import services
+
+    cfg = _config(repo)
+    console = _console()
+    console.print(services.render_status(services.down(cfg.services, cfg.root, console=console)))
+
+
+@services_app.command("status")
+@_friendly
+def services_status(repo: RepoOpt = DEFAULT_REPO) -> None:
+    """Show each local service: address, pid, version and health. Exit 1 if one is down."""
+    from tessera import services
+
+    cfg = _config(repo)
+    statuses = services.status(cfg.services, cfg.root)
+    _console().print(services.render_status(statuses))
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command("config")
+@_friendly
+def show_config(repo: RepoOpt = DEFAULT_REPO) -> None:
+    """Validate feature_repo.yaml (with environment overrides) and print the result."""
+    cfg = _config(repo)
+    _console().print_json(cfg.model_dump_json())
+
+
+@app.command("demo")
+@_friendly
+def demo(repo: RepoOpt = DEFAULT_REPO) -> None:
+    """Run the example end to end on the local services and print what happened."""
+    from tessera.demo import run_demo
+
+    run_demo(_config(repo), _console())
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app(prog_name="tessera")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
