@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -107,6 +108,53 @@ def show_config(repo: RepoOpt = DEFAULT_REPO) -> None:
     """Validate feature_repo.yaml (with environment overrides) and print the result."""
     cfg = _config(repo)
     _console().print_json(cfg.model_dump_json())
+
+
+@app.command("apply")
+@_friendly
+def apply_cmd(repo: RepoOpt = DEFAULT_REPO) -> None:
+    """Validate the feature definitions and register them in the Feast registry."""
+    from tessera.commands import apply_repo
+
+    apply_repo(_config(repo), _console())
+
+
+@app.command("run")
+@_friendly
+def run_cmd(
+    start: Annotated[str, typer.Option(help="First UTC day, e.g. 2026-01-01.")],
+    end: Annotated[str, typer.Option(help="Day after the last, e.g. 2026-02-01 (exclusive).")],
+    engine: Annotated[str, typer.Option(help="polars (one machine) or spark (spark.master).")]
+    = "polars",
+    view: Annotated[list[str] | None, typer.Option("--view", help="Only this view (repeat).")]
+    = None,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Apply the rules to the batch source and write offline tiles for whole days [start, end)."""
+    from tessera.commands import run_batch
+
+    run_batch(_config(repo), _console(), engine, start, end, view)
+
+
+@app.command("generate")
+@_friendly
+def generate_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for transactions/date=.../*.parquet")]
+    = Path("data"),
+    rows: Annotated[int, typer.Option(help="Number of events.")] = 100_000,
+    start: Annotated[datetime, typer.Option(help="First instant (UTC).")]
+    = datetime(2026, 1, 5),
+    days: Annotated[int, typer.Option(help="Days the events span.")] = 28,
+    seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 7,
+    drift_from: Annotated[datetime | None, typer.Option(help="Distributions shift from here.")]
+    = None,
+    malformed_rate: Annotated[float, typer.Option(help="Fraction of rows made malformed.")]
+    = 0.0,
+) -> None:
+    """Write seeded, realistic card transactions (the example domain) as daily Parquet files."""
+    from tessera.commands import generate_data
+
+    generate_data(_console(), rows, out, start, days, seed, drift_from, malformed_rate)
 
 
 @app.command("demo")

@@ -6,7 +6,6 @@ the tests can call the steps one by one.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,14 +56,16 @@ def kafka_round_trip(bootstrap: str, n: int = 1_000, partitions: int = 4,
     """Produce ``n`` keyed JSON events to a fresh topic and consume them back through a group."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from kafka.admin import NewTopic
+    from kafka.serializer import DefaultSerializer
+    from kafka.serializer.json import JsonSerializer
 
     topic = f"tessera.demo.{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tessera-demo")
     admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     start = time.perf_counter()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                             key_serializer=str.encode,
-                             value_serializer=lambda v: json.dumps(v).encode())
+                             key_serializer=DefaultSerializer(),
+                             value_serializer=JsonSerializer())
     for i in range(n):
         producer.send(topic, key=f"user-{i % 50}", value={"user_id": i % 50, "amount": i / 10})
     producer.flush(timeout=timeout_s)

@@ -56,3 +56,13 @@ def kafka_bootstrap(repo_config: RepoConfig) -> str:
     host, _, port = repo_config.kafka.bootstrap_servers.split(",")[0].rpartition(":")
     require_service("Kafka", host, int(port))
     return repo_config.kafka.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] SparkSession for the whole test run (it takes ~15 s to start)."""
+    from pipelines.spark_session import get_spark
+
+    session = get_spark("local[2]", "tessera-tests")
+    yield session
+    session.stop()

@@ -1,0 +1,79 @@
+"""What each CLI command does: load the repo, call one function, render the result.
+
+The CLI (:mod:`tessera.cli`) only parses arguments and calls these.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from features.config import RepoConfig
+    from features.repo import Definitions
+    from pipelines.batch import RunSummary
+
+
+def load_valid(cfg: RepoConfig) -> Definitions:
+    """The repo's definitions, validated (raises DefinitionError listing every problem)."""
+    from features.repo import load_definitions
+    from features.validate import validate
+
+    defs = load_definitions(cfg)
+    validate(defs)
+    return defs
+
+
+def apply_repo(cfg: RepoConfig, console: Console) -> None:
+    """Validate the definitions and write them to the Feast registry."""
+    from rich.table import Table
+
+    from features.registry import apply
+
+    defs = load_valid(cfg)
+    with console.status("writing the Feast registry (importing Feast takes a few seconds)"):
+        summary = apply(cfg, defs)
+    table = Table("feature view", "features", "entities", "rule fingerprint")
+    for name, fp in summary.views.items():
+        view = defs.views[name]
+        table.add_row(name, str(len(view.features)), ", ".join(view.join_keys), fp[:16])
+    console.print(table)
+    console.print(f"Registered {len(summary.entities)} entities, {len(summary.views)} feature "
+                  f"views, {len(summary.services)} feature services in {summary.registry}")
+    console.print(f"Browse with Feast: feast -c {summary.feast_repo} feature-views list")
+
+
+def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str, end: str,
+              views: list[str] | None) -> list[RunSummary]:
+    """``tessera run``: every (or the named) view over whole days ``[start, end)``."""
+    from pipelines.batch import run
+
+    defs = load_valid(cfg)
+    summaries = run(cfg, defs.select(views), engine, start, end)  # type: ignore[arg-type]
+    render_runs(console, summaries)
+    return summaries
+
+
+def render_runs(console: Console, summaries: list[RunSummary]) -> None:
+    from rich.table import Table
+
+    table = Table("view", "engine", "days", "rows read", "rejected", "filtered",
+                  "partial rows written", "version", "seconds")
+    for s in summaries:
+        table.add_row(s.view, s.engine, str(s.days), f"{s.rows_read:,}", f"{s.rows_rejected:,}",
+                      f"{s.rows_filtered:,}", f"{s.partial_rows_written:,}",
+                      str(s.manifest_version), f"{s.seconds:.1f}")
+    console.print(table)
+
+
+def generate_data(console: Console, rows: int, out: Path, start: datetime, days: int, seed: int,
+                  drift_from: datetime | None, malformed_rate: float) -> None:
+    """``tessera generate``: seeded card transactions as daily Parquet files."""
+    from pipelines.datagen import generate_cli
+
+    summary = generate_cli(rows=rows, out=out, start=start, days=days, seed=seed,
+                           drift_from=drift_from, malformed_rate=malformed_rate)
+    console.print(summary)
