@@ -206,16 +206,20 @@ def generate(spec: GenSpec) -> pl.DataFrame:
     """All events of ``spec`` in memory, sorted by ``event_ts`` (ties in a seeded order).
 
     Rows with a malformed ``event_ts`` (null or +10 years) stay where they were generated.
+    The frame holds one memory chunk per UTC day; ``.rechunk()`` it if contiguity matters.
 
     Example:
         >>> df = generate(GenSpec(rows=500, start=datetime(2025, 1, 6), days=2, seed=1))
         >>> dict(df.schema) == SCHEMA
         True
     """
-    tables = [c.table() for _, c in _chunks(spec, DEFAULT_CHUNK_ROWS)]
-    df = pl.from_arrow(pa.concat_tables(tables))
-    assert isinstance(df, pl.DataFrame)
-    return df
+    frames = []
+    for _, chunk in _chunks(spec, DEFAULT_CHUNK_ROWS):
+        frame = pl.from_arrow(chunk.table())
+        assert isinstance(frame, pl.DataFrame)
+        frames.append(frame)
+    # One memory chunk per UTC day (or per chunk_rows): no second copy of a large frame.
+    return pl.concat(frames, how="vertical", rechunk=False)
 
 
 def malformed_kind(df: pl.DataFrame, spec: GenSpec) -> pl.Series:
