@@ -1,0 +1,36 @@
+"""Tessera's engine-free core: what a feature repo imports to define features.
+
+    from features import Entity, Source, FeatureView, FeatureService, agg, col, when
+"""
+
+from __future__ import annotations
+
+from features import agg
+from features.definitions import Entity, Feature, FeatureService, FeatureView, Source
+from features.expr import (
+    abs_,
+    clip,
+    coalesce,
+    col,
+    day_of_month,
+    day_of_week,
+    epoch_seconds,
+    exp,
+    hour,
+    lit,
+    log,
+    log1p,
+    minute,
+    month,
+    round_,
+    sqrt,
+    when,
+    year,
+)
+from features.windows import Window
+
+__all__ = [
+    "Entity", "Feature", "FeatureService", "FeatureView", "Source", "Window", "abs_", "agg",
+    "clip", "coalesce", "col", "day_of_month", "day_of_week", "epoch_seconds", "exp", "hour",
+    "lit", "log", "log1p", "minute", "month", "round_", "sqrt", "when", "year",
+]

@@ -1,0 +1,211 @@
+"""Tiles of mergeable partial aggregates: the one representation every path shares.
+
+A feature view's aggregations read a few *inputs* (distinct expressions: ``amount``,
+``amount * fx``…; input 0 is "the row itself", for ``count()``). Per group of events — a tile of
+size ``s`` or, at ``s = 1 µs``, the events of one instant — each input keeps only the partials
+its functions need:
+
+=========  ==========  ==============================================  ===========
+column     partial     per group                                       merge
+=========  ==========  ==============================================  ===========
+``n``      rows        events (after the row filter)                   sum
+``c{k}``   count       non-null values                                 sum
+``s{k}``   sum         sum of non-null values (0 when none)            sum
+``q{k}``   M2          sum of squared deviations from the group mean   Chan et al.
+``lo{k}``  min         smallest non-null value                         min
+``hi{k}``  max         largest non-null value                          max
+``l{k}``   last        latest non-null value by (event time, seq)      arg-max
+``lt{k}``  last time   its event time (µs)                             (with l)
+``ls{k}``  last seq    its source order (file rank, row) or offset     (with l)
+=========  ==========  ==============================================  ===========
+
+We keep M2 instead of the sum of squares the design first named: ``Σx² − (Σx)²/n`` loses every
+digit when the mean is large against the spread (amounts in cents around 1e6 ± 1), while Chan's
+pairwise update of M2 stays exact to rounding. See docs/tiles.md.
+
+Batch engines build partials from events (``pipelines``), the streaming consumer updates them,
+the online read and the point-in-time export merge them: the merge and finalize rules below are
+the only definition of what a partial means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from features import expr as ex
+from features.definitions import Feature, FeatureView
+
+NEEDS: dict[str, frozenset[str]] = {
+    "count": frozenset({"c"}),
+    "sum": frozenset({"s"}),
+    "mean": frozenset({"c", "s"}),
+    "stddev": frozenset({"c", "s", "q"}),
+    "min": frozenset({"lo"}),
+    "max": frozenset({"hi"}),
+    "last": frozenset({"l", "lt", "ls"}),
+}
+KIND_ORDER = ("c", "s", "q", "lo", "hi", "l", "lt", "ls")
+EXACT_TILE_US = 1  # "tiles" of one microsecond: the events of one instant, merged
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One aggregation input: an expression and the partial kinds kept for it."""
+
+    index: int
+    node: ex.Node
+    dtype: str
+    kinds: tuple[str, ...]
+
+    def column(self, kind: str) -> str:
+        return f"{kind}{self.index}"
+
+    @property
+    def value_column(self) -> str:
+        """Name of the projected column holding the input's value per event."""
+        return f"x{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How one feature view's partials are laid out, and which feeds each feature."""
+
+    view: FeatureView
+    inputs: tuple[Input, ...]
+    feature_input: Mapping[str, int]  # feature name -> input index (0-based in inputs; -1: rows)
+
+    def input_of(self, feature: Feature) -> Input | None:
+        k = self.feature_input[feature.name]
+        return None if k < 0 else self.inputs[k]
+
+    def partial_columns(self) -> list[tuple[str, str]]:
+        """(column, dtype) of every partial, in storage order; ``n`` first."""
+        cols = [("n", "int64")]
+        for inp in self.inputs:
+            for kind in inp.kinds:
+                cols.append((inp.column(kind), partial_dtype(kind, inp.dtype)))
+        return cols
+
+
+def partial_dtype(kind: str, input_dtype: str) -> str:
+    if kind in ("c", "lt", "ls"):
+        return "int64"
+    if kind == "q":
+        return "float64"
+    if kind == "s":
+        return "int64" if input_dtype in ("int64", "bool") else "float64"
+    return input_dtype  # lo, hi, l keep the input's type
+
+
+@cache
+def layout(view: FeatureView) -> Layout:
+    """The partial layout of a view (deterministic: same rules, same columns)."""
+    schema = view.row_schema()
+    by_fp: dict[str, tuple[ex.Node, set[str]]] = {}
+    feature_fp: dict[str, str | None] = {}
+    for f in view.features:
+        if f.function == "count" and f.expr is None:
+            feature_fp[f.name] = None
+            continue
+        if f.expr is None:
+            raise ValueError(f"{view.name}.{f.name}: {f.function} needs an expression")
+        fp = ex.fingerprint(f.expr)
+        node, kinds = by_fp.setdefault(fp, (f.expr, set()))
+        kinds.update(NEEDS[f.function])
+        feature_fp[f.name] = fp
+    inputs = []
+    index_of: dict[str, int] = {}
+    for k, (fp, (node, kinds)) in enumerate(by_fp.items()):
+        dtype = ex.infer_dtype(node, schema)
+        inputs.append(Input(k, node, dtype, tuple(x for x in KIND_ORDER if x in kinds)))
+        index_of[fp] = k
+    return Layout(view, tuple(inputs),
+                  {name: (-1 if fp is None else index_of[fp]) for name, fp in feature_fp.items()})
+
+
+# --- pure-Python merge and finalize: the reference for every engine's compiled form ----------
+
+def merge(lay: Layout, partials: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge partial rows (tiles, or instants) into one partial row."""
+    rows = list(partials)
+    out: dict[str, Any] = {"n": sum(int(r["n"]) for r in rows)}
+    for inp in lay.inputs:
+        col = inp.column
+        if "c" in inp.kinds:
+            out[col("c")] = sum(int(r[col("c")]) for r in rows)
+        if "s" in inp.kinds:
+            values = [r[col("s")] for r in rows]
+            out[col("s")] = sum(values) if inp.dtype in ("int64", "bool") else math.fsum(values)
+        if "q" in inp.kinds:
+            out[col("q")] = merge_m2([(int(r[col("c")]), r[col("s")], r[col("q")]) for r in rows])
+        for kind, pick in (("lo", min), ("hi", max)):
+            if kind in inp.kinds:
+                present = [r[col(kind)] for r in rows if r[col(kind)] is not None]
+                out[col(kind)] = pick(present) if present else None
+        if "l" in inp.kinds:
+            present = [r for r in rows if r[col("l")] is not None]
+            best = max(present, key=lambda r: (r[col("lt")], r[col("ls")]), default=None)
+            out[col("l")] = None if best is None else best[col("l")]
+            out[col("lt")] = None if best is None else best[col("lt")]
+            out[col("ls")] = None if best is None else best[col("ls")]
+    return out
+
+
+def merge_m2(groups: Sequence[tuple[int, float, float]]) -> float:
+    """M2 of the union of groups given each group's (count, sum, M2).
+
+    ``M2 = Σ M2_i + Σ n_i (mean_i − mean)²`` — the two-pass form of Chan's update, stable in
+    any order.
+    """
+    total_n = sum(n for n, _, _ in groups)
+    if total_n == 0:
+        return 0.0
+    grand_mean = math.fsum(float(s) for n, s, _ in groups if n) / total_n
+    return math.fsum(float(q) for n, _, q in groups if n) + math.fsum(
+        n * (float(s) / n - grand_mean) ** 2 for n, s, _ in groups if n)
+
+
+def finalize(lay: Layout, feature: Feature, merged: Mapping[str, Any] | None) -> Any:
+    """A feature's value from merged partials (``None``: no events, an empty window)."""
+    inp = lay.input_of(feature)
+    if merged is None:
+        merged = empty(lay)
+    if inp is None:
+        return int(merged["n"])
+    col = inp.column
+    fn = feature.function
+    if fn == "count":
+        return int(merged[col("c")])
+    if fn == "sum":
+        return merged[col("s")]
+    if fn == "mean":
+        c = merged[col("c")]
+        return None if c == 0 else float(merged[col("s")]) / c
+    if fn == "stddev":
+        c = merged[col("c")]
+        return None if c < 2 else math.sqrt(max(float(merged[col("q")]), 0.0) / (c - 1))
+    if fn == "min":
+        return merged[col("lo")]
+    if fn == "max":
+        return merged[col("hi")]
+    return merged[col("l")]
+
+
+def empty(lay: Layout) -> dict[str, Any]:
+    """Partials of no events at all."""
+    out: dict[str, Any] = {"n": 0}
+    for inp in lay.inputs:
+        for kind in inp.kinds:
+            zero: Any = None
+            if kind == "c":
+                zero = 0
+            elif kind == "s":
+                zero = 0 if inp.dtype in ("int64", "bool") else 0.0
+            elif kind == "q":
+                zero = 0.0
+            out[inp.column(kind)] = zero
+    return out

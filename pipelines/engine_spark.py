@@ -1,0 +1,171 @@
+"""The Spark engine: the same steps and meanings as :mod:`pipelines.engine_polars`, on a cluster.
+
+Source order for ties comes from Parquet's hidden ``_metadata.file_path`` and
+``_metadata.row_index``: ``seq = rank(file path) << 32 | row`` — the very number the Polars engine
+computes, so both engines break ties identically. Integer tile and day arithmetic uses
+``pmod``/``div`` (floor semantics for times before 1970, exact on 64-bit microseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from features.compile import compile_expr
+from features.definitions import FeatureView
+from features.tiles import EXACT_TILE_US, Layout, layout, partial_dtype
+from features.windows import US_PER_UNIT
+from pipelines.errors import SourceSchemaError
+from pipelines.sources import SEQ_ROW_BITS
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+DAY_US = US_PER_UNIT["d"]
+_SPARK_TYPES = {"int64": "bigint", "float64": "double", "bool": "boolean", "string": "string",
+                "timestamp": "timestamp"}
+
+
+def _floor_div(name: str, size: int) -> Column:
+    """``floor(name / size)`` on bigints, exactly (``div`` truncates; ``pmod`` makes it floor)."""
+    from pyspark.sql import functions as F
+
+    return F.expr(f"(`{name}` - pmod(`{name}`, {size}L)) div {size}L")
+
+
+def _normalise_path(uri: str) -> str:
+    for prefix in ("file://", "file:"):
+        if uri.startswith(prefix):
+            uri = uri[len(prefix):]
+            break
+    return unquote(uri)
+
+
+def read_events(spark: SparkSession, view: FeatureView, files: Sequence[Path],
+                start_us: int | None, end_us: int | None) -> DataFrame:
+    """Source rows in ``[start_us, end_us)`` or with a null time; ``__seq`` gives source order."""
+    from pyspark.sql import functions as F
+
+    from pyspark.errors import AnalysisException
+
+    try:
+        df = spark.read.parquet(*[str(f) for f in files])
+    except AnalysisException as e:
+        if "TIMESTAMP(NANOS" in str(e):
+            raise SourceSchemaError(
+                f"source {view.source.name!r}: {files[0].parent}: Spark cannot read Parquet "
+                f"timestamps in nanoseconds; write them in microseconds (pyarrow: "
+                f"coerce_timestamps='us') or run with --engine polars") from None
+        raise
+    fields = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    cols = []
+    for name, want in view.source.schema.items():
+        if name not in fields:
+            raise SourceSchemaError(
+                f"source {view.source.name!r}: {files[0].parent}: column {name!r} is missing "
+                f"(the files have: {', '.join(fields)})")
+        got = fields[name]
+        ok = {
+            "int64": got in ("bigint", "int", "smallint", "tinyint"),
+            "float64": got in ("double", "float", "bigint", "int", "smallint", "tinyint"),
+            "bool": got == "boolean",
+            "string": got == "string",
+            "timestamp": got in ("timestamp", "timestamp_ntz", "date"),
+        }[want]
+        if not ok:
+            raise SourceSchemaError(
+                f"source {view.source.name!r}: column {name!r} is {got}, expected {want}")
+        # timestamp_ntz (a naive Parquet timestamp) cast in a UTC session is read as UTC.
+        cols.append(F.col(name).cast(_SPARK_TYPES[want]).alias(name))
+    ranks = {str(f.resolve()): i for i, f in enumerate(files)}
+    rank_map = F.create_map(*[x for path, i in ranks.items() for x in (F.lit(path), F.lit(i))])
+    local_path = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), r"^file:(//)?", ""))
+    seq = F.shiftleft(rank_map[local_path].cast("bigint"), SEQ_ROW_BITS).bitwiseOR(
+        F.col("_metadata.row_index").cast("bigint"))
+    ts_us = F.unix_micros(F.col(view.source.timestamp_field).cast("timestamp"))
+    df = df.select(*cols, seq.alias("__seq"))
+    in_range = F.lit(True)
+    if start_us is not None:
+        in_range = in_range & (ts_us >= F.lit(start_us))
+    if end_us is not None:
+        in_range = in_range & (ts_us < F.lit(end_us))
+    return df.where(in_range | F.col(view.source.timestamp_field).isNull())
+
+
+def project(view: FeatureView, events: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(projected events, one-row counts of read/rejected/filtered) — same rules as Polars."""
+    from pyspark.sql import functions as F
+
+    lay = layout(view)
+    schema = dict(view.source.schema)
+    df = events
+    for name, node in view.derived:
+        df = df.withColumn(name, compile_expr(node, "spark", schema))
+        schema[name] = view.row_schema()[name]
+    ts = view.source.timestamp_field
+    valid = F.col(ts).isNotNull()
+    for key in view.join_keys:
+        valid = valid & F.col(key).isNotNull()
+    keep = valid if view.filter is None else valid & F.coalesce(
+        compile_expr(view.filter, "spark", schema), F.lit(False))
+    df = df.withColumn("__valid", valid).withColumn("__keep", keep)
+    counts = df.agg(F.count(F.lit(1)).alias("read"),
+                    F.sum(F.when(~F.col("__valid"), 1).otherwise(0)).alias("rejected"),
+                    F.sum(F.when(F.col("__valid") & ~F.col("__keep"), 1).otherwise(0))
+                    .alias("filtered"))
+    out = df.where(F.col("__keep")).select(
+        *view.join_keys,
+        F.unix_micros(F.col(ts)).alias("__ts"),
+        "__seq",
+        *[compile_expr(inp.node, "spark", schema).cast(_SPARK_TYPES[inp.dtype])
+          .alias(inp.value_column) for inp in lay.inputs],
+    )
+    return out, counts
+
+
+def partial_aggs(lay: Layout) -> list[Column]:
+    """Spark aggregations building the partial columns of :mod:`features.tiles`."""
+    from pyspark.sql import functions as F
+
+    aggs = [F.count(F.lit(1)).cast("bigint").alias("n")]
+    for inp in lay.inputs:
+        x = F.col(inp.value_column)
+        zero = F.lit(0).cast(_SPARK_TYPES[partial_dtype("s", inp.dtype)])
+        # max of a struct compares field by field: (event time, seq) decide; nulls are skipped.
+        latest = F.max(F.when(x.isNotNull(), F.struct(F.col("__ts").alias("t"),
+                                                      F.col("__seq").alias("q"), x.alias("v"))))
+        by_kind = {
+            "c": F.count(x),
+            "s": F.coalesce(F.sum(x), zero),
+            "q": F.coalesce(F.var_pop(x) * F.count(x), F.lit(0.0)),
+            "lo": F.min(x),
+            "hi": F.max(x),
+            "l": latest["v"],
+            "lt": latest["t"],
+            "ls": latest["q"],
+        }
+        for kind in inp.kinds:
+            aggs.append(by_kind[kind].cast(_SPARK_TYPES[partial_dtype(kind, inp.dtype)])
+                        .alias(inp.column(kind)))
+    return aggs
+
+
+def write_tiles(view: FeatureView, projected: DataFrame, out_dir: Path) -> int:
+    """Write every tile size (and the exact layer) under ``out_dir``; returns rows written."""
+    from pyspark.sql import functions as F
+
+    aggs = partial_aggs(layout(view))
+    day = F.date_from_unix_date(_floor_div("__ts", DAY_US).cast("int"))
+    written = 0
+    for size in (EXACT_TILE_US, *view.tile_sizes()):
+        tiles = (projected.withColumn("tile", _floor_div("__ts", size))
+                 .withColumn("day", day)
+                 .groupBy(*view.join_keys, "tile", "day").agg(*aggs)
+                 .cache())
+        written += tiles.count()
+        (tiles.repartition("day").sortWithinPartitions(*view.join_keys, "tile")
+         .write.mode("overwrite").partitionBy("day").parquet(str(out_dir / f"tile_us={size}")))
+        tiles.unpersist()
+    return written
