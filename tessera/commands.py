@@ -60,8 +60,8 @@ def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str, end: s
 def render_runs(console: Console, summaries: list[RunSummary]) -> None:
     from rich.table import Table
 
-    table = Table("view", "engine", "days", "rows read", "rejected", "filtered",
-                  "partial rows written", "version", "seconds")
+    table = Table("view", "engine", "days", "read", "rejected", "filtered", "partials",
+                  "version", "s")
     for s in summaries:
         table.add_row(s.view, s.engine, str(s.days), f"{s.rows_read:,}", f"{s.rows_rejected:,}",
                       f"{s.rows_filtered:,}", f"{s.partial_rows_written:,}",
