@@ -48,7 +48,7 @@ def count(node: ex.Node | None = None, *, windows: Sequence[WindowSpec],
     return _build("count", node, windows, name)
 
 
-def sum(node: ex.Node, *, windows: Sequence[WindowSpec],  # noqa: A001 - reads as the function
+def sum(node: ex.Node, *, windows: Sequence[WindowSpec],
         name: str | None = None) -> tuple[Feature, ...]:
     """Sum of non-null values; 0 when there are none. A sum of integers is an integer."""
     return _build("sum", node, windows, name)
@@ -60,13 +60,13 @@ def mean(node: ex.Node, *, windows: Sequence[WindowSpec],
     return _build("mean", node, windows, name)
 
 
-def min(node: ex.Node, *, windows: Sequence[WindowSpec],  # noqa: A001
+def min(node: ex.Node, *, windows: Sequence[WindowSpec],
         name: str | None = None) -> tuple[Feature, ...]:
     """Smallest non-null value; null when there are none."""
     return _build("min", node, windows, name)
 
 
-def max(node: ex.Node, *, windows: Sequence[WindowSpec],  # noqa: A001
+def max(node: ex.Node, *, windows: Sequence[WindowSpec],
         name: str | None = None) -> tuple[Feature, ...]:
     """Largest non-null value; null when there are none."""
     return _build("max", node, windows, name)

@@ -90,8 +90,8 @@ def _merge_selects(lay: Layout, features: Sequence[Feature]) -> list[str]:
 
 
 def _last_sql(inp: Input, name: str) -> str:
-    l, lt, ls = inp.column("l"), inp.column("lt"), inp.column("ls")
-    return (f"arg_max(p.{l}, {{'t': p.{lt}, 'q': p.{ls}}}) FILTER (WHERE p.{l} IS NOT NULL) "
+    value, at, seq = inp.column("l"), inp.column("lt"), inp.column("ls")
+    return (f"arg_max(p.{value}, {{'t': p.{at}, 'q': p.{seq}}}) FILTER (WHERE p.{value} IS NOT NULL) "
             f"AS {name}")
 
 
@@ -99,7 +99,7 @@ def _mean_columns(lay: Layout, features: Sequence[Feature]) -> str:
     """Window columns with each stddev input's grand mean, for the two-pass M2 merge."""
     cols = []
     for inp in {lay.input_of(f) for f in features if f.function == "stddev"} - {None}:
-        assert inp is not None  # noqa: S101 - narrowed above
+        assert inp is not None
         c, s = inp.column("c"), inp.column("s")
         cols.append(f", sum({s}) OVER (PARTITION BY {RID})::DOUBLE / "
                     f"nullif(sum({c}) OVER (PARTITION BY {RID}), 0) AS __mean{inp.index}")

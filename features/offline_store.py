@@ -22,7 +22,7 @@ import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def view_dir(root: Path, view: str, fingerprint: str) -> Path:
 
 
 def new_run_id() -> str:
-    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{now}-{uuid.uuid4().hex[:8]}"
 
 
@@ -106,9 +106,9 @@ def commit(root: Path, view: str, fingerprint: str, run_id: str, days: Iterable[
                 partitions[key] = files
             else:
                 partitions.pop(key, None)
-        runs = ([] if current is None else current.runs)[-20:] + [
-            {"run_id": run_id, "days": [day_keys[0], day_keys[-1]] if day_keys else [],
-             **(info or {})}]
+        runs = [*([] if current is None else current.runs)[-20:],
+                {"run_id": run_id, "days": [day_keys[0], day_keys[-1]] if day_keys else [],
+                 **(info or {})}]
         manifest = Manifest(version, view, fingerprint, dict(sorted(partitions.items())), runs)
         tmp = folder / f".{version:010d}.{uuid.uuid4().hex}.tmp"
         tmp.write_text(json.dumps(manifest.__dict__, indent=1, sort_keys=True))

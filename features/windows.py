@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from features.errors import DefinitionError
 
@@ -19,7 +19,7 @@ US_PER_UNIT = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_
 DEFAULT_TILES_PER_WINDOW = 60
 LIFETIME = "lifetime"
 LIFETIME_TILE_US = US_PER_UNIT["d"]
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
 
@@ -59,7 +59,7 @@ def tile_index(t_us: int, tile_us: int) -> int:
 def to_micros(t: datetime) -> int:
     """Microseconds since the epoch; a naive datetime is read as UTC."""
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     delta = t - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 

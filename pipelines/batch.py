@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -57,7 +57,7 @@ def as_day(value: date | datetime | str, flag: str) -> date:
             raise PipelineError(f"{flag} {value!r}: expected a date like 2026-01-31") from None
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         if value.time() != datetime.min.time():
             raise PipelineError(f"{flag} {value.isoformat()!r}: runs cover whole UTC days; "
                                 f"give a date like {value.date().isoformat()}")
@@ -66,7 +66,7 @@ def as_day(value: date | datetime | str, flag: str) -> date:
 
 
 def _midnight_us(d: date) -> int:
-    return to_micros(datetime(d.year, d.month, d.day, tzinfo=timezone.utc))
+    return to_micros(datetime(d.year, d.month, d.day, tzinfo=UTC))
 
 
 def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date, end: date,

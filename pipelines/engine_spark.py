@@ -46,9 +46,8 @@ def _normalise_path(uri: str) -> str:
 def read_events(spark: SparkSession, view: FeatureView, files: Sequence[Path],
                 start_us: int | None, end_us: int | None) -> DataFrame:
     """Source rows in ``[start_us, end_us)`` or with a null time; ``__seq`` gives source order."""
-    from pyspark.sql import functions as F
-
     from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
 
     try:
         df = spark.read.parquet(*[str(f) for f in files])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -55,6 +55,6 @@ def test_covers_current_tile_exactly_and_w_over_s_minus_one_tiles_before() -> No
 
 def test_naive_time_is_utc() -> None:
     naive = datetime(2026, 3, 1, 12)
-    assert to_micros(naive) == to_micros(naive.replace(tzinfo=timezone.utc))
+    assert to_micros(naive) == to_micros(naive.replace(tzinfo=UTC))
     kolkata = timezone(timedelta(hours=5, minutes=30))
     assert to_micros(datetime(2026, 3, 1, 17, 30, tzinfo=kolkata)) == to_micros(naive)

@@ -10,7 +10,7 @@ The engines write through the real offline store and are read back through
 from __future__ import annotations
 
 import random
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from tests.reference.window_eval import reference_features
 
 pytestmark = pytest.mark.spark
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, midnight
 SCHEMA = {"user_id": "int64", "amount": "float64", "qty": "int64", "channel": "string",
           "event_ts": "timestamp"}

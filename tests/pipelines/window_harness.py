@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def write_source(rows: Sequence[Mapping[str, Any]], schema: Mapping[str, str], f
         for f in fields:
             values = [r.get(f.name) for r in part]
             if pa.types.is_timestamp(f.type) and f.type.tz is None:
-                values = [None if v is None else v.astimezone(timezone.utc).replace(tzinfo=None)
+                values = [None if v is None else v.astimezone(UTC).replace(tzinfo=None)
                           for v in values]
             cols[f.name] = pa.array(values, f.type)
         pq.write_table(pa.table(cols, schema=arrow_schema), folder / f"part-{i:04d}.parquet")
@@ -49,8 +49,8 @@ def write_source(rows: Sequence[Mapping[str, Any]], schema: Mapping[str, str], f
 
 def day_span(rows: Sequence[Mapping[str, Any]], ts: str) -> tuple[date, date]:
     times = [r[ts] for r in rows if r.get(ts) is not None]
-    lo = min(times).astimezone(timezone.utc).date() if times else date(2026, 1, 1)
-    hi = max(times).astimezone(timezone.utc).date() if times else date(2026, 1, 1)
+    lo = min(times).astimezone(UTC).date() if times else date(2026, 1, 1)
+    hi = max(times).astimezone(UTC).date() if times else date(2026, 1, 1)
     return lo, hi + timedelta(days=1)
 
 
