@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.errors import UnsupportedOperationError
 from features.expr import (
+    INT64_MIN,
     TIMESTAMP_MAX_US,
     TIMESTAMP_MIN_US,
     Call,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 INT_PATTERN = r"^[+-]?[0-9]+$"
 FLOAT_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INF = float("inf")
-_EXACT = 2.0**52  # every float64 at or beyond this magnitude is an integer
 
 Rule = Callable[["_Ctx", Call, list["pl.Expr"]], "pl.Expr"]
 
@@ -207,8 +207,11 @@ def _cast(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
         return x.str.extract(INT_PATTERN, 0).cast(pl.Int64, strict=False)
     if (src, dst) == ("string", "float64"):
         return c.finite(x.str.extract(FLOAT_PATTERN, 0).cast(pl.Float64, strict=False))
-    # int→float, int→string, bool→int/float/string; float→int truncates, out of range → null
-    return x.cast(polars_dtype(dst), strict=False)
+    if (src, dst) == ("float64", "int64"):
+        # truncates; null outside (-2**63, 2**63): -2**63 itself is the only double that
+        # lands on INT64_MIN, and it is excluded so the range is symmetric (as on Spark)
+        return x.cast(pl.Int64, strict=False).replace(INT64_MIN, None)
+    return x.cast(polars_dtype(dst))  # int→float/string, bool→int/float/string: total
 
 
 # -- math ----------------------------------------------------------------------------------------
@@ -244,13 +247,10 @@ def _round(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
     decimals = node.option("decimals")
     if decimals == 0:
         return args[0].round(0, mode="half_away_from_zero")
+    # Polars' own round(decimals) scales differently (2.675 → 2.68 but 1.005 → 1.0 for other
+    # reasons); scale in float64 explicitly so every engine computes the same IEEE steps.
     scale = 10.0**decimals
-
-    def body(x: pl.Expr) -> pl.Expr:
-        y = x * scale
-        return pl.when(y.abs() >= _EXACT).then(x).otherwise(
-            y.round(0, mode="half_away_from_zero") / scale)
-    return c.let(node, args, body)
+    return c.finite((args[0] * scale).round(0, mode="half_away_from_zero") / pl.lit(scale))
 
 
 # -- strings and timestamps ----------------------------------------------------------------------

@@ -6,13 +6,20 @@ result of every node has exactly the Spark type of its IR dtype.
 
 Spark 4 runs in ANSI mode, where ``1 / 0``, a long overflow or a bad cast raise. Compiled
 columns never raise under either setting: integer arithmetic uses ``try_add`` and friends,
-division ``try_divide``, casts are guarded, and a divisor that could raise is nulled first.
+division ``try_divide``, casts go through ``try_cast``, and a divisor that could raise is
+nulled first.
 
 As in :mod:`features._polars`, compiled trees stay linear in the IR tree: float results become
-finite-or-null through ``nanvl(x % inf, null)`` (one reference: ``fmod(x, inf)`` is ``x`` for a
-finite ``x`` and NaN for ±inf), and an op that needs an operand twice binds its operands with
-:func:`_Ctx.let`, a one-element ``transform`` whose lambda reads them, unless every operand is
-a column or a literal.
+finite-or-null naming the value once (:meth:`_Ctx.finite`), range checks shift by the headroom
+to the long range with ``try_add``, and only floor division, modulo and clip, which need an
+operand several times, bind their operands with :meth:`_Ctx.let` (a one-element ``transform``
+whose lambda reads them) when an operand is neither a column nor a literal.
+
+Two Spark limits shaped this. Catalyst recomputes some properties of ``nanvl``, ``sort_array``
+and friends recursively, so planning time doubles with each nesting level; the constructs used
+here were measured linear to depth 40. And the analyzer resolves one nested lambda per pass, so
+about 25 nested let-bound ops (``//``, ``%``, ``clip`` over computed operands) is the limit under
+the default ``spark.sql.analyzer.maxIterations`` (100).
 
 PySpark is imported inside the functions: importing this module does not import PySpark.
 """
@@ -26,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from features.errors import UnsupportedOperationError
 from features.expr import (
-    INT64_MIN,
     TIMESTAMP_MAX_US,
     TIMESTAMP_MIN_US,
     Call,
@@ -45,8 +51,8 @@ if TYPE_CHECKING:
 INT_PATTERN = r"^[+-]?[0-9]+\z"
 FLOAT_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\z"
 _INF = float("inf")
+_NAN = float("nan")
 _EXACT = 2.0**52  # every double at or beyond this magnitude is an integer
-_TWO_63 = 2.0**63
 
 Rule = Callable[["_Ctx", Call, list["Column"]], "Column"]
 
@@ -81,14 +87,27 @@ class _Ctx:
         return col if self.dtype(node) == "float64" else col.cast("double")
 
     def finite(self, col: Column) -> Column:
-        """NaN and ±inf become null (one reference to ``col``)."""
+        """NaN and ±inf become null, naming ``col`` once.
+
+        ``x % inf`` is ``x`` for a finite ``x`` and NaN for ±inf; removing NaN (Spark's NaN
+        equals NaN) from a one-element array and reading slot 1 gives null for it. ``nanvl``
+        would be shorter but Spark generates code exponential in the nesting depth of nanvl.
+        """
         F = self.F
-        return F.nanvl(col % F.lit(_INF), self.null("float64"))
+        return F.try_element_at(F.array_remove(F.array(col % F.lit(_INF)), F.lit(_NAN)),
+                                F.lit(1))
 
     def floor(self, col: Column) -> Column:
         """Floor of a finite-or-null double, as a double (Spark's floor returns a long)."""
         F = self.F
         return F.when(F.abs(col) < F.lit(_EXACT), F.floor(col).cast("double")).otherwise(col)
+
+    def in_range(self, col: Column, lo: int, hi: int) -> Column:
+        """``col`` where ``lo <= col <= hi``, else null, naming ``col`` once: shifting by the
+        headroom to the long range overflows (so ``try_add`` gives null) exactly outside it."""
+        F, up, down = self.F, self.long(2**63 - 1 - hi), self.long(-(2**63) - lo)
+        col = F.try_subtract(F.try_add(col, up), up)
+        return F.try_subtract(F.try_add(col, down), down)
 
     def let(self, node: Call, args: list[Column], body: Callable[..., Column]) -> Column:
         """``body(*args)`` with each argument evaluated once."""
@@ -224,14 +243,13 @@ def _cast(c: _Ctx, node: Call, args: list[Column]) -> Column:
     if (src, dst) == ("int64", "bool"):
         return x != 0
     if (src, dst) == ("int64", "timestamp"):
-        return c.let(node, [x], lambda v: F.timestamp_micros(
-            F.when((v >= TIMESTAMP_MIN_US) & (v <= TIMESTAMP_MAX_US), v)))
+        return F.timestamp_micros(c.in_range(x, TIMESTAMP_MIN_US, TIMESTAMP_MAX_US))
     if (src, dst) == ("timestamp", "int64"):
         return F.unix_micros(x)
     if (src, dst) == ("float64", "int64"):
-        # try_cast saturates at the long range instead of returning null, so check first
-        return c.let(node, [x], lambda v: F.when(
-            (v >= F.lit(-_TWO_63)) & (v < F.lit(_TWO_63)), v).cast("bigint"))
+        # try_cast truncates toward zero but saturates out of range. No double in
+        # (-2**63, 2**63) lands on either end of the long range, so the ends mean "outside".
+        return c.in_range(x.try_cast("bigint"), -(2**63) + 1, 2**63 - 2)
     if (src, dst) == ("string", "int64"):
         return F.regexp_extract(x, INT_PATTERN, 0).try_cast("bigint")  # no match: "" → null
     if (src, dst) == ("string", "float64"):
@@ -245,7 +263,8 @@ def _abs(c: _Ctx, node: Call, args: list[Column]) -> Column:
     F = c.F
     if c.dtype(node) == "float64":
         return F.abs(args[0])
-    return c.let(node, args, lambda v: F.abs(F.when(v != c.long(INT64_MIN), v)))
+    # |INT64_MIN| fits decimal(20,0) but not bigint: try_cast makes it null (ANSI abs raises)
+    return F.abs(args[0].cast("decimal(20,0)")).try_cast("bigint")
 
 
 def _float_fn(name: str) -> Rule:
@@ -258,15 +277,14 @@ def _float_fn(name: str) -> Rule:
 def _clip(c: _Ctx, node: Call, args: list[Column]) -> Column:
     F = c.F
     lo, hi = node.option("lo"), node.option("hi")
-    if c.dtype(node) == "float64":
-        x = c.as_float(node.args[0], args[0])
-        lo, hi = (None if v is None else float(v) for v in (lo, hi))
-    else:
-        x = args[0]
+    float_out = c.dtype(node) == "float64"
+    x = c.as_float(node.args[0], args[0]) if float_out else args[0]
+
+    def bound(b: Any) -> Column:
+        return F.lit(float(b)) if float_out else c.long(b)
 
     def body(v: Column) -> Column:
-        def bound(b: Any) -> Column:
-            return c.long(b) if isinstance(b, int) else F.lit(b)
+        # not greatest/least: they skip nulls (greatest(null, 0) is 0)
         out: Any = F
         if lo is not None:
             out = out.when(v < bound(lo), bound(lo))
@@ -280,16 +298,10 @@ def _round(c: _Ctx, node: Call, args: list[Column]) -> Column:
     F = c.F
     if c.dtype(node) == "int64":
         return args[0]
-    decimals = node.option("decimals")
-    if decimals == 0:
-        # HALF_UP on the double's decimal string equals half-away-from-zero on its exact value
-        return F.round(args[0], 0)
-    scale = F.lit(10.0**decimals)
-
-    def body(x: Column) -> Column:
-        y = x * scale
-        return F.when(F.abs(y) >= F.lit(_EXACT), x).otherwise(F.round(y, 0) / scale)
-    return c.let(node, args, body)
+    # Spark rounds HALF_UP on the double's shortest decimal string; for an integer target that
+    # equals half-away-from-zero on the exact value. Scaling happens in float64 first.
+    scale = F.lit(10.0 ** node.option("decimals"))
+    return c.finite(F.round(args[0] * scale, 0) / scale)
 
 
 # -- strings and timestamps ----------------------------------------------------------------------
