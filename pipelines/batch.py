@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
 from features import offline_store
@@ -69,8 +68,8 @@ def _midnight_us(d: date) -> int:
     return to_micros(datetime(d.year, d.month, d.day, tzinfo=UTC))
 
 
-def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date, end: date,
-             progress: object | None = None) -> RunSummary:
+def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date,
+             end: date) -> RunSummary:
     """Run one view over ``[start, end)`` on ``engine`` and commit its tiles."""
     began = time.perf_counter()
     days = day_range(start, end)
@@ -123,10 +122,3 @@ def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
             summaries.append(run_view(cfg, view, engine, first, last))
             bar.advance(task)
     return summaries
-
-
-def summary_rows(summaries: Sequence[RunSummary]) -> list[dict[str, object]]:
-    return [asdict(s) for s in summaries]
-
-
-__all__ = ["Path", "RunSummary", "as_day", "run", "run_view"]
