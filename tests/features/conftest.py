@@ -66,7 +66,8 @@ def run_polars(exprs: Sequence[Node], rows: Sequence[Mapping[str, Any]],
     frame = pl.DataFrame(data, schema=frame_schema).with_columns(
         [pl.col(n).cast(engine_dtype("timestamp", "polars")) for n in stamps])
     compiled = [compile_expr(e, "polars", schema).alias(f"e{k}") for k, e in enumerate(exprs)]
-    out = frame.lazy().select(compiled).collect()
+    # keep _row so an all-literal selection still has one value per row
+    out = frame.lazy().select(pl.col("_row"), *compiled).collect().drop("_row")
     dtypes = list(out.dtypes)
     out = out.with_columns(pl.col(pl.Datetime).dt.epoch("us"))
     return EngineResult(dtypes, [out[f"e{k}"].to_list() for k in range(len(exprs))])
