@@ -8,9 +8,14 @@ Two rules keep compiled trees linear in the size of the IR tree (a guard that na
 twice doubles the tree at every level, and Polars plans it exponentially):
 
 - float results are made finite-or-null with ``replace`` (one reference);
-- an op that needs an operand more than once binds its operands first with :func:`_let`, a
-  ``struct`` whose fields the body reads with ``pl.field``, unless every operand is a column or
-  a literal (cheap to repeat).
+- an op that needs an operand more than once binds its operands first with :meth:`_Ctx.let`,
+  a ``struct`` whose fields the body reads with ``pl.field``, unless every operand is a column
+  or a literal (cheap to repeat).
+
+Float ``/`` (and so ``//``, ``%`` and ``round``), ``+`` and ``-`` always bind their operands
+(:meth:`_Ctx.elementwise`): against a broadcast scalar Polars uses kernels that are not IEEE
+operations (``x / c`` is computed as ``x * (1 / c)``), and these ops must give the same bits
+as Spark and Python.
 
 Polars is imported inside the functions: importing this module does not import Polars.
 """
@@ -33,6 +38,7 @@ from features.expr import (
     Node,
     Op,
     TypeChecker,
+    columns,
     to_epoch_micros,
 )
 
@@ -73,15 +79,49 @@ class _Ctx:
         """NaN and ±inf become null."""
         return expr.replace([float("nan"), _INF, -_INF], None)
 
-    def let(self, node: Call, args: list[pl.Expr], body: Callable[..., pl.Expr]) -> pl.Expr:
-        """``body(*args)`` with each argument evaluated once."""
-        if all(isinstance(a, (Col, Lit)) for a in node.args):
-            return body(*args)
+    def bind(self, node: Call, args: list[pl.Expr], body: Callable[..., pl.Expr]) -> pl.Expr:
+        """``body(*args)`` over a struct holding ``args``: each is evaluated once, and the body
+        reads them with ``pl.field`` as full-length columns.
+
+        ``node`` is the IR node being compiled, whose arguments ``args`` are computed from. When
+        none of them reads a column every field would be a scalar, and Polars' streaming engine
+        then gives ``struct.with_fields`` a wrong length (2 rows, or "zip node received
+        non-equal length inputs"): a row index field keeps the struct at frame length.
+        """
         pl = self.pl
         names = [f"a{i}" for i in range(len(args))]
-        bound = pl.struct([e.alias(n) for e, n in zip(args, names, strict=True)])
+        fields = [e.alias(n) for e, n in zip(args, names, strict=True)]
+        if not any(columns(a) for a in node.args):
+            fields.append(pl.int_range(pl.len()).alias("row"))
         result = body(*[pl.field(n) for n in names]).alias("result")
-        return bound.struct.with_fields(result).struct.field("result")
+        return pl.struct(fields).struct.with_fields(result).struct.field("result")
+
+    def let(self, node: Call, args: list[pl.Expr], body: Callable[..., pl.Expr]) -> pl.Expr:
+        """``body(*args)`` with each argument evaluated once (:meth:`bind`), unless every
+        argument is a column or a literal, cheap to repeat."""
+        if all(isinstance(a, (Col, Lit)) for a in node.args):
+            return body(*args)
+        return self.bind(node, args, body)
+
+    def elementwise(self, node: Call, fn: Callable[..., pl.Expr], *args: pl.Expr) -> pl.Expr:
+        """``fn(*args)`` computed row by row as IEEE 754 prescribes, whatever the operands are.
+
+        When an operand is a broadcast scalar (a literal, an expression of literals, a constant
+        ``when/then``, ``pl.repeat``, a column made by ``with_columns(x=pl.lit(...))``; in
+        ``select``, ``with_columns`` and ``group_by().agg()`` alike) Polars runs scalar kernels
+        that are not IEEE operations: ``x / c`` is computed as ``x * (1 / c)``, one ulp off for
+        about 9% of values when ``c = 60.0``; ``x + 0.0`` and ``x - (-0.0)`` return ``x``
+        unchanged and ``0.0 - x`` returns ``-x``, so ``-0.0 + 0.0`` gives ``-0.0``. The fields
+        of a struct are always materialised at full length, so ``fn`` over the fields runs the
+        elementwise kernels, correctly rounded: the bits Spark (Java) and Python compute. This
+        is why even column and literal operands are bound here, unlike :meth:`let`.
+        """
+        return self.bind(node, list(args), fn)
+
+    def true_div(self, node: Call, a: pl.Expr, b: pl.Expr) -> pl.Expr:
+        """``a / b`` in float64, correctly rounded even when ``b`` is a literal
+        (:meth:`elementwise`); ``x / 0`` is ±inf or NaN, for :meth:`finite` to null."""
+        return self.elementwise(node, operator.truediv, a, b)
 
 
 def compile_polars(node: Node, types: TypeChecker) -> pl.Expr:
@@ -124,13 +164,21 @@ def _call(node: Call, ctx: _Ctx) -> pl.Expr:
 
 # -- arithmetic --------------------------------------------------------------------------------
 
+def _nonzero_lit(node: Node) -> bool:
+    return isinstance(node, Lit) and node.value is not None and node.value != 0
+
+
 def _int_arith(fn: Callable[[Any, Any], Any]) -> Rule:
-    """Exact int64 arithmetic in Int128; a result outside int64 is null."""
+    """Exact int64 arithmetic in Int128; a result outside int64 is null. Float ``+`` and ``-``
+    are elementwise unless an operand is a non-zero literal: Polars' scalar kernels skip adding
+    a zero (:meth:`_Ctx.elementwise`) but are IEEE otherwise; ``*`` by a scalar is always IEEE."""
     def rule(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
         pl = c.pl
         if c.dtype(node) == "float64":
             a, b = (c.as_float(n, e) for n, e in zip(node.args, args, strict=True))
-            return c.finite(fn(a, b))
+            if fn is operator.mul or any(_nonzero_lit(n) for n in node.args):
+                return c.finite(fn(a, b))
+            return c.finite(c.elementwise(node, fn, a, b))
         a, b = (e.cast(pl.Int128) for e in args)
         return fn(a, b).cast(pl.Int64, strict=False)
     return rule
@@ -145,7 +193,7 @@ def _neg(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
 
 def _div(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
     a, b = (c.as_float(n, e) for n, e in zip(node.args, args, strict=True))
-    return c.finite(a / b)  # x/0 is ±inf or NaN, so it becomes null here
+    return c.finite(c.true_div(node, a, b))  # x/0 is ±inf or NaN, so it becomes null here
 
 
 def _floordiv(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
@@ -153,14 +201,15 @@ def _floordiv(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
     if c.dtype(node) == "int64":  # Polars floors integer division and yields null for x // 0
         return (args[0].cast(pl.Int128) // args[1].cast(pl.Int128)).cast(pl.Int64, strict=False)
     a, b = (c.as_float(n, e) for n, e in zip(node.args, args, strict=True))
-    return c.finite((a / b).floor())
+    return c.finite(c.true_div(node, a, b).floor())
 
 
 def _mod(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
     if c.dtype(node) == "int64":  # Polars: Python sign rule, x % 0 is null, MIN % -1 is 0
         return args[0] % args[1]
     a, b = (c.as_float(n, e) for n, e in zip(node.args, args, strict=True))
-    return c.let(node, [a, b], lambda a, b: c.finite(a - b * (a / b).floor()))
+    # elementwise binds both operands once and keeps every step IEEE (even `0.0 - x`)
+    return c.finite(c.elementwise(node, lambda a, b: a - b * (a / b).floor(), a, b))
 
 
 # -- comparisons and logic ---------------------------------------------------------------------
@@ -249,8 +298,9 @@ def _round(c: _Ctx, node: Call, args: list[pl.Expr]) -> pl.Expr:
         return args[0].round(0, mode="half_away_from_zero")
     # Polars' own round(decimals) scales differently (2.675 → 2.68 but 1.005 → 1.0 for other
     # reasons); scale in float64 explicitly so every engine computes the same IEEE steps.
-    scale = 10.0**decimals
-    return c.finite((args[0] * scale).round(0, mode="half_away_from_zero") / pl.lit(scale))
+    scale = pl.lit(10.0**decimals)
+    return c.finite(c.true_div(node, (args[0] * scale).round(0, mode="half_away_from_zero"),
+                               scale))
 
 
 # -- strings and timestamps ----------------------------------------------------------------------

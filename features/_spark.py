@@ -11,15 +11,20 @@ nulled first.
 
 As in :mod:`features._polars`, compiled trees stay linear in the IR tree: float results become
 finite-or-null naming the value once (:meth:`_Ctx.finite`), range checks shift by the headroom
-to the long range with ``try_add``, and only floor division, modulo and clip, which need an
-operand several times, bind their operands with :meth:`_Ctx.let` (a one-element ``transform``
+to the long range with ``try_add``, and only floor division, modulo, clip and round, which need
+an operand several times, bind their operands with :meth:`_Ctx.let` (a one-element ``transform``
 whose lambda reads them) when an operand is neither a column nor a literal.
+
+Float arithmetic is Java's, IEEE 754 (``try_divide`` on doubles divides, no reciprocal), so
+correctly rounded ops give Python's bits. Spark's ``floor`` and ``round`` go through a long or a
+BigDecimal, which have no -0.0; :meth:`_Ctx.floor` and :func:`_round` keep the sign of a zero
+as IEEE does (``floor(-0.0)`` and ``round(-0.4)`` are ``-0.0``).
 
 Two Spark limits shaped this. Catalyst recomputes some properties of ``nanvl``, ``sort_array``
 and friends recursively, so planning time doubles with each nesting level; the constructs used
 here were measured linear to depth 40. And the analyzer resolves one nested lambda per pass, so
-about 25 nested let-bound ops (``//``, ``%``, ``clip`` over computed operands) is the limit under
-the default ``spark.sql.analyzer.maxIterations`` (100).
+about 25 nested let-bound ops (``//``, ``%``, ``clip``, ``round`` over computed operands) is the
+limit under the default ``spark.sql.analyzer.maxIterations`` (100).
 
 PySpark is imported inside the functions: importing this module does not import PySpark.
 """
@@ -98,9 +103,11 @@ class _Ctx:
                                 F.lit(1))
 
     def floor(self, col: Column) -> Column:
-        """Floor of a finite-or-null double, as a double (Spark's floor returns a long)."""
+        """IEEE floor of a finite-or-null double, as a double. Spark's floor returns a long,
+        which has no -0.0: zeros (and the integers beyond 2**52) are passed through as is."""
         F = self.F
-        return F.when(F.abs(col) < F.lit(_EXACT), F.floor(col).cast("double")).otherwise(col)
+        return F.when((F.abs(col) < F.lit(_EXACT)) & (col != F.lit(0.0)),
+                      F.floor(col).cast("double")).otherwise(col)
 
     def in_range(self, col: Column, lo: int, hi: int) -> Column:
         """``col`` where ``lo <= col <= hi``, else null, naming ``col`` once: shifting by the
@@ -299,9 +306,15 @@ def _round(c: _Ctx, node: Call, args: list[Column]) -> Column:
     if c.dtype(node) == "int64":
         return args[0]
     # Spark rounds HALF_UP on the double's shortest decimal string; for an integer target that
-    # equals half-away-from-zero on the exact value. Scaling happens in float64 first.
+    # equals half-away-from-zero on the exact value. Scaling happens in float64 first. Spark's
+    # round goes through a BigDecimal, which has no -0.0: |y| < 0.5 rounds to a zero with the
+    # sign of y (y * 0.0), as IEEE roundToIntegralTiesToAway does. Division is IEEE in Java.
     scale = F.lit(10.0 ** node.option("decimals"))
-    return c.finite(F.round(args[0] * scale, 0) / scale)
+
+    def body(x: Column) -> Column:
+        y = x * scale
+        return F.when(F.abs(y) < F.lit(0.5), y * F.lit(0.0)).otherwise(F.round(y, 0)) / scale
+    return c.finite(c.let(node, [args[0]], body))
 
 
 # -- strings and timestamps ----------------------------------------------------------------------

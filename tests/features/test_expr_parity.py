@@ -7,6 +7,11 @@ promises for them. The tests check, per case:
    faith);
 2. each engine gives the reference's value on *every* row of *every* case (one batch per
    engine, so a Spark job is paid once), with the engine dtype of the IR dtype.
+
+Float results are compared bit for bit (``-0.0`` is not ``0.0``): every op is exact or
+correctly rounded by IEEE 754, so it has one right answer. Only expressions computing log,
+log1p or exp keep a relative tolerance of 1e-12: engines call different libms (Rust, Java,
+CPython's platform libm), which may differ in the last bit (``same_float``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from features.expr import (
     when,
 )
 from tests.features.conftest import ENGINE_PARAMS, EngineResult, runner_for, same_value
-from tests.reference.expr_eval import eval_expr
+from tests.reference.expr_eval import eval_expr, same_bits, same_float
 
 SCHEMA = {"i": "int64", "j": "int64", "f": "float64", "g": "float64", "b": "bool", "c": "bool",
           "s": "string", "s2": "string", "ts": "timestamp", "ts2": "timestamp"}
@@ -78,7 +83,13 @@ CASES = [
     case("add-int-float", I + F, "i f", [(1, 0.5, 1.5), (2**53 + 1, 0.0, 2.0**53),
                                          (None, 1.0, None), (3, None, None)]),
     case("add-float-overflow", F + G, "f g", [(1e308, 1e308, None), (0.1, 0.2, 0.1 + 0.2),
-                                              (-0.0, 0.0, 0.0)]),
+                                              (-0.0, 0.0, 0.0), (-0.0, -0.0, -0.0),
+                                              (2.0**53, 1.0, 2.0**53)]),  # a tie: to even
+    # Polars' kernels for a scalar operand return x for x + 0.0 and -x for 0.0 - x: not IEEE
+    # for x = -0.0 (resp. 0.0), whose sum (difference) is 0.0
+    case("add-zero-literal", F + 0.0, "f", [(-0.0, 0.0), (0.0, 0.0), (-1.5, -1.5), (None, None)]),
+    case("sub-from-zero-literal", lit(0.0) - F, "f", [(0.0, 0.0), (-0.0, 0.0), (2.0, -2.0)]),
+    case("sub-negative-zero-literal", F - lit(-0.0), "f", [(-0.0, 0.0), (0.0, 0.0), (1.0, 1.0)]),
     case("sub-int", I - J, "i j", [(INT64_MIN, 1, None), (5, 7, -2), (0, INT64_MIN, None),
                                    (-1, INT64_MIN, INT64_MAX)]),
     case("sub-float", F - 1, "f", [(1.5, 0.5), (-1.7976931348623157e308, -1.7976931348623157e308),
@@ -92,19 +103,32 @@ CASES = [
                                    (5, None, None), (1, 3, 1 / 3)]),
     case("div-float", F / G, "f g", [(1.0, 0.0, None), (1.0, -0.0, None), (1e300, 1e-300, None),
                                      (-1.0, 4.0, -0.25)]),
+    # Polars divides by a scalar as x * (1 / c), one ulp off here (2.875 * (1/60) is ...666)
+    case("div-literal", F / 60.0, "f", [(2.875, 0.04791666666666667), (-5.75, -0.09583333333333334),
+                                        (60.0, 1.0), (None, None), (-0.0, -0.0)]),
+    case("div-int-literal", I / 100, "i", [(35, 0.35), (-41, -0.41), (7, 0.07)]),
     case("floordiv-int", I // J, "i j", [(7, 2, 3), (-7, 2, -4), (7, -2, -4), (-7, -2, 3),
                                          (7, 0, None), (INT64_MIN, -1, None),
                                          (INT64_MIN, 1, INT64_MIN), (INT64_MIN, 2, -(2**62)),
                                          (0, 5, 0), (5, -1, -5), (INT64_MAX, INT64_MIN, -1)]),
     case("floordiv-float", F // G, "f g", [(7.5, 2.0, 3.0), (-7.5, 2.0, -4.0), (1.0, 0.1, 10.0),
                                            (1.0, 0.0, None), (1e308, 1e-10, None),
-                                           (-0.5, 1e300, -1.0), (1e20, 3.0, 3.3333333333333332e19)]),
+                                           (-0.5, 1e300, -1.0), (1e20, 3.0, 3.3333333333333332e19),
+                                           (-0.0, 5.0, -0.0), (1e-320, -1e10, -0.0),
+                                           (0.5, 2.0, 0.0)]),
+    # 0.3 / 0.1 is 2.9999999999999996 (floor 2), but 0.3 * (1 / 0.1) is 3.0
+    case("floordiv-literal", F // 0.1, "f", [(0.3, 2.0), (0.7, 6.0), (-0.3, -3.0),
+                                             (1.0, 10.0)]),
     case("floordiv-int-float", I // F, "i f", [(7, 2.0, 3.0), (-7, 2.0, -4.0)]),
     case("mod-int", I % J, "i j", [(7, 3, 1), (-7, 3, 2), (7, -3, -2), (-7, -3, -1), (7, 0, None),
                                    (INT64_MIN, -1, 0), (INT64_MIN, 3, 1),
                                    (INT64_MAX, INT64_MIN, -1), (0, -5, 0)]),
     case("mod-float", F % G, "f g", [(-7.5, 2.0, 0.5), (7.5, -2.0, -0.5), (1.0, 0.1, 0.0),
-                                     (5.0, 0.0, None), (-1e-20, 1.0, 1.0), (5.5, 1e300, 5.5)]),
+                                     (5.0, 0.0, None), (-1e-20, 1.0, 1.0), (5.5, 1e300, 5.5),
+                                     (-0.0, 5.0, 0.0)]),
+    # with x * (1 / 0.1), 0.3 % 0.1 would be -5.551115123125783e-17: negative for a positive b
+    case("mod-literal", F % 0.1, "f", [(0.3, 0.09999999999999998), (0.7, 0.09999999999999987),
+                                       (1.0, 0.0)]),
     # -- comparisons -----------------------------------------------------------------------------
     case("eq-int", I == J, "i j", [(1, 1, True), (1, 2, False), (None, 1, None)]),
     case("eq-int-float", I == F, "i f", [(1, 1.0, True), (2**53 + 1, 2.0**53, True),
@@ -188,10 +212,12 @@ CASES = [
     case("round-0", F.round(), "f", [
         (0.5, 1.0), (1.5, 2.0), (2.5, 3.0), (-0.5, -1.0), (-2.5, -3.0),
         (0.49999999999999994, 0.0), (4503599627370495.5, 4503599627370496.0), (1e300, 1e300),
-        (-0.4, 0.0)]),
+        (-0.4, -0.0), (-0.0, -0.0), (0.4, 0.0)]),
+    # the last step divides by 100.0: 35 * (1 / 100) would be 0.35000000000000003
     case("round-2", F.round(2), "f", [(2.675, 2.68), (1.005, 1.0), (0.125, 0.13), (-0.125, -0.13),
                                       (1e300, 1e300), (1.234567, 1.23), (None, None),
-                                      (1.7e308, None), (-2.5e-3, -0.0)]),
+                                      (1.7e308, None), (-2.5e-3, -0.0), (0.35, 0.35),
+                                      (0.4101, 0.41), (-0.47, -0.47)]),
     case("round-int", I.round(3), "i", [(7, 7), (INT64_MIN, INT64_MIN)]),
     # -- strings ---------------------------------------------------------------------------------
     case("lower", S.str_lower(), "s", [("ÉCOLE", "école"), ("ΟΔΟΣ", "οδος"), ("İ", "i̇"),
@@ -250,8 +276,14 @@ def _same_python(got: Any, expected: Any, dtype: str) -> bool:
     if dtype == "timestamp":
         return got == expected
     if dtype == "float64" and got is not None and expected is not None:
-        return got == expected  # documented values are exact
+        return same_bits(got, expected)  # documented values are exact, signed zeros included
     return same_value(got, expected, dtype)
+
+
+def agrees(node: Node, actual: Any, expected: Any, dtype: str) -> bool:
+    """Engine value vs reference value: floats bit for bit, but for libm ops (``same_float``)."""
+    return same_float(node, actual, expected) if dtype == "float64" else \
+        same_value(actual, expected, dtype)
 
 
 @pytest.fixture(scope="module", params=ENGINE_PARAMS)
@@ -288,7 +320,7 @@ def test_engine_matches_reference(c: Case, batch: tuple[str, dict[str, Any]],
     expected = [eval_expr(c.expr, row, SCHEMA) for row in ALL_ROWS]
     bad = [(row, got, want) for row, got, want in zip(ALL_ROWS, result.values[0], expected,
                                                       strict=True)
-           if not same_value(got, want, dtype)]
+           if not agrees(c.expr, got, want, dtype)]
     assert not bad, f"{engine} {c.expr!r}: {len(bad)} rows differ, e.g. {bad[:3]}"
 
 
@@ -333,4 +365,5 @@ def test_deep_rules_compile_linearly(engine: str, request: pytest.FixtureRequest
     for name, node, got in zip(DEEP_CHAINS, chains, result.values, strict=True):
         dtype = infer_dtype(node, schema)
         want = [eval_expr(node, row, schema) for row in rows]
-        assert all(same_value(g, w, dtype) for g, w in zip(got, want, strict=True)), (name, got, want)
+        assert all(agrees(node, g, w, dtype) for g, w in zip(got, want, strict=True)), \
+            (name, got, want)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -28,10 +29,43 @@ from features.expr import (
     as_node,
     from_epoch_micros,
     to_epoch_micros,
+    walk,
 )
 
 INT_RE = re.compile(r"[+-]?[0-9]+")
 FLOAT_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+#: Ops whose float result IEEE 754 does not pin down: each engine calls its own libm (Rust's,
+#: Java's ``StrictMath``/``Math``, the platform's through CPython), and they may differ in the
+#: last bit. Every other op is exact (neg, abs, clip, floor, round's trunc, selections) or
+#: correctly rounded (+ - * /, sqrt, int -> float, string -> float), so it has one right answer.
+LIBM_OPS = frozenset({Op.LOG, Op.LOG1P, Op.EXP})
+
+
+def uses_libm(node: IntoExpr) -> bool:
+    """Whether ``node`` computes a libm function anywhere in its tree."""
+    return any(isinstance(n, Call) and n.op in LIBM_OPS for n in walk(node))
+
+
+def same_bits(a: float, b: float) -> bool:
+    """Bit-for-bit float equality: ``-0.0`` is not ``0.0`` (NaN never occurs: it reads as null)."""
+    return struct.pack("<d", a) == struct.pack("<d", b)
+
+
+def same_float(node: IntoExpr, actual: Any, expected: float | None) -> bool:
+    """An engine's float64 value of ``node`` against the reference's.
+
+    Bit for bit, unless ``node`` computes log, log1p or exp (:data:`LIBM_OPS`): then within a
+    relative 1e-12, the libm differences between Rust, Java and Python allowed there.
+    """
+    if actual is None or expected is None:
+        return actual is None and expected is None
+    if not isinstance(actual, float):
+        return False
+    if uses_libm(node):
+        return math.isclose(actual, expected, rel_tol=1e-12, abs_tol=1e-300)
+    return same_bits(actual, expected)
 
 
 def eval_expr(node: IntoExpr, row: Mapping[str, Any],
@@ -78,9 +112,21 @@ def coerce(value: Any, dtype: str) -> Any:
     return value
 
 
+def ieee_floor(x: float) -> float:
+    """IEEE 754 floor of a finite float: exact, and a zero keeps its sign (``floor(-0.0)`` is
+    ``-0.0``; ``math.floor`` returns an int, which has no negative zero)."""
+    return math.copysign(float(math.floor(x)), x)
+
+
+def ieee_trunc(x: float) -> float:
+    """IEEE 754 truncation toward zero of a finite float; ``trunc(-0.4)`` is ``-0.0``."""
+    return math.copysign(float(math.trunc(x)), x)
+
+
 def half_away(y: float) -> float:
-    """Round half away from zero, exactly (``y - trunc(y)`` is exact in float64)."""
-    t = float(math.trunc(y))
+    """Round half away from zero, exactly (``y - trunc(y)`` is exact in float64); a zero result
+    keeps the sign of ``y`` (``-0.4`` → ``-0.0``), like IEEE roundToIntegralTiesToAway."""
+    t = ieee_trunc(y)
     frac = y - t
     if frac >= 0.5:
         return t + 1.0
@@ -159,7 +205,7 @@ def _float_floordiv(a: float, b: float) -> float | None:
     if b == 0:
         return None
     q = a / b
-    return float(math.floor(q)) if math.isfinite(q) else None
+    return ieee_floor(q) if math.isfinite(q) else None
 
 
 def _floordiv(node: Call, v: list[Any], kinds: list[str], dtype: str) -> Any:
