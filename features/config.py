@@ -151,16 +151,23 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_FILE,
                 environ: Mapping[str, str] | None = None) -> RepoConfig:
     """Read, override from the environment, and validate ``feature_repo.yaml``.
 
+    ``path`` may be the file or the folder that holds it.
+
     Raises:
-        ConfigError: one line per problem, each naming the file and the dotted key.
+        ConfigError: one line per problem, each naming the file and the dotted key (or, for a
+            value from the environment, the variable).
     """
     import yaml  # kept local: only the commands that need the config pay for it
 
-    file = Path(path)
+    file = _config_file(Path(path))
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{file}: file not found (expected a feature_repo.yaml)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text (expected a feature_repo.yaml)") from None
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror or e}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -172,33 +179,89 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_FILE,
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping of keys at the top, got {type(raw).__name__}")
-    data = _apply_env(dict(raw), os.environ if environ is None else environ)
+    data = dict(raw)
+    from_env = _apply_env(data, os.environ if environ is None else environ)
     data["root"] = file.resolve().parent
     try:
         return RepoConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("\n".join(_one_line(file, err) for err in e.errors())) from None
+        raise ConfigError("\n".join(_one_line(file, err, from_env, raw)
+                                    for err in e.errors())) from None
 
 
-def _one_line(file: Path, err: Any) -> str:
-    key = ".".join(str(p) for p in err["loc"]) or "(top)"
+def _config_file(path: Path) -> Path:
+    """``path`` itself, or the feature_repo.yaml inside it when it is a folder."""
+    if not path.is_dir():
+        return path
+    inside = path / DEFAULT_FILE
+    if inside.is_file():
+        return inside
+    raise ConfigError(f"{path}: is a folder without a {DEFAULT_FILE} "
+                      f"(expected the file or its folder)")
+
+
+_Loc = tuple[str, ...]
+
+
+def _env_var(loc: _Loc, from_env: Mapping[_Loc, str], raw: Mapping[str, Any]) -> str | None:
+    """The variable an error at ``loc`` comes from (None: it comes from the file).
+
+    It does when the variable set ``loc`` or a key above it, or when the variable created the
+    key ``loc`` (absent from the file) on the way down to its own key.
+    """
+    above = [keys for keys in from_env if loc[:len(keys)] == keys]
+    if above:  # the deepest variable wins: it was applied after the ones above it
+        return from_env[max(above, key=len)]
+    for keys, name in from_env.items():
+        if keys[:len(loc)] == loc and not _in_file(raw, loc):
+            return name
+    return None
+
+
+def _in_file(raw: Mapping[str, Any], loc: _Loc) -> bool:
+    node: Any = raw
+    for key in loc:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _one_line(file: Path, err: Any, from_env: Mapping[_Loc, str] | None = None,
+              raw: Mapping[str, Any] | None = None) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top)"
     kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"{file}: {key}: unknown key (check the spelling; see docs/configuration.md)"
+    var = _env_var(loc, from_env or {}, raw or {})
+    if var is not None:
+        where = f"environment variable {var}"
+        if kind == "extra_forbidden":
+            return (f"{where}: unknown key {key!r} (check the spelling: {ENV_PREFIX}<SECTION>__"
+                    f"<KEY>; see docs/configuration.md)")
+        where = f"{where}: {key}"
+    else:
+        where = f"{file}: {key}"
+        if kind == "extra_forbidden":
+            return f"{where}: unknown key (check the spelling; see docs/configuration.md)"
     if kind == "missing":
-        return f"{file}: {key}: required key is missing"
+        return f"{where}: required key is missing"
     got = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{file}: {key}: {msg} (got {got!r})"
+    return f"{where}: {msg}" if repr(got) in msg else f"{where}: {msg} (got {got!r})"
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``TESSERA__SECTION__KEY=value`` variables on the parsed file.
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[_Loc, str]:
+    """Overlay ``TESSERA__SECTION__KEY=value`` variables on the parsed file, in place.
 
-    Values are parsed as YAML scalars so ``TESSERA__SERVICES__REDIS__PORT=7000`` is an int.
+    Values are parsed as YAML scalars so ``TESSERA__SERVICES__REDIS__PORT=7000`` is an int; a
+    value that is not valid YAML (``@secret``) is kept as the string it is.
+
+    Returns:
+        Which variable set each dotted key, so an error names the variable, not the file.
     """
     import yaml
 
+    from_env: dict[_Loc, str] = {}
     for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -206,14 +269,21 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
         if not parts:
             continue
         node = data
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"{name}: {'.'.join(parts)}: {part!r} is not a section")
+                above = ".".join(parts[:depth + 1])
+                raise ConfigError(f"environment variable {name}: {above!r} is not a section "
+                                  f"(it is {child!r}), so it has no key {parts[depth + 1]!r}")
             else:
                 child = node[part] = dict(child)
             node = child
-        node[parts[-1]] = yaml.safe_load(value) if value else value
-    return data
+        try:
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            parsed = value
+        node[parts[-1]] = parsed
+        from_env[tuple(parts)] = name
+    return from_env

@@ -6,9 +6,13 @@ Every problem is one line naming the view and the field, and all problems are re
 from __future__ import annotations
 
 from features import expr as ex
-from features.definitions import DTYPES, FeatureView
+from features.definitions import DTYPES, Entity, FeatureView, Source
 from features.errors import DefinitionError, ExprError
+from features.names import check_identifier
 from features.repo import Definitions
+
+#: Types a join key may have (what Feast and the online store's keys support).
+KEY_TYPES = ("int64", "string")
 
 _NUMERIC = ("int64", "float64")
 _INPUT_TYPES = {
@@ -18,10 +22,33 @@ _INPUT_TYPES = {
 }
 
 
+def entity_problems(entity: Entity) -> list[str]:
+    """What is wrong with one entity by itself: its name, join key and key type."""
+    problems: list[str] = []
+    if why := check_identifier("entity", entity.name):
+        problems.append(why)
+    where = f"entity {entity.name!r}"
+    if why := check_identifier("join key", entity.join_key):
+        problems.append(f"{where}: {why}")
+    if entity.dtype not in KEY_TYPES:
+        problems.append(f"{where}: dtype {entity.dtype!r} cannot be a join key "
+                        f"(expected {' or '.join(KEY_TYPES)})")
+    return problems
+
+
+def source_problems(source: Source) -> list[str]:
+    """What is wrong with one source by itself (its columns may be named anything)."""
+    why = check_identifier("source", source.name)
+    return [why] if why else []
+
+
 def view_problems(view: FeatureView) -> list[str]:
-    """What is wrong with one view (empty when it is valid)."""
+    """What is wrong with one view, its source and its entities (empty when it is valid)."""
     where = f"feature view {view.name!r}"
     problems: list[str] = []
+    if why := check_identifier("feature view", view.name):
+        problems.append(why)
+    problems += [f"{where}, {why}" for why in source_problems(view.source)]
     schema = dict(view.source.schema)
     for column, dtype in schema.items():
         if dtype not in DTYPES:
@@ -35,14 +62,17 @@ def view_problems(view: FeatureView) -> list[str]:
     if not view.entities:
         problems.append(f"{where}: needs at least one entity")
     for entity in view.entities:
+        problems += [f"{where}, {why}" for why in entity_problems(entity)]
         key = entity.join_key
         if key not in schema:
             problems.append(f"{where}, entity {entity.name!r}: join key {key!r} is not a column "
                             f"of source {view.source.name!r} (columns: {', '.join(schema)})")
-        elif schema[key] != entity.dtype:
+        elif schema[key] != entity.dtype and entity.dtype in KEY_TYPES:
             problems.append(f"{where}, entity {entity.name!r}: join key {key!r} is "
                             f"{schema[key]} in the source, but the entity says {entity.dtype}")
     for name, node in view.derived:
+        if why := check_identifier("derived column", name):
+            problems.append(f"{where}, {why}")
         if name in schema:
             problems.append(f"{where}, derived column {name!r}: shadows a source column")
             continue
@@ -58,9 +88,14 @@ def view_problems(view: FeatureView) -> list[str]:
                                 f"({view.filter!r})")
         except ExprError as e:
             problems.append(f"{where}, filter: {e}")
+    if not view.features:
+        problems.append(f"{where}: needs at least one feature (e.g. agg.count(windows=['1d'], "
+                        f"name='events'))")
     seen: set[str] = set()
     for f in view.features:
         at = f"{where}, feature {f.name!r}"
+        if why := check_identifier("feature", f.name):
+            problems.append(f"{where}, {why}")
         if f.name in seen:
             problems.append(f"{at}: duplicate feature name")
         seen.add(f.name)
@@ -68,8 +103,9 @@ def view_problems(view: FeatureView) -> list[str]:
             problems.append(f"{at}: same name as a join key")
         if f.window is not None and (why := f.window.check()):
             problems.append(f"{at}: {why}")
-        if f.window is None and view.ttl is None:
-            problems.append(f"{at}: a plain last() needs the view's ttl (e.g. ttl='30d')")
+        if f.window is None and view.feature_ttl_us(f) is None:
+            problems.append(f"{at}: a plain last() needs a ttl: the view's (ttl='30d') or "
+                            f"its own (agg.last(..., ttl='3d'))")
         if f.expr is None:
             if f.function != "count":
                 problems.append(f"{at}: {f.function} needs an expression")
@@ -90,8 +126,18 @@ def validate(defs: Definitions) -> None:
     problems: list[str] = []
     for view in defs.views.values():
         problems.extend(view_problems(view))
+    # Entities and sources no view uses are registered too; those in views were checked above.
+    in_views = {id(x) for v in defs.views.values() for x in (v.source, *v.entities)}
+    for entity in defs.entities.values():
+        if id(entity) not in in_views:
+            problems.extend(entity_problems(entity))
+    for source in defs.sources.values():
+        if id(source) not in in_views:
+            problems.extend(source_problems(source))
     features = {f"{v.name}:{f.name}" for v in defs.views.values() for f in v.features}
     for service in defs.services.values():
+        if why := check_identifier("feature service", service.name):
+            problems.append(why)
         for ref in service.features:
             if ref not in features:
                 problems.append(f"feature service {service.name!r}: unknown feature {ref!r} "

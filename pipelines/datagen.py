@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from pipelines import _datagen_events as ev
 from pipelines import _datagen_model as model
+from pipelines.errors import PipelineError
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -48,6 +49,7 @@ __all__ = [
     "SCHEMA",
     "GenSpec",
     "GenSummary",
+    "GenerateArgumentError",
     "generate",
     "generate_cli",
     "malformed_kind",
@@ -322,6 +324,13 @@ def write_parquet(spec: GenSpec, out_dir: Path, progress: bool = True, *,
     )
 
 
+class GenerateArgumentError(PipelineError, ValueError):
+    """An argument of ``tessera generate`` (:func:`generate_cli`) is out of range.
+
+    Also a ValueError, as :func:`generate_cli` raised before it said which option was wrong.
+    """
+
+
 def _parse_ts(value: datetime | date | str | None, name: str) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
@@ -330,16 +339,41 @@ def _parse_ts(value: datetime | date | str | None, name: str) -> datetime | None
     try:
         return datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ValueError(
+        raise GenerateArgumentError(
             f"{name}: expected an ISO date or datetime like 2025-01-06 or "
             f"2025-01-27T00:00:00Z, got {value!r}") from None
+
+
+def _check_args(rows: int, out: Path, start: datetime, days: int, seed: int,
+                malformed_rate: float) -> None:
+    """Raise GenerateArgumentError naming the first bad ``tessera generate`` option."""
+    checks = [
+        ("--rows", rows, rows >= 1, "a whole number >= 1"),
+        ("--days", days, days >= 1, "a whole number >= 1"),
+        ("--seed", seed, 0 <= seed < 2**63, "a whole number in [0, 2**63)"),
+        ("--malformed-rate", malformed_rate, 0 <= malformed_rate <= 1, "a fraction in [0, 1]"),
+    ]
+    for option, value, ok, expected in checks:
+        if not ok:
+            raise GenerateArgumentError(f"{option}: expected {expected}, got {value!r}")
+    try:
+        _utc(start) + timedelta(days=days)
+    except OverflowError:
+        raise GenerateArgumentError(
+            f"--days: {days} days from --start {start.isoformat()} end after the year 9999 "
+            f"(expected a smaller --days or an earlier --start)") from None
+    for path in (out, out / "transactions"):
+        if path.exists() and not path.is_dir():
+            raise GenerateArgumentError(
+                f"--out: {str(path)!r} is a file (expected a folder, or a path that does not "
+                f"exist yet, for transactions/date=.../part-0000.parquet)")
 
 
 def generate_cli(rows: int, out: Path | str, start: datetime | date | str = DEFAULT_START,
                  days: int = 28, seed: int = 7, drift_from: datetime | date | str | None = None,
                  malformed_rate: float = 0.0, *, drift_strength: float = 1.0,
                  progress: bool = True, overwrite: bool = True) -> GenSummary:
-    """Everything a ``tessera generate`` command does: parse, build the spec, write Parquet.
+    """Everything a ``tessera generate`` command does: parse, check, build the spec, write Parquet.
 
     Dates may be ISO strings (``2025-01-06``, ``2025-01-27T12:00:00Z``); naive means UTC.
     Unlike :func:`write_parquet`, re-running into the same folder replaces the previous
@@ -349,13 +383,22 @@ def generate_cli(rows: int, out: Path | str, start: datetime | date | str = DEFA
         The summary of :func:`write_parquet`; ``summary.format()`` is ready to print.
 
     Raises:
-        ValueError: A bad date or an invalid spec, with a one-line message.
+        GenerateArgumentError: A bad argument (a PipelineError and a ValueError), one line
+            naming the option and the expected value.
+        PipelineError: ``out`` cannot be written.
     """
-    start_ts = _parse_ts(start, "start")
-    assert start_ts is not None
-    spec = GenSpec(rows=rows, start=start_ts, days=days, seed=seed,
-                   drift_from=_parse_ts(drift_from, "drift_from"),
-                   drift_strength=drift_strength, malformed_rate=malformed_rate)
-    return write_parquet(spec, Path(out), progress=progress, overwrite=overwrite)
-
-
+    start_ts = _parse_ts(start, "start") or DEFAULT_START
+    out_dir = Path(out)
+    _check_args(rows, out_dir, start_ts, days, seed, malformed_rate)
+    try:
+        spec = GenSpec(rows=rows, start=start_ts, days=days, seed=seed,
+                       drift_from=_parse_ts(drift_from, "drift_from"),
+                       drift_strength=drift_strength, malformed_rate=malformed_rate)
+    except ValueError as e:  # what _check_args does not cover (drift_strength)
+        raise GenerateArgumentError(str(e)) from None
+    try:
+        return write_parquet(spec, out_dir, progress=progress, overwrite=overwrite)
+    except OSError as e:
+        where = e.filename if e.filename is not None else out_dir
+        raise PipelineError(f"--out {str(out_dir)!r}: cannot write {str(where)!r}: "
+                            f"{e.strerror or e}") from None

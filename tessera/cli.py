@@ -36,21 +36,68 @@ DEFAULT_REPO = Path("feature_repo.yaml")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Width of the consoles when the output is not a terminal (a pipe, a file, a CI log) and
+#: COLUMNS is not set: rich would fall back to 80 columns and cut numbers in tables.
+PIPE_WIDTH = 200
+_OUR_PACKAGES = ("features", "pipelines", "streaming", "validation", "tessera")
+
+
+def _width(stream: Any) -> int | None:
+    """Console width for ``stream``: None (rich measures) on a terminal, else COLUMNS or 200."""
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return None
+    import os
+
+    columns = os.environ.get("COLUMNS", "").strip()
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+
+
+def _error_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+
+
+def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing Tessera's warnings as one yellow line each.
+
+    Other libraries' warnings go to ``fallback`` (Python's usual file:line rendering).
+    """
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if category.__module__.split(".")[0] not in _OUR_PACKAGES:
+            fallback(message, category, filename, lineno, file, line)
+            return
+        from rich.markup import escape
+
+        _error_console().print(f"[bold yellow]warning:[/] {escape(str(message))}", markup=True)
+
+    return show
+
+
 def _friendly(fn: F) -> F:
-    """Turn a TesseraError into one red line and exit code 1 (no traceback for user errors)."""
+    """Turn a TesseraError into one red line and exit code 1 (no traceback for user errors).
+
+    Tessera's warnings print as one yellow line each (not Python's file:line + source line).
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
         from features.errors import TesseraError
 
-        try:
-            return fn(*args, **kwargs)
-        except TesseraError as e:
-            from rich.console import Console
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            try:
+                return fn(*args, **kwargs)
+            except TesseraError as e:
+                from rich.markup import escape
 
-            Console(stderr=True, highlight=False, soft_wrap=True).print(
-                f"[bold red]error:[/] {e}", markup=True)
-            raise typer.Exit(1) from None
+                _error_console().print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
+                raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,7 +105,7 @@ def _friendly(fn: F) -> F:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=_width(sys.stdout))
 
 
 def _config(repo: Path) -> Any:
@@ -122,18 +169,24 @@ def apply_cmd(repo: RepoOpt = DEFAULT_REPO) -> None:
 @app.command("run")
 @_friendly
 def run_cmd(
-    start: Annotated[str, typer.Option(help="First UTC day, e.g. 2026-01-01.")],
-    end: Annotated[str, typer.Option(help="Day after the last, e.g. 2026-02-01 (exclusive).")],
+    start: Annotated[str | None, typer.Option(
+        help="First UTC day, e.g. 2026-01-01 (default: the source's first event).")] = None,
+    end: Annotated[str | None, typer.Option(
+        help="Day after the last, e.g. 2026-02-01, exclusive (default: after the source's "
+             "last event).")] = None,
     engine: Annotated[str, typer.Option(help="polars (one machine) or spark (spark.master).")]
     = "polars",
     view: Annotated[list[str] | None, typer.Option("--view", help="Only this view (repeat).")]
     = None,
+    allow_empty_days: Annotated[bool, typer.Option(
+        "--allow-empty-days", help="Days without any source event are truly empty: store them "
+        "as empty (by default they are left as stored and reported).")] = False,
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """Apply the rules to the batch source and write offline tiles for whole days [start, end)."""
     from tessera.commands import run_batch
 
-    run_batch(_config(repo), _console(), engine, start, end, view)
+    run_batch(_config(repo), _console(), engine, start, end, view, allow_empty_days)
 
 
 @app.command("generate")

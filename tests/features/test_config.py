@@ -83,7 +83,61 @@ def test_environment_overrides_file_values_with_typed_scalars(tmp_path: Path) ->
 
 def test_a_misspelt_environment_override_is_an_error_not_ignored(tmp_path: Path) -> None:
     path = write(tmp_path, "project: shop\n")
-    assert "online.urll: unknown key" in error_of(path, {"TESSERA__ONLINE__URLL": "redis://a:1/0"})
+    msg = error_of(path, {"TESSERA__ONLINE__URLL": "redis://a:1/0"})
+    assert msg.startswith("environment variable TESSERA__ONLINE__URLL: unknown key 'online.urll' ")
+
+
+def test_an_unknown_section_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "project: shop\nonline: {url: 'redis://a:1/0'}\n")
+    msg = error_of(path, {"TESSERA__ONLNE__URL": "redis://cache:6379/0"})
+    assert msg == ("environment variable TESSERA__ONLNE__URL: unknown key 'onlne' (check the "
+                   "spelling: TESSERA__<SECTION>__<KEY>; see docs/configuration.md)")
+    assert str(path) not in msg
+
+
+def test_a_wrong_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "project: shop\nonline: {url: 'redis://a:1/0'}\n")
+    msg = error_of(path, {"TESSERA__SERVICES__REDIS__PORT": "lots",
+                          "TESSERA__ONLINE__URL": "http://cache"})
+    assert msg.splitlines() == [
+        "environment variable TESSERA__ONLINE__URL: online.url: expected a redis://, rediss:// "
+        "or unix:// URL, got 'http://cache'",
+        "environment variable TESSERA__SERVICES__REDIS__PORT: services.redis.port: Input should "
+        "be a valid integer, unable to parse string as an integer (got 'lots')",
+    ]
+
+
+def test_a_whole_section_from_the_environment_and_the_file_are_told_apart(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, "project: shop\nkafka: {bootstrap_servers: nope}\n")
+    msg = error_of(path, {"TESSERA__SCHEDULES": "[{name: a, cron: '* * * * *'}]"})
+    assert msg.splitlines() == [
+        f"{path}: kafka.bootstrap_servers: expected host:port[,host:port...], got 'nope'",
+        "environment variable TESSERA__SCHEDULES: schedules.0.job: required key is missing",
+    ]
+
+
+def test_an_override_below_a_plain_value_names_the_variable(tmp_path: Path) -> None:
+    msg = error_of(write(tmp_path, "project: shop\n"), {"TESSERA__PROJECT__NAME": "x"})
+    assert msg.startswith("environment variable TESSERA__PROJECT__NAME: 'project' is not a "
+                          "section")
+
+
+def test_a_value_that_is_not_yaml_is_kept_as_a_string(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "project: shop\n"),
+                      environ={"TESSERA__SPARK__APP_NAME": "@nightly: run"})
+    assert cfg.spark.app_name == "@nightly: run"
+
+
+def test_repo_may_be_the_folder_of_the_file(tmp_path: Path) -> None:
+    write(tmp_path, "project: shop\n")
+    cfg = load_config(tmp_path, environ={})
+    assert cfg.project == "shop" and cfg.root == tmp_path.resolve()
+
+
+def test_a_folder_without_the_file_is_one_line(tmp_path: Path) -> None:
+    assert error_of(tmp_path) == (f"{tmp_path}: is a folder without a feature_repo.yaml "
+                                  f"(expected the file or its folder)")
 
 
 def test_config_is_immutable(tmp_path: Path) -> None:

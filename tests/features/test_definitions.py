@@ -72,8 +72,8 @@ def test_filter_must_be_bool_and_plain_last_needs_a_ttl() -> None:
     assert "filter: must be a bool expression, got float64" in only_problem(
         view(filter=col("amount") * 2))
     msg = only_problem(view(ttl=None, features=[agg.last(col("amount"), name="last_amount")]))
-    assert msg == ("feature view 'spend', feature 'last_amount': a plain last() needs the view's "
-                   "ttl (e.g. ttl='30d')")
+    assert msg == ("feature view 'spend', feature 'last_amount': a plain last() needs a ttl: "
+                   "the view's (ttl='30d') or its own (agg.last(..., ttl='3d'))")
 
 
 def test_derived_column_errors_and_shadowing() -> None:
@@ -123,5 +123,80 @@ def test_a_definitions_file_error_names_the_file(tmp_path: Path) -> None:
 
     (tmp_path / "defs.py").write_text("from features import lit\nx = lit(None)\n")
     (tmp_path / "feature_repo.yaml").write_text("project: t\ndefinitions: [defs.py]\n")
-    with pytest.raises(DefinitionError, match=r"defs\.py: "):
+    with pytest.raises(DefinitionError, match=r"defs\.py:2: lit\(None\) needs a dtype"):
         load_definitions(load_config(tmp_path / "feature_repo.yaml", environ={}))
+
+
+def test_a_view_needs_at_least_one_feature() -> None:
+    msg = only_problem(view(features=[]))
+    assert msg.startswith("feature view 'spend': needs at least one feature")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bool", "timestamp"])
+def test_an_entity_key_must_be_int64_or_string(dtype: str) -> None:
+    schema = {**SCHEMA, "key": dtype}
+    src = Source(name="txns", path="x", schema=schema, timestamp_field="ts")
+    entity = Entity(name="thing", join_key="key", dtype=dtype)  # type: ignore[arg-type]
+    msg = only_problem(view(source=src, entities=[entity]))
+    assert msg == (f"feature view 'spend', entity 'thing': dtype {dtype!r} cannot be a join key "
+                   f"(expected int64 or string)")
+
+
+IDENT = "is not an identifier (expected ASCII letters, digits and _, not starting with a digit)"
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a..b", "two words", "view:x", "1st", "",
+                                  "naïve", "x\n"])
+def test_a_view_name_must_be_an_identifier(name: str) -> None:
+    assert only_problem(view(name=name)) == f"feature view {name!r} {IDENT}"
+
+
+def test_every_other_name_must_be_an_identifier_too() -> None:
+    src = Source(name="raw/txns", path="x", schema={**SCHEMA, "user id": "int64"},
+                 timestamp_field="ts")
+    v = view(source=src, entities=[Entity(name="the user", join_key="user id")],
+             derived={"amount-eur": col("amount") * 2},
+             features=[agg.sum(col("amount"), windows=["1h"], name="amount sum")])
+    assert view_problems(v) == [
+        f"feature view 'spend', source 'raw/txns' {IDENT}",
+        f"feature view 'spend', entity 'the user' {IDENT}",
+        f"feature view 'spend', entity 'the user': join key 'user id' {IDENT}",
+        f"feature view 'spend', derived column 'amount-eur' {IDENT}",
+        f"feature view 'spend', feature 'amount sum_1h' {IDENT}",
+    ]
+
+
+def test_source_columns_may_be_named_anything() -> None:
+    src = Source(name="txns", path="x", schema={**SCHEMA, "amount (EUR)": "float64"},
+                 timestamp_field="ts")
+    assert view_problems(view(source=src, features=[
+        agg.sum(col("amount (EUR)"), windows=["1h"], name="amount_sum")])) == []
+
+
+def test_validate_reports_unused_entities_sources_and_services_once() -> None:
+    odd = Entity(name="odd", join_key="k", dtype="bool")  # type: ignore[arg-type]
+    unused = Source(name="../raw", path="x", schema=SCHEMA, timestamp_field="ts")
+    v = view(name="../evil", features=[])
+    defs = Definitions(entities={"user": USER, "odd": odd}, sources={"txns": SRC, "../raw": unused},
+                       views={"../evil": v},
+                       services={"a b": FeatureService(name="a b", features=[])})
+    with pytest.raises(DefinitionError) as info:
+        validate(defs)
+    assert str(info.value).splitlines() == [
+        f"feature view '../evil' {IDENT}",
+        "feature view '../evil': needs at least one feature (e.g. agg.count(windows=['1d'], "
+        "name='events'))",
+        "entity 'odd': dtype 'bool' cannot be a join key (expected int64 or string)",
+        f"source '../raw' {IDENT}",
+        f"feature service 'a b' {IDENT}",
+    ]
+
+
+def test_check_identifier_is_reusable() -> None:
+    from features.names import IDENTIFIER_PATTERN, check_identifier, is_identifier
+
+    assert IDENTIFIER_PATTERN == r"^[A-Za-z_][A-Za-z0-9_]*$"
+    assert check_identifier("feature view", "user_spend_7d") is None
+    assert check_identifier("feature view", "../evil") == f"feature view '../evil' {IDENT}"
+    assert check_identifier("entity", None) == "entity None is a NoneType, expected a str identifier"
+    assert not is_identifier("ok\n") and is_identifier("_private2")

@@ -1,0 +1,43 @@
+"""Names that become Redis keys, Parquet folders, Feast objects and SQL columns.
+
+A name of a feature view, entity, source, feature or feature service, and a join key or derived
+column, must be an identifier: ASCII letters, digits and ``_``, not starting with a digit. So a
+view named ``"../evil"`` can never make the offline store write outside its folder.
+
+Example:
+    >>> check_identifier("feature view", "user_spend") is None
+    True
+    >>> check_identifier("feature view", "../evil")
+    "feature view '../evil' is not an identifier (expected ASCII letters, digits and _, not starting with a digit)"
+"""
+
+from __future__ import annotations
+
+import re
+
+#: What every name must match, whole (``fullmatch``: a trailing newline does not pass).
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def is_identifier(name: object) -> bool:
+    """Whether ``name`` is a str matching :data:`IDENTIFIER_PATTERN`."""
+    return isinstance(name, str) and IDENTIFIER.fullmatch(name) is not None
+
+
+def check_identifier(kind: str, name: object) -> str | None:
+    """None when ``name`` is a valid identifier, else one line naming ``kind`` and the value.
+
+    Args:
+        kind: What the name names, e.g. ``"feature view"``, ``"join key"``.
+        name: The value to check (anything: a non-str is reported too).
+    """
+    if is_identifier(name):
+        return None
+    if not isinstance(name, str):
+        return f"{kind} {name!r} is a {type(name).__name__}, expected a str identifier"
+    return (f"{kind} {name!r} is not an identifier (expected ASCII letters, digits and _, "
+            f"not starting with a digit)")
+
+
+__all__ = ["IDENTIFIER", "IDENTIFIER_PATTERN", "check_identifier", "is_identifier"]
