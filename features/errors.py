@@ -34,3 +34,11 @@ class UnsupportedOperationError(TesseraError):
 
 class OfflineStoreError(TesseraError):
     """The offline store could not be read or written."""
+
+
+class UncoveredError(OfflineStoreError):
+    """A read needs days the feature view's current rules never computed."""
+
+
+class EntityRowsError(TesseraError):
+    """Entity rows given to a read are malformed: a missing or mistyped column, a bad time."""
