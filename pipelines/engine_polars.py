@@ -8,12 +8,17 @@ Steps, each shared in meaning with the Spark engine (:mod:`pipelines.engine_spar
    with a null entity key or event time (counted as rejected), compute each aggregation input;
 3. group by entity key and tile — once per tile size, and once per instant (the exact layer) —
    into the partial columns :func:`features.tiles.layout` defines.
+
+Partials are grouped by the UTC day of their events, so a run is processed in chunks of whole
+days (:func:`plan_chunks`) and each chunk's output is exactly what one pass over the whole range
+would write for those days. Memory is bounded by a chunk, not by the run, and progress is
+reported per day.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,23 +26,15 @@ from features.compile import compile_expr
 from features.definitions import FeatureView
 from features.tiles import EXACT_TILE_US, Layout, layout, partial_dtype
 from features.windows import US_PER_UNIT
+from pipelines.counts import Counts
 from pipelines.errors import SourceSchemaError
-from pipelines.sources import SEQ_ROW_BITS
+from pipelines.sources import SEQ_ROW_BITS, SourceFile, find_unreadable, unreadable
 
 if TYPE_CHECKING:
     import polars as pl
 
 DAY_US = US_PER_UNIT["d"]
-
-
-@dataclass(frozen=True)
-class Projected:
-    """Events after the rules, ready to tile; counts for the run's summary."""
-
-    frame: pl.DataFrame  # keys, __ts (µs), __seq, x0..xn
-    rows_read: int
-    rows_rejected: int
-    rows_filtered: int
+CHUNK_ROWS = 4_000_000  # events per chunk, estimated from the footers
 
 
 def _pl_type(dtype: str) -> pl.DataType:
@@ -51,7 +48,10 @@ def _check_and_cast(view: FeatureView, file: Path, lf: pl.LazyFrame) -> pl.LazyF
     """Fail on a missing or wrongly typed column (naming the file); cast safe widenings."""
     import polars as pl
 
-    actual = lf.collect_schema()
+    try:
+        actual = lf.collect_schema()
+    except Exception as e:  # polars raises ComputeError/OSError on a file it cannot parse
+        raise unreadable(view.source, file, e) from None
     casts = []
     for name, want in view.source.schema.items():
         if name not in actual:
@@ -80,29 +80,38 @@ def _check_and_cast(view: FeatureView, file: Path, lf: pl.LazyFrame) -> pl.LazyF
     return lf.select(casts)
 
 
-def read_events(view: FeatureView, files: Sequence[Path], start_us: int | None,
-                end_us: int | None) -> pl.LazyFrame:
-    """Source rows with ``start_us <= event time < end_us`` plus rows whose time is null."""
+def read_events(view: FeatureView, files: Sequence[SourceFile], start_us: int | None,
+                end_us: int | None, with_null_times: Sequence[SourceFile] = ()) -> pl.LazyFrame:
+    """Source rows with ``start_us <= event time < end_us``, plus the rows whose time is null
+    in the files of ``with_null_times`` (each file's null times are counted once per run)."""
     import polars as pl
 
     ts = view.source.timestamp_field
     frames = []
-    for rank, file in enumerate(files):
-        lf = _check_and_cast(view, file, pl.scan_parquet(file))
+    null_ranks = {f.rank for f in with_null_times}
+    for f in files:
+        lf = _check_and_cast(view, f.path, pl.scan_parquet(f.path))
         lf = lf.with_row_index("__row").with_columns(
-            (pl.lit(rank << SEQ_ROW_BITS, pl.Int64) + pl.col("__row").cast(pl.Int64))
+            (pl.lit(f.rank << SEQ_ROW_BITS, pl.Int64) + pl.col("__row").cast(pl.Int64))
             .alias("__seq")).drop("__row")
         in_range = pl.lit(True)
         if start_us is not None:
             in_range &= pl.col(ts).dt.epoch("us") >= start_us
         if end_us is not None:
             in_range &= pl.col(ts).dt.epoch("us") < end_us
-        frames.append(lf.filter(in_range | pl.col(ts).is_null()))
+        if f.rank in null_ranks:
+            in_range |= pl.col(ts).is_null()
+        frames.append(lf.filter(in_range))
     return pl.concat(frames, how="vertical")
 
 
-def project(view: FeatureView, events: pl.LazyFrame) -> Projected:
-    """Apply derived columns, the row filter and the inputs; reject null keys and times."""
+def project(view: FeatureView, events: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(projected events sorted by time and seq, per-day counts) — lazily.
+
+    Derived columns, the row filter and the inputs are applied; rows with a null key or time are
+    rejected. The counts frame has one row per event day (null: rows with a null time) with
+    ``read``, ``rejected``, ``filtered`` and ``kept``.
+    """
     import polars as pl
 
     lay = layout(view)
@@ -117,9 +126,12 @@ def project(view: FeatureView, events: pl.LazyFrame) -> Projected:
         valid &= pl.col(key).is_not_null()
     keep = valid if view.filter is None else valid & compile_expr(
         view.filter, "polars", schema).fill_null(False)
-    lf = lf.with_columns(valid.alias("__valid"), keep.alias("__keep"))
-    counts = lf.select(pl.len().alias("read"), (~pl.col("__valid")).sum().alias("rejected"),
-                       (pl.col("__valid") & ~pl.col("__keep")).sum().alias("filtered"))
+    lf = lf.with_columns(valid.alias("__valid"), keep.alias("__keep"),
+                         pl.col(ts).dt.date().alias("__day"))
+    counts = lf.group_by("__day").agg(
+        pl.len().alias("read"), (~pl.col("__valid")).sum().alias("rejected"),
+        (pl.col("__valid") & ~pl.col("__keep")).sum().alias("filtered"),
+        pl.col("__keep").sum().alias("kept"))
     out = lf.filter(pl.col("__keep")).select(
         *view.join_keys,
         pl.col(ts).dt.epoch("us").alias("__ts"),
@@ -127,9 +139,7 @@ def project(view: FeatureView, events: pl.LazyFrame) -> Projected:
         *[compile_expr(inp.node, "polars", schema).cast(_pl_type(inp.dtype))
           .alias(inp.value_column) for inp in lay.inputs],
     ).sort(["__ts", "__seq"])
-    frame, stats = pl.collect_all([out, counts])
-    return Projected(frame, int(stats["read"][0]), int(stats["rejected"][0]),
-                     int(stats["filtered"][0]))
+    return out, counts
 
 
 def partial_aggs(lay: Layout) -> list[pl.Expr]:
@@ -177,7 +187,10 @@ def tile_frames(view: FeatureView, projected: pl.DataFrame) -> dict[int, pl.Data
         .sort([*view.join_keys, "tile", "day"])
         for size in sizes
     ]
-    return dict(zip(sizes, pl.collect_all(plans), strict=True))
+    # The in-memory engine, not the streaming one: the streaming engine merges per-thread
+    # partial sums in scheduling order, so float sums would change in the last bits from one
+    # run to the next. Rerunning a day must give the same bits.
+    return dict(zip(sizes, pl.collect_all(plans, engine="in-memory"), strict=True))
 
 
 def write_tiles(frames: dict[int, pl.DataFrame], out_dir: Path) -> int:
@@ -190,3 +203,75 @@ def write_tiles(frames: dict[int, pl.DataFrame], out_dir: Path) -> int:
             part.drop("day").write_parquet(folder / "part-0.parquet", statistics=True)
             written += part.height
     return written
+
+
+def _midnight(d: date) -> int:
+    return (d - date(1970, 1, 1)).days * DAY_US
+
+
+def plan_chunks(files: Sequence[SourceFile], days: Sequence[date],
+                max_rows: int = CHUNK_ROWS) -> list[list[date]]:
+    """Consecutive runs of days whose estimated events (from the footers) fit in ``max_rows``.
+
+    A file's rows are spread evenly over the days its time range covers; a file without
+    statistics counts fully on every day.
+    """
+    estimate = dict.fromkeys(days, 0.0)
+    for f in files:
+        rows = float(f.rows or 0)
+        if f.timeless:
+            continue
+        if f.lo_us is None or f.hi_us is None:
+            for d in days:
+                estimate[d] += rows
+            continue
+        first, last = f.lo_us // DAY_US, f.hi_us // DAY_US
+        share = rows / (last - first + 1)
+        for d in days:
+            if first <= (d - date(1970, 1, 1)).days <= last:
+                estimate[d] += share
+    chunks: list[list[date]] = []
+    total = 0.0
+    for d in days:
+        if chunks and total + estimate[d] <= max_rows and chunks[-1][-1] + timedelta(1) == d:
+            chunks[-1].append(d)
+            total += estimate[d]
+        else:
+            chunks.append([d])
+            total = estimate[d]
+    return chunks
+
+
+def run(view: FeatureView, files: Sequence[SourceFile], days: Sequence[date], out_dir: Path,
+        advance: Callable[[int], None] = lambda n: None, max_rows: int | None = None) -> Counts:
+    """Tile ``days`` of a view's events into ``out_dir``, chunk by chunk; returns the counts."""
+    import polars as pl
+
+    max_rows = max_rows or CHUNK_ROWS
+    counts = Counts()
+    nulls_counted: set[int] = set()  # each opened file's null-time rows count once per run
+    for chunk in plan_chunks(files, days, max_rows):
+        lo, hi = _midnight(chunk[0]), _midnight(chunk[-1] + timedelta(days=1))
+        opened = [f for f in files if f.may_overlap(lo, hi)]
+        if not opened:
+            advance(len(chunk))
+            continue
+        first_time = [f for f in opened if f.rank not in nulls_counted]
+        nulls_counted.update(f.rank for f in first_time)
+        out, per_day = project(view, read_events(view, opened, lo, hi, first_time))
+        try:
+            frame, stats = pl.collect_all([out, per_day], engine="in-memory")
+        except (pl.exceptions.ComputeError, OSError) as e:
+            raise find_unreadable(view.source, opened, e) from None
+        for row in stats.iter_rows(named=True):
+            counts.read += row["read"]
+            counts.rejected += row["rejected"]
+            counts.filtered += row["filtered"]
+            if row["__day"] is not None:
+                counts.per_day[row["__day"]] = counts.per_day.get(row["__day"], 0) + row["read"]
+                if row["kept"]:
+                    counts.output_days.add(row["__day"])
+        counts.written += write_tiles(tile_frames(view, frame), out_dir)
+        del frame
+        advance(len(chunk))
+    return counts

@@ -8,17 +8,18 @@ computes, so both engines break ties identically. Integer tile and day arithmeti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from features.compile import compile_expr
 from features.definitions import FeatureView
 from features.tiles import EXACT_TILE_US, Layout, layout, partial_dtype
 from features.windows import US_PER_UNIT
+from pipelines.counts import Counts
 from pipelines.errors import SourceSchemaError
-from pipelines.sources import SEQ_ROW_BITS
+from pipelines.sources import SEQ_ROW_BITS, SourceFile, find_unreadable
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -35,35 +36,28 @@ def _floor_div(name: str, size: int) -> Column:
     return F.expr(f"(`{name}` - pmod(`{name}`, {size}L)) div {size}L")
 
 
-def _normalise_path(uri: str) -> str:
-    for prefix in ("file://", "file:"):
-        if uri.startswith(prefix):
-            uri = uri[len(prefix):]
-            break
-    return unquote(uri)
-
-
-def read_events(spark: SparkSession, view: FeatureView, files: Sequence[Path],
+def read_events(spark: SparkSession, view: FeatureView, files: Sequence[SourceFile],
                 start_us: int | None, end_us: int | None) -> DataFrame:
     """Source rows in ``[start_us, end_us)`` or with a null time; ``__seq`` gives source order."""
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
+    paths = [f.path for f in files]
     try:
-        df = spark.read.parquet(*[str(f) for f in files])
+        df = spark.read.parquet(*[str(p) for p in paths])
     except AnalysisException as e:
         if "TIMESTAMP(NANOS" in str(e):
             raise SourceSchemaError(
-                f"source {view.source.name!r}: {files[0].parent}: Spark cannot read Parquet "
+                f"source {view.source.name!r}: {paths[0].parent}: Spark cannot read Parquet "
                 f"timestamps in nanoseconds; write them in microseconds (pyarrow: "
                 f"coerce_timestamps='us') or run with --engine polars") from None
-        raise
+        raise find_unreadable(view.source, files, e) from None
     fields = {f.name: f.dataType.simpleString() for f in df.schema.fields}
     cols = []
     for name, want in view.source.schema.items():
         if name not in fields:
             raise SourceSchemaError(
-                f"source {view.source.name!r}: {files[0].parent}: column {name!r} is missing "
+                f"source {view.source.name!r}: {paths[0].parent}: column {name!r} is missing "
                 f"(the files have: {', '.join(fields)})")
         got = fields[name]
         ok = {
@@ -78,7 +72,7 @@ def read_events(spark: SparkSession, view: FeatureView, files: Sequence[Path],
                 f"source {view.source.name!r}: column {name!r} is {got}, expected {want}")
         # timestamp_ntz (a naive Parquet timestamp) cast in a UTC session is read as UTC.
         cols.append(F.col(name).cast(_SPARK_TYPES[want]).alias(name))
-    ranks = {str(f.resolve()): i for i, f in enumerate(files)}
+    ranks = {str(f.path.resolve()): f.rank for f in files}
     rank_map = F.create_map(*[x for path, i in ranks.items() for x in (F.lit(path), F.lit(i))])
     local_path = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), r"^file:(//)?", ""))
     seq = F.shiftleft(rank_map[local_path].cast("bigint"), SEQ_ROW_BITS).bitwiseOR(
@@ -94,7 +88,11 @@ def read_events(spark: SparkSession, view: FeatureView, files: Sequence[Path],
 
 
 def project(view: FeatureView, events: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(projected events, one-row counts of read/rejected/filtered) — same rules as Polars."""
+    """(projected events, counts per event day) — the same rules as the Polars engine.
+
+    The counts frame has one row per UTC event day (null: null times) with ``read``,
+    ``rejected``, ``filtered`` and ``kept``.
+    """
     from pyspark.sql import functions as F
 
     lay = layout(view)
@@ -110,10 +108,11 @@ def project(view: FeatureView, events: DataFrame) -> tuple[DataFrame, DataFrame]
     keep = valid if view.filter is None else valid & F.coalesce(
         compile_expr(view.filter, "spark", schema), F.lit(False))
     df = df.withColumn("__valid", valid).withColumn("__keep", keep)
-    counts = df.agg(F.count(F.lit(1)).alias("read"),
-                    F.sum(F.when(~F.col("__valid"), 1).otherwise(0)).alias("rejected"),
-                    F.sum(F.when(F.col("__valid") & ~F.col("__keep"), 1).otherwise(0))
-                    .alias("filtered"))
+    counts = df.groupBy(F.to_date(F.col(ts)).alias("__day")).agg(
+        F.count(F.lit(1)).alias("read"),
+        F.sum(F.when(~F.col("__valid"), 1).otherwise(0)).alias("rejected"),
+        F.sum(F.when(F.col("__valid") & ~F.col("__keep"), 1).otherwise(0)).alias("filtered"),
+        F.sum(F.when(F.col("__keep"), 1).otherwise(0)).alias("kept"))
     out = df.where(F.col("__keep")).select(
         *view.join_keys,
         F.unix_micros(F.col(ts)).alias("__ts"),
@@ -151,11 +150,13 @@ def partial_aggs(lay: Layout) -> list[Column]:
     return aggs
 
 
-def write_tiles(view: FeatureView, projected: DataFrame, out_dir: Path) -> int:
+def write_tiles(view: FeatureView, projected: DataFrame, out_dir: Path,
+                advance: Callable[[int], None] = lambda n: None) -> int:
     """Write every tile size (and the exact layer) under ``out_dir``; returns rows written.
 
     The projected events are persisted once and reused by every layer; the row count comes from
-    the written files' Parquet footers instead of a second pass over the data.
+    the written files' Parquet footers instead of a second pass over the data. ``advance(1)``
+    is called after each layer.
     """
     import pyarrow.parquet as pq
     from pyspark import StorageLevel
@@ -171,6 +172,40 @@ def write_tiles(view: FeatureView, projected: DataFrame, out_dir: Path) -> int:
              .repartition("day").sortWithinPartitions(*view.join_keys, "tile")
              .write.mode("overwrite").partitionBy("day")
              .parquet(str(out_dir / f"tile_us={size}")))
+            advance(1)
     finally:
         events.unpersist()
     return sum(pq.ParquetFile(f).metadata.num_rows for f in out_dir.rglob("*.parquet"))
+
+
+def run(spark: SparkSession, view: FeatureView, files: Sequence[SourceFile],
+        days: Sequence[date], out_dir: Path,
+        advance: Callable[[int], None] = lambda n: None) -> Counts:
+    """Tile ``days`` of a view's events into ``out_dir`` in one Spark job per layer."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    lo = (days[0] - date(1970, 1, 1)).days * DAY_US
+    hi = (days[-1] - date(1970, 1, 1)).days * DAY_US + DAY_US
+    counts = Counts()
+    if not files:
+        advance(len(view.tile_sizes()) + 2)
+        return counts
+    try:
+        events, per_day = project(view, read_events(spark, view, files, lo, hi))
+        for row in per_day.collect():
+            counts.read += int(row["read"])
+            counts.rejected += int(row["rejected"] or 0)
+            counts.filtered += int(row["filtered"] or 0)
+            if row["__day"] is not None:
+                counts.per_day[row["__day"]] = int(row["read"])
+                if row["kept"]:
+                    counts.output_days.add(row["__day"])
+        advance(1)
+        counts.written = write_tiles(view, events, out_dir, advance)
+    except (PySparkException, Py4JJavaError) as e:  # a corrupt file fails inside a job
+        found = find_unreadable(view.source, files, e)
+        if found is e:
+            raise
+        raise found from None
+    return counts

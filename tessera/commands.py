@@ -46,27 +46,37 @@ def apply_repo(cfg: RepoConfig, console: Console) -> None:
     console.print(f"Browse with Feast: feast -c {summary.feast_repo} feature-views list")
 
 
-def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str, end: str,
-              views: list[str] | None) -> list[RunSummary]:
+def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str | None,
+              end: str | None, views: list[str] | None,
+              allow_empty_days: bool = False) -> list[RunSummary]:
     """``tessera run``: every (or the named) view over whole days ``[start, end)``."""
     from pipelines.batch import run
 
     defs = load_valid(cfg)
-    summaries = run(cfg, defs.select(views), engine, start, end)  # type: ignore[arg-type]
+    summaries = run(cfg, defs.select(views), engine, start, end,  # type: ignore[arg-type]
+                    allow_empty_days=allow_empty_days)
     render_runs(console, summaries)
     return summaries
 
 
 def render_runs(console: Console, summaries: list[RunSummary]) -> None:
+    """The runs' table (full numbers, whatever the width) and any warning, one line each."""
     from rich.table import Table
 
-    table = Table("view", "engine", "days", "read", "rejected", "filtered", "partials",
-                  "version", "s")
+    table = Table("view", "engine", "days", "files", "read", "outside range", "rejected",
+                  "filtered", "partials", "version", "s")
     for s in summaries:
-        table.add_row(s.view, s.engine, str(s.days), f"{s.rows_read:,}", f"{s.rows_rejected:,}",
-                      f"{s.rows_filtered:,}", f"{s.partial_rows_written:,}",
-                      str(s.manifest_version), f"{s.seconds:.1f}")
+        days = (f"{s.first_day}..{s.last_day}" if s.days > 1 else str(s.first_day))
+        table.add_row(s.view, s.engine, f"{days} ({s.days_replaced}/{s.days})",
+                      f"{s.files}/{s.files_total}", f"{s.rows_read:,}", f"{s.rows_outside:,}",
+                      f"{s.rows_rejected:,}", f"{s.rows_filtered:,}",
+                      f"{s.partial_rows_written:,}",
+                      "-" if s.manifest_version is None else str(s.manifest_version),
+                      f"{s.seconds:.1f}")
     console.print(table)
+    for s in summaries:
+        for warning in s.warnings():
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 def generate_data(console: Console, rows: int, out: Path, start: datetime, days: int, seed: int,
