@@ -69,16 +69,20 @@ class Feature:
     name: str
     function: Function
     expr: ex.Node | None = None  # None only for count(): counts events
-    window: Window | None = None  # None: plain feature, last(expr) within the view's TTL
+    window: Window | None = None  # None: plain feature, last(expr) within its TTL
+    ttl: timedelta | None = None  # a plain feature's own TTL (default: the view's)
 
     @property
     def plain(self) -> bool:
         return self.window is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "function": self.function,
-                "expr": None if self.expr is None else ex.to_dict(self.expr),
-                "window": None if self.window is None else self.window.spec}
+        out = {"name": self.name, "function": self.function,
+               "expr": None if self.expr is None else ex.to_dict(self.expr),
+               "window": None if self.window is None else self.window.spec}
+        if self.ttl is not None:  # only when set, so existing fingerprints stay the same
+            out["ttl"] = format_duration(parse_duration(self.ttl))
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -125,6 +129,12 @@ class FeatureView:
     @property
     def ttl_us(self) -> int | None:
         return None if self.ttl is None else parse_duration(self.ttl)
+
+    def feature_ttl_us(self, feature: Feature) -> int | None:
+        """A plain feature's TTL in µs: its own, else the view's (None: no TTL set)."""
+        if feature.ttl is not None:
+            return parse_duration(feature.ttl)
+        return self.ttl_us
 
     def feature(self, name: str) -> Feature:
         for f in self.features:

@@ -16,6 +16,7 @@ from typing import Any
 from features.config import RepoConfig
 from features.definitions import FeatureView
 from features.repo import Definitions
+from features.windows import format_duration
 
 _FEAST_TYPES = {"int64": "Int64", "float64": "Float64", "bool": "Bool", "string": "String",
                 "timestamp": "UnixTimestamp"}
@@ -53,6 +54,14 @@ def write_feast_yaml(cfg: RepoConfig) -> Path:
     return folder
 
 
+def _window_tag(view: FeatureView, feature: Any) -> str:
+    """``1h/1m`` for a window; ``ttl=3d`` for a plain feature (its own TTL or the view's)."""
+    if feature.window is not None:
+        return str(feature.window.spec)
+    ttl = view.feature_ttl_us(feature)
+    return "ttl" if ttl is None else f"ttl={format_duration(ttl)}"
+
+
 def _feast_view(view: FeatureView, entities: dict[str, Any], cfg: RepoConfig) -> Any:
     import feast
     from feast import types as ft
@@ -61,7 +70,7 @@ def _feast_view(view: FeatureView, entities: dict[str, Any], cfg: RepoConfig) ->
     schema = [feast.Field(name=f.name, dtype=getattr(ft, _FEAST_TYPES[view.output_dtype(f)]),
                           tags={"tessera.fingerprint": view.feature_fingerprint(f),
                                 "tessera.function": f.function,
-                                "tessera.window": "ttl" if f.window is None else f.window.spec})
+                                "tessera.window": _window_tag(view, f)})
               for f in view.features]
     source = feast.FileSource(name=view.source.name, path=str(cfg.root / view.source.path),
                               timestamp_field=view.source.timestamp_field)

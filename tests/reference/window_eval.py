@@ -40,7 +40,7 @@ def _events(view: FeatureView, rows: Sequence[Mapping[str, Any]]) -> list[dict[s
 def _value(view: FeatureView, f: Feature, events: list[dict[str, Any]], t_us: int,
            schema: Mapping[str, str]) -> Any:
     if f.window is None:
-        ttl = view.ttl_us
+        ttl = view.feature_ttl_us(f)  # the feature's own TTL, else the view's
         chosen = [e for e in events if e["__us"] <= t_us and (ttl is None or e["__us"] >= t_us - ttl)]
     else:
         chosen = [e for e in events if f.window.covers(e["__us"], t_us)]
