@@ -8,7 +8,7 @@ VENV := .venv
 TESSERA := $(VENV)/bin/tessera
 PYTEST_ARGS ?=
 
-.PHONY: install services demo test down status lint bench clean
+.PHONY: install services cluster demo test down status lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml uv.lock
 
 services: install
 	$(TESSERA) services up
+
+# The local 3-master Redis Cluster (127.0.0.1:7001-7003), with Redis and Kafka.
+cluster: install
+	$(TESSERA) services up --cluster
 
 demo: services
 	$(TESSERA) demo

@@ -130,18 +130,27 @@ def ensure_redis_server(say: Say) -> str:
     Raises:
         ServiceError: it is missing and cannot be installed here.
     """
-    exe = shutil.which("redis-server")
+    return ensure_debian_tool("redis-server", "redis-server", say)
+
+
+def ensure_debian_tool(exe_name: str, package: str, say: Say) -> str:
+    """The path of ``exe_name``, installed from Debian's ``package`` when missing and we are root.
+
+    Raises:
+        ServiceError: it is missing and cannot be installed here.
+    """
+    exe = shutil.which(exe_name)
     if exe is not None:
         return exe
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise ServiceError(
-            "redis-server is not installed (not found on PATH). Hint: install Debian's package "
-            "with `sudo apt-get install redis-server` (or your system's redis package), then run "
+            f"{exe_name} is not installed (not found on PATH). Hint: install Debian's package "
+            f"with `sudo apt-get install {package}` (or your system's redis package), then run "
             "`tessera services up` again."
         )
-    say("redis: redis-server not found; installing it with apt-get (first run only)")
+    say(f"{exe_name} not found; installing Debian's {package} with apt-get (first run only)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         try:
             done = subprocess.run(argv, env=env, capture_output=True, text=True,
                                   timeout=_APT_TIMEOUT_S, check=False)
@@ -150,9 +159,9 @@ def ensure_redis_server(say: Say) -> str:
         if done.returncode != 0:
             out = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
             raise ServiceError(f"{' '.join(argv)!r} failed (exit {done.returncode}):\n{out}")
-    exe = shutil.which("redis-server")
+    exe = shutil.which(exe_name)
     if exe is None:
-        raise ServiceError("apt-get installed redis-server, but it is still not on PATH")
+        raise ServiceError(f"apt-get installed {package}, but {exe_name} is still not on PATH")
     return exe
 
 

@@ -16,13 +16,15 @@ class ServiceStatus:
     """The state of one local service at the moment it was checked.
 
     Attributes:
-        name: ``"redis"`` or ``"kafka"``.
+        name: ``"redis"``, ``"kafka"`` or ``"redis-cluster"``.
         address: ``host:port`` clients connect to.
         pid: the service's process, or None when it is not running.
         version: the server's version (``"7.0.15"``, ``"4.3.1"``), or None when unknown.
         healthy: the service answered its health check (Redis PING; a Kafka metadata request).
         detail: one line for a person: what was done, or why it is not healthy.
         log_file: where the service writes its log.
+        pids: every process of a service made of several (the Redis Cluster's nodes, in port
+            order); empty for a one-process service, whose process is ``pid``.
     """
 
     name: str
@@ -32,6 +34,7 @@ class ServiceStatus:
     healthy: bool
     detail: str
     log_file: Path | None = None
+    pids: tuple[int, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -67,6 +70,7 @@ def render_status(statuses: Sequence[ServiceStatus]) -> Table:
         # A process that runs but does not answer: its log is where the reason is.
         unhealthy = s.running and not s.healthy and s.log_file is not None
         detail = f"{s.detail} (log: {s.log_file})" if unhealthy else s.detail
-        table.add_row(s.name, s.address, str(s.pid or "-"), escape(s.version or "-"), health,
+        pid = ",".join(str(p) for p in s.pids) if s.pids else str(s.pid or "-")
+        table.add_row(s.name, s.address, pid, escape(s.version or "-"), health,
                       escape(detail))
     return table

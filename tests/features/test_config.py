@@ -147,3 +147,28 @@ def test_config_is_immutable(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="frozen"):
         cfg.project = "other"  # type: ignore[misc]
     assert isinstance(cfg, RepoConfig)
+
+
+def test_the_redis_cluster_is_off_by_default_on_three_ports(tmp_path: Path) -> None:
+    cluster = load_config(write(tmp_path, "project: shop\n"), environ={}).services.redis_cluster
+    assert not cluster.enabled
+    assert cluster.ports == (7001, 7002, 7003)
+    cfg = load_config(write(tmp_path, "project: shop\n"), environ={
+        "TESSERA__SERVICES__REDIS_CLUSTER__ENABLED": "true",
+        "TESSERA__SERVICES__REDIS_CLUSTER__PORTS": "[7101, 7102, 7103, 7104]",
+    })
+    assert cfg.services.redis_cluster.enabled
+    assert cfg.services.redis_cluster.ports == (7101, 7102, 7103, 7104)
+
+
+@pytest.mark.parametrize(("ports", "problem"), [
+    ("[7001, 7002]", "a Redis Cluster needs at least 3 masters (ports), got [7001, 7002]"),
+    ("[7001, 7002, 7001]", "ports must differ, got [7001, 7002, 7001]"),
+    ("[7001, 7002, 60000]", "each port must be 1..55535 (its cluster bus is port + 10000), "
+                            "got [60000]"),
+])
+def test_bad_redis_cluster_ports_are_one_line(tmp_path: Path, ports: str, problem: str) -> None:
+    path = write(tmp_path, f"project: shop\nservices:\n  redis_cluster: {{ports: {ports}}}\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: services.redis_cluster.ports: {problem}"), msg
+    assert len(msg.splitlines()) == 1
