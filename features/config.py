@@ -21,7 +21,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from features.errors import ConfigError
 
@@ -46,6 +54,8 @@ class OnlineConfig(_Model):
 
     type: Literal["redis"] = "redis"
     url: str = Field("redis://127.0.0.1:6390/0", description="redis:// or rediss:// URL.")
+    cluster: bool = Field(False, description="The URL is a Redis Cluster node.")
+    timeout_ms: int = Field(500, gt=0, description="Connect and read timeout of one call.")
 
     @field_validator("url")
     @classmethod
@@ -102,12 +112,38 @@ class KafkaServiceConfig(_Model):
     heap: str = Field("512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for the broker.")
 
 
+class RedisClusterServiceConfig(_Model):
+    """Local Redis Cluster (redis-server in cluster mode, one master per port, no replicas).
+
+    Started by ``tessera services up`` when ``enabled`` (or with ``up --cluster``). Each node
+    also listens on its cluster bus port, ``port + 10000``.
+    """
+
+    enabled: bool = False
+    host: Literal["127.0.0.1", "localhost"] = "127.0.0.1"
+    ports: tuple[int, ...] = Field((7001, 7002, 7003), description="One master per port.")
+
+    @field_validator("ports")
+    @classmethod
+    def _cluster_ports(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters (ports), got {list(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"ports must differ, got {list(v)}")
+        bad = [p for p in v if not 1 <= p <= 55535]
+        if bad:
+            raise ValueError(f"each port must be 1..55535 (its cluster bus is port + 10000), "
+                             f"got {bad}")
+        return v
+
+
 class ServicesConfig(_Model):
     """Local services for development, tests and the demo. Loopback only."""
 
     state_dir: Path = Field(Path(".tessera"), description="pids, logs, data; git-ignored.")
     redis: RedisServiceConfig = RedisServiceConfig()
     kafka: KafkaServiceConfig = KafkaServiceConfig()
+    redis_cluster: RedisClusterServiceConfig = RedisClusterServiceConfig()
 
 
 class Schedule(_Model):
@@ -126,6 +162,60 @@ class Schedule(_Model):
         return v
 
 
+class ServeConfig(_Model):
+    """``tessera serve``: the HTTP feature server (see docs/serving.md).
+
+    The bearer token is best given by naming an environment variable (``token_env``), so that no
+    secret sits in the file; ``token`` (or ``TESSERA__SERVE__TOKEN``) works too. With neither,
+    the server needs no token.
+    """
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind (loopback).")
+    port: int = Field(6566, ge=1, le=65535, description="TCP port (Feast's default, 6566).")
+    token: SecretStr | None = Field(None, description="Bearer token every feature request "
+                                    "must carry.")
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                  description="Name of an environment variable holding it.")
+    max_entities: int = Field(1000, ge=1, description="Entities per request, at most.")
+    max_body_bytes: int = Field(1 << 20, ge=64, description="Request body size, at most.")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token_text(cls, v: Any) -> Any:
+        # A YAML number would be read as int (0123 as 83!): refuse it rather than mangle it.
+        if v is not None and not isinstance(v, str | SecretStr):
+            raise ValueError("must be a string: quote it in YAML (or in the variable: "
+                             "'\"...\"'); the value is not shown")
+        if isinstance(v, str) and not v:
+            raise ValueError("is empty (remove it to serve without a token)")
+        return v
+
+    @field_validator("token_env")
+    @classmethod
+    def _one_token_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("token") is not None:
+            raise ValueError("give serve.token or serve.token_env, not both")
+        return v
+
+    def resolve_token(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The token requests must carry (None: no token needed).
+
+        Raises:
+            ConfigError: ``token_env`` names a variable that is unset or empty: the server must
+                not start open by accident.
+        """
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_env is None:
+            return None
+        value = (os.environ if environ is None else environ).get(self.token_env, "")
+        if not value:
+            raise ConfigError(f"serve.token_env: environment variable {self.token_env!r} is "
+                              f"not set or empty (set it, or remove token_env to serve without "
+                              f"a token)")
+        return value
+
+
 class RepoConfig(_Model):
     """The whole of ``feature_repo.yaml``."""
 
@@ -140,6 +230,7 @@ class RepoConfig(_Model):
     registry: RegistryConfig = RegistryConfig()
     services: ServicesConfig = ServicesConfig()
     schedules: list[Schedule] = Field(default_factory=list)
+    serve: ServeConfig = ServeConfig()
     root: Path = Field(Path("."), exclude=True, description="Folder of the file; set on load.")
 
     def resolve(self, path: Path) -> Path:
@@ -201,6 +292,7 @@ def _config_file(path: Path) -> Path:
 
 
 _Loc = tuple[str, ...]
+_SECRET_KEYS = {("token",)}  # keys whose values an error must not quote
 
 
 def _env_var(loc: _Loc, from_env: Mapping[_Loc, str], raw: Mapping[str, Any]) -> str | None:
@@ -246,6 +338,8 @@ def _one_line(file: Path, err: Any, from_env: Mapping[_Loc, str] | None = None,
     if kind == "missing":
         return f"{where}: required key is missing"
     got = err.get("input")
+    if loc[-1:] in _SECRET_KEYS:  # never echo a secret into a log or a terminal
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{where}: {msg}" if repr(got) in msg else f"{where}: {msg} (got {got!r})"
 

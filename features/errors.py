@@ -42,3 +42,11 @@ class UncoveredError(OfflineStoreError):
 
 class EntityRowsError(TesseraError):
     """Entity rows given to a read are malformed: a missing or mistyped column, a bad time."""
+
+
+class OnlineRequestError(TesseraError):
+    """An online read names an unknown feature or service, or its entity rows are malformed."""
+
+
+class OnlineUnavailableError(TesseraError):
+    """The online store (Redis) could not be reached within the configured timeout."""

@@ -31,6 +31,8 @@ from features import entity_rows as er
 from features import offline_store
 from features.definitions import Feature, FeatureView
 from features.errors import OfflineStoreError, UncoveredError
+from features.sql import file_list as _files_sql
+from features.sql import quote as _q
 from features.tiles import EXACT_TILE_US, Input, Layout, layout
 from features.windows import US_PER_UNIT, Window
 
@@ -69,14 +71,6 @@ class _Names:
 
     def mean(self, k: int) -> str:
         return f"{self.prefix}_mean{k}"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _files_sql(files: list[str]) -> str:
-    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
 
 
 def _floor(expr: str, size: int) -> str:

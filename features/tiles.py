@@ -31,7 +31,7 @@ the only definition of what a partial means.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -171,28 +171,46 @@ def merge_m2(groups: Sequence[tuple[int, float, float]]) -> float:
 
 def finalize(lay: Layout, feature: Feature, merged: Mapping[str, Any] | None) -> Any:
     """A feature's value from merged partials (``None``: no events, an empty window)."""
+    return finalizer(lay, feature)(empty(lay) if merged is None else merged)
+
+
+def finalizer(lay: Layout, feature: Feature,
+              position: Mapping[str, int] | None = None) -> Callable[[Any], Any]:
+    """:func:`finalize` for one feature with its columns bound (the online hot path).
+
+    With ``position``, the function reads a tuple instead of a dict: ``position[column]`` is
+    the column's index, and ``position[column + "?"]``, when present, the index of a flag that
+    is false where the column is null.
+    """
+    def at(column: str) -> Any:
+        return column if position is None else position[column]
+
+    def flag(column: str) -> Any:
+        return None if position is None else position.get(column + "?")
+
     inp = lay.input_of(feature)
-    if merged is None:
-        merged = empty(lay)
     if inp is None:
-        return int(merged["n"])
-    col = inp.column
+        n = at("n")
+        return lambda m: int(m[n])
+    c, s, q = (at(inp.column(k)) if inp.column(k) in (position or {inp.column(k): 0}) else None
+               for k in ("c", "s", "q"))
     fn = feature.function
     if fn == "count":
-        return int(merged[col("c")])
+        return lambda m: int(m[c])
     if fn == "sum":
-        return merged[col("s")]
+        return lambda m: m[s]
     if fn == "mean":
-        c = merged[col("c")]
-        return None if c == 0 else float(merged[col("s")]) / c
+        return lambda m: None if m[c] == 0 else float(m[s]) / m[c]
     if fn == "stddev":
-        c = merged[col("c")]
-        return None if c < 2 else math.sqrt(max(float(merged[col("q")]), 0.0) / (c - 1))
-    if fn == "min":
-        return merged[col("lo")]
-    if fn == "max":
-        return merged[col("hi")]
-    return merged[col("l")]
+        return lambda m: None if m[c] < 2 else math.sqrt(max(float(m[q]), 0.0) / (m[c] - 1))
+    if fn in ("min", "max"):
+        column = inp.column("lo" if fn == "min" else "hi")
+        v, present = at(column), flag(column)
+        if present is None:
+            return lambda m: m[v]
+        return lambda m: m[v] if m[present] else None
+    last = at(inp.column("l"))
+    return lambda m: m[last]
 
 
 def empty(lay: Layout) -> dict[str, Any]:
@@ -208,4 +226,62 @@ def empty(lay: Layout) -> dict[str, Any]:
             elif kind == "q":
                 zero = 0.0
             out[inp.column(kind)] = zero
+    return out
+
+
+# --- suffix merges: what the online store keeps per tile ---------------------------------------
+
+def suffix_merge(lay: Layout, columns: Mapping[str, Any], group_end: Any) -> dict[str, Any]:
+    """Per row ``i``, the merge of rows ``i..`` to the end of its group (vectorized, numpy).
+
+    ``columns`` holds partial columns as numpy arrays, rows sorted by (group, tile) ascending;
+    nullable ``lo``/``hi`` columns come with a boolean ``"<column>?"`` presence array.
+    ``group_end[i]`` is one past the last row of row ``i``'s group. The result at the first row
+    of a window's tiles is the window's merged partial, so a read at any instant costs one
+    lookup instead of a merge. ``last`` is not here: the newest value alone answers every window.
+
+    Same rules as :func:`merge` (sums; min; max; M2 by the two-pass Chan form, pairwise), up to
+    the rounding of floating sums, which DESIGN.md's equality rule allows.
+    """
+    import numpy as np
+
+    rows = len(group_end)
+    out = {name: np.array(values, copy=True) for name, values in columns.items()}
+    if rows == 0:
+        return out
+    rank = np.asarray(group_end) - 1 - np.arange(rows)  # rows after this one in its group
+    order = np.argsort(rank, kind="stable")
+    bounds = np.searchsorted(rank[order], np.arange(1, int(rank.max()) + 2))
+    plain = [c for c in out if c == "n" or c.rstrip("0123456789") in ("c", "s")]
+    for inp in lay.inputs:
+        for kind in ("lo", "hi"):
+            if inp.column(kind) in out:
+                plain.append(inp.column(kind))
+    m2 = [inp for inp in lay.inputs if inp.column("q") in out]
+    for j in range(1, len(bounds)):
+        a = order[bounds[j - 1]:bounds[j]]  # rows with j later rows; a + 1 is already final
+        if a.size == 0:
+            continue
+        b = a + 1
+        for inp in m2:  # before c and s change: it needs both sides' own c and s
+            c, s, q = inp.column("c"), inp.column("s"), inp.column("q")
+            na, nb = out[c][a].astype(np.float64), out[c][b].astype(np.float64)
+            sa, sb = out[s][a].astype(np.float64), out[s][b].astype(np.float64)
+            total = na + nb
+            with np.errstate(invalid="ignore", divide="ignore"):
+                grand = (sa + sb) / total
+                dev_a = np.where(na > 0, na * (sa / na - grand) ** 2, 0.0)
+                dev_b = np.where(nb > 0, nb * (sb / nb - grand) ** 2, 0.0)
+            out[q][a] = np.where(total > 0, out[q][a] + out[q][b] + dev_a + dev_b, 0.0)
+        for name in plain:
+            kind = name.rstrip("0123456789")
+            if kind in ("n", "c", "s"):
+                out[name][a] = out[name][a] + out[name][b]
+                continue
+            present = f"{name}?"
+            pa_, pb = out[present][a], out[present][b]
+            pick = np.minimum if kind == "lo" else np.maximum
+            both = pick(out[name][a], out[name][b])
+            out[name][a] = np.where(pa_ & pb, both, np.where(pa_, out[name][a], out[name][b]))
+            out[present][a] = pa_ | pb
     return out

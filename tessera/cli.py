@@ -25,7 +25,8 @@ app = typer.Typer(
     # `tessera --help` must answer at once.
     rich_markup_mode=None,
 )
-services_app = typer.Typer(help="Local Redis and Apache Kafka on 127.0.0.1 (for dev, tests, demo).",
+services_app = typer.Typer(help="Local Redis, Apache Kafka and (optionally) a Redis Cluster on "
+                           "127.0.0.1 (for dev, tests, demo).",
                            no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(services_app, name="services")
 
@@ -116,13 +117,20 @@ def _config(repo: Path) -> Any:
 
 @services_app.command("up")
 @_friendly
-def services_up(repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Start Redis and Kafka (idempotent: running healthy services are left alone)."""
+def services_up(
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="Also start the local 3-master Redis Cluster (services.redis_cluster),"
+        " even when it is not enabled.")] = False,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Start Redis and Kafka, and the Redis Cluster when enabled or with --cluster (idempotent:
+    running healthy services are left alone)."""
     from tessera import services
 
     cfg = _config(repo)
     console = _console()
-    console.print(services.render_status(services.up(cfg.services, cfg.root, console=console)))
+    console.print(services.render_status(
+        services.up(cfg.services, cfg.root, console=console, cluster=cluster)))
 
 
 @services_app.command("down")
@@ -181,12 +189,32 @@ def run_cmd(
     allow_empty_days: Annotated[bool, typer.Option(
         "--allow-empty-days", help="Days without any source event are truly empty: store them "
         "as empty (by default they are left as stored and reported).")] = False,
+    then_materialize: Annotated[bool, typer.Option(
+        "--materialize", help="Then write what changed to the online store (Redis).")] = False,
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """Apply the rules to the batch source and write offline tiles for whole days [start, end)."""
     from tessera.commands import run_batch
 
-    run_batch(_config(repo), _console(), engine, start, end, view, allow_empty_days)
+    run_batch(_config(repo), _console(), engine, start, end, view, allow_empty_days,
+              then_materialize)
+
+
+@app.command("materialize")
+@_friendly
+def materialize_cmd(
+    start: Annotated[str | None, typer.Option(
+        help="Rewrite the entities with events from this UTC day on (default: only what "
+             "changed since the last materialization).")] = None,
+    end: Annotated[str | None, typer.Option(help="...up to this day, exclusive.")] = None,
+    view: Annotated[list[str] | None, typer.Option("--view", help="Only this view (repeat).")]
+    = None,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Write offline tiles to the online store (Redis): incremental, idempotent."""
+    from tessera.commands import materialize_repo
+
+    materialize_repo(_config(repo), _console(), start, end, view)
 
 
 @app.command("generate")
@@ -208,6 +236,26 @@ def generate_cmd(
     from tessera.commands import generate_data
 
     generate_data(_console(), rows, out, start, days, seed, drift_from, malformed_rate)
+
+
+@app.command("serve")
+@_friendly
+def serve_cmd(
+    host: Annotated[str | None, typer.Option(
+        help="Address to bind (default serve.host: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default serve.port: 6566).")]
+    = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the port (one per "
+                                         "core for more throughput).")] = 1,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")]
+    = False,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """HTTP feature server: POST /get-online-features (Feast's JSON), GET /health, /metrics."""
+    from tessera.server import serve
+
+    serve(_config(repo), repo, host=host, port=port, workers=workers, access_log=access_log,
+          console=_error_console())
 
 
 @app.command("demo")

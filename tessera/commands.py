@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from features.config import RepoConfig
     from features.repo import Definitions
     from pipelines.batch import RunSummary
+    from pipelines.materialize import MaterializeSummary
 
 
 def load_valid(cfg: RepoConfig) -> Definitions:
@@ -48,7 +49,7 @@ def apply_repo(cfg: RepoConfig, console: Console) -> None:
 
 def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str | None,
               end: str | None, views: list[str] | None,
-              allow_empty_days: bool = False) -> list[RunSummary]:
+              allow_empty_days: bool = False, then_materialize: bool = False) -> list[RunSummary]:
     """``tessera run``: every (or the named) view over whole days ``[start, end)``."""
     from pipelines.batch import run
 
@@ -56,6 +57,36 @@ def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str | None,
     summaries = run(cfg, defs.select(views), engine, start, end,  # type: ignore[arg-type]
                     allow_empty_days=allow_empty_days)
     render_runs(console, summaries)
+    if then_materialize:
+        materialize_repo(cfg, console, None, None, views)
+    return summaries
+
+
+def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: str | None,
+                     views: list[str] | None) -> list[MaterializeSummary]:
+    """``tessera materialize``: offline tiles into Redis (incremental unless days are given)."""
+    from rich.table import Table
+
+    from features.online.redis_store import RedisOnline
+    from pipelines.materialize import materialize
+
+    defs = load_valid(cfg)
+    online = RedisOnline(cfg.online.url, cluster=cfg.online.cluster,
+                         timeout_s=max(cfg.online.timeout_ms / 1000, 5.0))
+    try:
+        summaries = materialize(cfg, defs.select(views), online, start=start, end=end)
+    finally:
+        online.close()
+    table = Table(title=f"materialized into {cfg.online.url}")
+    for name in ("view", "fingerprint", "mode", "days", "entities", "keys written",
+                 "keys deleted", "s", "entities/s"):
+        table.add_column(name, justify="right" if name not in ("view", "mode", "days") else "left")
+    for m in summaries:
+        days = (f"{m.days[0]}..{m.days[-1]} ({len(m.days)})" if m.days else "all")
+        table.add_row(m.view, m.fingerprint[:16], m.mode, days, f"{m.entities:,}",
+                      f"{m.keys_written:,}", f"{m.keys_deleted:,}", f"{m.seconds:.2f}",
+                      f"{m.rate:,.0f}")
+    console.print(table)
     return summaries
 
 

@@ -1,0 +1,351 @@
+"""The online value of one entity in one feature view: what is kept, and its bytes.
+
+For each view (named by its rule fingerprint) an entity has up to two Redis values:
+
+- the **window value**: per tile size of the view's windows, the tiles still inside the longest
+  window of that size, each with the *suffix merge* of it and every newer tile
+  (:func:`features.tiles.suffix_merge`); the newest non-null value of each ``last`` input with
+  its event time; the entity's newest event time. A window's value at ``t`` is the suffix at
+  the first tile inside the window: one lookup, however long the window. It expires once its
+  newest tile has left the longest window (and the plain features' TTL has passed);
+- the **lifetime value**, for views with ``lifetime`` features: the merge of every tile, and the
+  newest value of their ``last`` inputs. It never expires.
+
+Bytes (little-endian, never pickle)::
+
+    window   = version:u8 newest_event:i64 latest section*
+    latest   = per last input: present:u8 [lt:i64 ls:i64 value]
+    section  = count:u32 (tile:i64 record) * count
+    lifetime = version:u8 newest_event:i64 record latest
+    record   = per partial column, in layout order: [present:u8] value (i64, f64 or bool)
+    value    = i64 | f64 | u8 (bool) | len:u32 utf-8 (string)
+
+``docs/online.md`` explains the choices and their measured costs.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from features.definitions import Feature, FeatureView
+from features.tiles import Input, Layout, layout
+
+VERSION = 1
+NO_EVENT = -(2**63)
+_CODES = {"int64": "q", "timestamp": "q", "float64": "d", "bool": "?"}
+_HEAD = struct.Struct("<Bq")
+_COUNT = struct.Struct("<I")
+_LATEST = struct.Struct("<qq")
+_LEN = struct.Struct("<I")
+_FLAG = struct.Struct("<B")
+
+
+def field_code(kind: str, dtype: str) -> str:
+    """struct code of one partial column."""
+    if kind in ("n", "c", "lt", "ls"):
+        return "q"
+    if kind == "q":
+        return "d"
+    if kind == "s":
+        return "q" if dtype in ("int64", "bool") else "d"
+    return _CODES[dtype]  # lo, hi: min/max are numeric or timestamps (validated)
+
+
+@dataclass(frozen=True)
+class Record:
+    """The fixed-width record of partial columns one section keeps per tile."""
+
+    columns: tuple[str, ...]  # partial columns, layout order
+    codes: tuple[str, ...]
+    nullable: tuple[bool, ...]  # lo/hi carry a presence byte
+
+    @property
+    def struct(self) -> struct.Struct:
+        return _record_struct(self.codes, self.nullable)
+
+    @property
+    def size(self) -> int:
+        return self.struct.size
+
+    def numpy_dtype(self) -> Any:
+        """The same layout as a numpy structured dtype (for packing many records at once)."""
+        import numpy as np
+
+        fields = []
+        for col, code, null in zip(self.columns, self.codes, self.nullable, strict=True):
+            if null:
+                fields.append((f"{col}?", "u1"))
+            fields.append((col, {"q": "<i8", "d": "<f8", "?": "u1"}[code]))
+        return np.dtype(fields)
+
+    @property
+    def position(self) -> dict[str, int]:
+        """Index of each column (and ``column?`` of its presence flag) in an unpacked record."""
+        out, i = {}, 0
+        for col, null in zip(self.columns, self.nullable, strict=True):
+            if null:
+                out[f"{col}?"] = i
+                i += 1
+            out[col] = i
+            i += 1
+        return out
+
+    def to_dict(self, values: Sequence[Any]) -> dict[str, Any]:
+        if not any(self.nullable):
+            return dict(zip(self.columns, values, strict=True))
+        out: dict[str, Any] = {}
+        i = 0
+        for col, code, null in zip(self.columns, self.codes, self.nullable, strict=True):
+            if null:
+                present, value = values[i], values[i + 1]
+                i += 2
+                out[col] = (bool(value) if code == "?" else value) if present else None
+            else:
+                out[col] = values[i]
+                i += 1
+        return out
+
+
+@cache
+def _record_struct(codes: tuple[str, ...], nullable: tuple[bool, ...]) -> struct.Struct:
+    return struct.Struct("<" + "".join(("B" if n else "") + c for c, n in zip(codes, nullable,
+                                                                              strict=True)))
+
+
+def _record(lay: Layout, features: Sequence[Feature]) -> Record:
+    wanted: set[str] = set()
+    for f in features:
+        inp = lay.input_of(f)
+        if inp is None:
+            wanted.add("n")
+        else:
+            wanted.update(inp.column(k) for k in inp.kinds
+                          if k in _kinds_for(f.function) and k not in ("l", "lt", "ls"))
+    columns, codes, nullable = [], [], []
+    for col, _dtype in lay.partial_columns():
+        if col in wanted:
+            kind = col.rstrip("0123456789")
+            inp_dtype = _input_dtype(lay, col)
+            columns.append(col)
+            codes.append(field_code(kind, inp_dtype))
+            nullable.append(kind in ("lo", "hi"))
+    return Record(tuple(columns), tuple(codes), tuple(nullable))
+
+
+def _kinds_for(function: str) -> frozenset[str]:
+    from features.tiles import NEEDS
+
+    return NEEDS[function]
+
+
+def _input_dtype(lay: Layout, column: str) -> str:
+    if column == "n":
+        return "int64"
+    index = int(column.lstrip("abcdefghijklmnopqrstuvwxyz"))
+    return lay.inputs[index].dtype
+
+
+@dataclass(frozen=True)
+class Section:
+    """One tile size of a view: its tiles inside the longest window of that size."""
+
+    tile_us: int
+    horizon: int  # tiles kept: the longest window of this tile size, in tiles
+    record: Record
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one feature view's online values are laid out (deterministic from its rules)."""
+
+    view: FeatureView
+    layout: Layout
+    sections: tuple[Section, ...]
+    latest: tuple[Input, ...]  # inputs of last() features outside lifetime, layout order
+    lifetime: Record | None  # None: the view has no lifetime feature
+    lifetime_latest: tuple[Input, ...]
+
+    @property
+    def records(self) -> list[tuple[Record, Any, int]]:
+        """Per section: (record, its unpack_from, its size), computed once."""
+        cached = self.__dict__.get("_records")
+        if cached is None:
+            cached = [(s.record, s.record.struct.unpack_from, s.record.size)
+                      for s in self.sections]
+            object.__setattr__(self, "_records", cached)
+        return cached
+
+    def section_of(self, feature: Feature) -> int:
+        assert feature.window is not None
+        for i, s in enumerate(self.sections):
+            if s.tile_us == feature.window.tile_us:
+                return i
+        raise KeyError(feature.name)
+
+    # --- encode ---------------------------------------------------------------------------
+
+    def encode_latest(self, inputs: Sequence[Input],
+                      latest: Sequence[tuple[Any, int, int] | None]) -> bytes:
+        """The latest section: per input ``(value, event time, seq)`` or None."""
+        parts = []
+        for inp, item in zip(inputs, latest, strict=True):
+            if item is None or item[0] is None:
+                parts.append(b"\x00")
+                continue
+            value, lt, ls = item
+            parts.append(b"\x01" + _LATEST.pack(lt, ls) + _encode_value(inp.dtype, value))
+        return b"".join(parts)
+
+    def encode_window(self, newest_event: int, latest: bytes,
+                      sections: Sequence[Sequence[tuple[int, bytes]]]) -> bytes:
+        """A window value from its parts: per section, (tile index, record bytes) per tile."""
+        parts = [_HEAD.pack(VERSION, newest_event), latest]
+        for rows in sections:
+            parts.append(_COUNT.pack(len(rows)))
+            parts += [struct.pack("<q", tile) + record for tile, record in rows]
+        return b"".join(parts)
+
+    def encode_lifetime(self, newest_event: int, record: bytes, latest: bytes) -> bytes:
+        return _HEAD.pack(VERSION, newest_event) + record + latest
+
+    # --- decode ---------------------------------------------------------------------------
+
+    def decode_window(self, blob: bytes, with_latest: bool = True) -> WindowValue:
+        """Parse a window value's header and section offsets (records are read on demand).
+
+        ``with_latest=False`` skips decoding the newest values (a read without ``last``).
+        """
+        version, newest = _HEAD.unpack_from(blob, 0)
+        if version != VERSION:
+            raise ValueError(f"online value of view {self.view.name!r} has version {version}, "
+                             f"expected {VERSION} (re-materialize)")
+        if with_latest or not self.latest:
+            latest, pos = _decode_latest(self.latest, blob, _HEAD.size)
+        else:
+            latest, pos = [], _skip_latest(self.latest, blob, _HEAD.size)
+        offsets = []
+        for _rec, _unpack, size in self.records:
+            (count,) = _COUNT.unpack_from(blob, pos)
+            pos += _COUNT.size
+            offsets.append((pos, count))
+            pos += count * (8 + size)  # (tile, record) per tile
+        return WindowValue(self, blob, newest, latest, offsets)
+
+    def decode_lifetime(self, blob: bytes) -> tuple[int, dict[str, Any], list[Any]]:
+        """(newest event time, merged partials of every tile, latest per lifetime last input)."""
+        assert self.lifetime is not None
+        version, newest = _HEAD.unpack_from(blob, 0)
+        if version != VERSION:
+            raise ValueError(f"online lifetime value of view {self.view.name!r} has version "
+                             f"{version}, expected {VERSION} (re-materialize)")
+        rec = self.lifetime
+        merged = rec.to_dict(rec.struct.unpack_from(blob, _HEAD.size))
+        latest, _ = _decode_latest(self.lifetime_latest, blob, _HEAD.size + rec.size)
+        return newest, merged, latest
+
+
+class WindowValue:
+    """A decoded window value; sections are read lazily, one record per lookup."""
+
+    __slots__ = ("_offsets", "_tiles", "blob", "codec", "latest", "newest_event")
+
+    def __init__(self, codec: Codec, blob: bytes, newest_event: int, latest: list[Any],
+                 offsets: list[tuple[int, int]]) -> None:
+        self.codec = codec
+        self.blob = blob
+        self.newest_event = newest_event
+        self.latest = latest  # per latest input: (value, lt, ls) or None
+        self._offsets = offsets
+        self._tiles: dict[int, tuple[int, ...]] = {}
+
+    def suffix(self, section: int, first_tile: int) -> tuple[Any, ...] | None:
+        """Merged partials of the tiles at or after ``first_tile``, as the section's unpacked
+        record (see :attr:`Record.position`); None: no such tile."""
+        pos, count = self._offsets[section]
+        _rec, unpack, size = self.codec.records[section]
+        tiles = self._tiles.get(section)
+        if tiles is None:
+            tiles = _tiles_struct(count, size).unpack_from(self.blob, pos)
+            self._tiles[section] = tiles
+        p = bisect_left(tiles, first_tile)
+        if p == count:
+            return None
+        return unpack(self.blob, pos + p * (8 + size) + 8)
+
+
+@cache
+def _tiles_struct(count: int, record_size: int) -> struct.Struct:
+    """Reads the ``count`` tile indices of a section, skipping the records between them."""
+    return struct.Struct("<" + f"q{record_size}x" * count)
+
+
+def _skip_latest(inputs: Sequence[Input], blob: bytes, pos: int) -> int:
+    """The position after the latest section, without decoding its values."""
+    for inp in inputs:
+        flag = blob[pos]
+        pos += 1
+        if not flag:
+            continue
+        pos += _LATEST.size
+        if inp.dtype == "string":
+            (n,) = _LEN.unpack_from(blob, pos)
+            pos += _LEN.size + n
+        else:
+            pos += struct.calcsize(_CODES[inp.dtype])
+    return pos
+
+
+def _encode_value(dtype: str, value: Any) -> bytes:
+    if dtype == "string":
+        data = str(value).encode()
+        return _LEN.pack(len(data)) + data
+    return struct.pack("<" + _CODES[dtype], value)
+
+
+def _decode_latest(inputs: Sequence[Input], blob: bytes, pos: int) -> tuple[list[Any], int]:
+    out: list[Any] = []
+    for inp in inputs:
+        flag = blob[pos]
+        pos += 1
+        if not flag:
+            out.append(None)
+            continue
+        lt, ls = _LATEST.unpack_from(blob, pos)
+        pos += _LATEST.size
+        if inp.dtype == "string":
+            (n,) = _LEN.unpack_from(blob, pos)
+            pos += _LEN.size
+            value: Any = blob[pos:pos + n].decode()
+            pos += n
+        else:
+            code = _CODES[inp.dtype]
+            (value,) = struct.unpack_from("<" + code, blob, pos)
+            pos += struct.calcsize(code)
+        out.append((value, lt, ls))
+    return out, pos
+
+
+@cache
+def codec(view: FeatureView) -> Codec:
+    """The online layout of a view (same rules, same bytes)."""
+    lay = layout(view)
+    sections = []
+    for size in view.tile_sizes():
+        feats = [f for f in view.features if f.window is not None and f.window.tile_us == size
+                 and f.window.tiles is not None and f.function != "last"]
+        if feats:  # windowed last() needs no tiles: the newest value answers every window
+            horizon = max(f.window.tiles for f in feats)  # type: ignore[union-attr,type-var]
+            sections.append(Section(size, horizon, _record(lay, feats)))
+    life = [f for f in view.features if f.window is not None and f.window.tiles is None]
+    life_agg = [f for f in life if f.function != "last"]
+    inputs_of = lambda feats: tuple(sorted(  # noqa: E731
+        {lay.input_of(f) for f in feats if f.function == "last"} - {None},
+        key=lambda i: i.index))
+    timed = [f for f in view.features if f.window is None or f.window.tiles is not None]
+    return Codec(view, lay, tuple(sections), inputs_of(timed),
+                 _record(lay, life_agg) if life else None, inputs_of(life))

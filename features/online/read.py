@@ -1,0 +1,146 @@
+"""Feature values at request time from an entity's online values: windows merged at read.
+
+A windowed feature at ``now`` is the suffix merge stored at the first tile inside the window
+(tiles that left the window are skipped by a binary search: a key that went quiet an hour ago
+reads ``count_1h == 0`` without any write); a plain ``last`` is the newest value if it is no
+older than its TTL; ``lifetime`` reads the lifetime value. :func:`features.tiles.finalize` turns
+merged partials into values, as in the offline read, so both paths give equal values.
+
+Statuses follow Feast: ``PRESENT``; ``NULL_VALUE`` (the entity is known, the value is null: an
+empty window's mean); ``NOT_FOUND`` (no online value: never seen, or every window expired);
+``OUTSIDE_MAX_AGE`` (a plain feature's newest value is older than its TTL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from features.definitions import Feature, FeatureView
+from features.online.codec import NO_EVENT, Codec, codec
+from features.tiles import finalize, finalizer
+
+PRESENT = "PRESENT"
+NULL_VALUE = "NULL_VALUE"
+NOT_FOUND = "NOT_FOUND"
+OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
+
+_WINDOW, _WINDOW_LAST, _PLAIN, _LIFETIME, _LIFETIME_LAST = range(5)
+
+
+@dataclass(frozen=True)
+class _Step:
+    feature: Feature
+    how: int
+    index: int  # section (windows) or latest input position (last)
+    tile_us: int = 0
+    tiles: int = 0
+    ttl_us: int | None = None
+    final: Any = None  # features.tiles.finalizer of the feature
+    empty: Any = None  # its value over no events
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    """How to evaluate some features of one view from its two online values."""
+
+    view: FeatureView
+    codec: Codec
+    steps: tuple[_Step, ...]
+    window: bool  # needs the window value
+    lifetime: bool  # needs the lifetime value
+    empty: tuple[Any, ...]  # each feature's value for an empty window
+    # windowed features grouped by window: (section, tile, tiles, ((position, finalizer), ...))
+    windows: tuple[tuple[int, int, int, tuple[tuple[int, Any], ...]], ...]
+    others: tuple[tuple[int, _Step], ...]  # (position, step) of every other feature
+
+    needs_latest: bool  # some feature reads the newest values (last)
+
+    @classmethod
+    def of(cls, view: FeatureView, features: Sequence[Feature]) -> ViewRead:
+        c = codec(view)
+        steps = []
+        for f in features:
+            w = f.window
+            common = {"final": finalizer(c.layout, f), "empty": finalize(c.layout, f, None)}
+            if w is None:
+                pos = c.latest.index(c.layout.input_of(f))  # type: ignore[arg-type]
+                steps.append(_Step(f, _PLAIN, pos, ttl_us=view.feature_ttl_us(f), **common))
+            elif w.tiles is None and f.function == "last":
+                pos = c.lifetime_latest.index(c.layout.input_of(f))  # type: ignore[arg-type]
+                steps.append(_Step(f, _LIFETIME_LAST, pos, **common))
+            elif w.tiles is None:
+                steps.append(_Step(f, _LIFETIME, 0, **common))
+            elif f.function == "last":
+                pos = c.latest.index(c.layout.input_of(f))  # type: ignore[arg-type]
+                steps.append(_Step(f, _WINDOW_LAST, pos, w.tile_us, w.tiles, **common))
+            else:
+                k = c.section_of(f)
+                common["final"] = finalizer(c.layout, f, c.sections[k].record.position)
+                steps.append(_Step(f, _WINDOW, k, w.tile_us, w.tiles, **common))
+        groups: dict[tuple[int, int, int], list[tuple[int, Any]]] = {}
+        others = []
+        for k, step in enumerate(steps):
+            if step.how == _WINDOW:
+                groups.setdefault((step.index, step.tile_us, step.tiles), []).append(
+                    (k, step.final))
+            else:
+                others.append((k, step))
+        hows = {s.how for s in steps}
+        return cls(view, c, tuple(steps),
+                   bool(hows & {_WINDOW, _WINDOW_LAST, _PLAIN}),
+                   bool(hows & {_LIFETIME, _LIFETIME_LAST}),
+                   tuple(step.empty for step in steps),
+                   tuple((sec, tile, tiles, tuple(fs)) for (sec, tile, tiles), fs
+                         in groups.items()),
+                   tuple(others), bool(hows & {_PLAIN, _WINDOW_LAST}))
+
+    def evaluate(self, window: bytes | None, lifetime: bytes | None,
+                 now_us: int) -> tuple[list[Any], list[str] | None, int | None]:
+        """(values, statuses, newest event µs) of the features for one entity at ``now_us``.
+
+        Statuses None: every value is NOT_FOUND (no online value at all).
+        """
+        values = list(self.empty)
+        if window is None and lifetime is None:
+            return values, None, None
+        wv = None if window is None else self.codec.decode_window(window, self.needs_latest)
+        newest = NO_EVENT if wv is None else wv.newest_event
+        life: tuple[int, Any, list[Any]] | None = None
+        if lifetime is not None and self.lifetime:
+            life = self.codec.decode_lifetime(lifetime)
+            newest = max(newest, life[0])
+        if wv is not None:
+            for section, tile_us, tiles, finals in self.windows:
+                merged = wv.suffix(section, now_us // tile_us - tiles + 1)
+                if merged is not None:
+                    for k, final in finals:
+                        values[k] = final(merged)
+        if not self.others:
+            return (values, [NULL_VALUE if v is None else PRESENT for v in values],
+                    None if newest == NO_EVENT else newest)
+        statuses: list[str] = [PRESENT] * len(values)
+        for k, step in self.others:
+            how = step.how
+            if how == _LIFETIME:
+                if life is not None:
+                    values[k] = step.final(life[1])
+                continue
+            if how == _LIFETIME_LAST:
+                item = None if life is None else life[2][step.index]
+            else:
+                item = None if wv is None else wv.latest[step.index]
+            if item is not None:
+                lt = item[1]
+                if how == _WINDOW_LAST:
+                    if lt // step.tile_us > now_us // step.tile_us - step.tiles:
+                        values[k] = item[0]
+                elif how == _PLAIN and step.ttl_us is not None and lt < now_us - step.ttl_us:
+                    statuses[k] = OUTSIDE_MAX_AGE
+                else:
+                    values[k] = item[0]
+        for k, value in enumerate(values):
+            if value is None and statuses[k] is PRESENT:
+                statuses[k] = NULL_VALUE
+        return values, statuses, None if newest == NO_EVENT else newest

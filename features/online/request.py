@@ -1,0 +1,154 @@
+"""An online request, checked and planned: which views, which keys, where each value goes.
+
+Feature references are ``"view:feature"`` (Feast's spelling) or a feature service's name. Entity
+rows are a list of dicts (Feast's SDK) or a dict of columns (Feast's HTTP body). Every mistake
+is one line naming the feature, service, row or key, with the close names when there are some.
+A null key value is not a mistake: that row reads as not found.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+from features.definitions import Feature, FeatureView
+from features.errors import OnlineRequestError
+from features.online import keys as K
+from features.online.read import ViewRead
+from features.repo import Definitions
+
+
+def _close(name: str, names: Iterable[str]) -> str:
+    near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
+
+
+def resolve(defs: Definitions, features: Sequence[str] | None,
+            feature_service: str | None) -> list[tuple[FeatureView, Feature]]:
+    """The (view, feature) pairs a request names, in its order."""
+    if (features is None) == (feature_service is None):
+        raise OnlineRequestError("give either features=['view:feature', ...] or "
+                                 "feature_service='name', not both and not neither")
+    if feature_service is not None:
+        service = defs.services.get(feature_service)
+        if service is None:
+            raise OnlineRequestError(f"unknown feature service {feature_service!r}"
+                                     f"{_close(feature_service, defs.services)}; defined: "
+                                     f"{', '.join(sorted(defs.services)) or 'none'}")
+        features = list(service.features)
+    if isinstance(features, str):
+        features = [features]
+    if not features:
+        raise OnlineRequestError("no features requested")
+    out = []
+    for ref in features:
+        if not isinstance(ref, str) or ref.count(":") != 1:
+            raise OnlineRequestError(f"feature reference {ref!r} is not 'view:feature'")
+        view_name, name = ref.split(":")
+        view = defs.views.get(view_name)
+        if view is None:
+            raise OnlineRequestError(f"unknown feature view {view_name!r} in {ref!r}"
+                                     f"{_close(view_name, defs.views)}")
+        names = [f.name for f in view.features]
+        if name not in names:
+            raise OnlineRequestError(f"feature view {view_name!r} has no feature {name!r}"
+                                     f"{_close(name, names)}")
+        out.append((view, view.feature(name)))
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request shape: reused for every call with the same features."""
+
+    names: tuple[str, ...]  # output names, request order
+    reads: tuple[ViewRead, ...]
+    slots: tuple[tuple[int, ...], ...]  # per read: output position of each of its features
+    join_keys: tuple[str, ...]  # every join key any view needs, first-seen order
+    key_types: Mapping[str, tuple[str, str]]  # join key -> (dtype, view needing it)
+    view_keys: tuple[tuple[int, ...], ...]  # per read: positions of its join keys
+    key_parts: tuple[tuple[str, str, str], ...]  # per read: (head, tail, lifetime suffix)
+    dtypes: tuple[str, ...]  # output type per name
+
+    @classmethod
+    def of(cls, project: str, pairs: Sequence[tuple[FeatureView, Feature]],
+           full_feature_names: bool) -> Plan:
+        names: list[str] = []
+        by_view: dict[str, tuple[FeatureView, list[Feature], list[int]]] = {}
+        for view, f in pairs:
+            name = f"{view.name}__{f.name}" if full_feature_names else f.name
+            if name in names:
+                raise OnlineRequestError(
+                    f"feature name {name!r} is requested twice" + (
+                        "" if full_feature_names else " (two views share it? pass "
+                        "full_feature_names=True)"))
+            entry = by_view.setdefault(view.name, (view, [], []))
+            entry[1].append(f)
+            entry[2].append(len(names))
+            names.append(name)
+        join_keys: list[str] = []
+        key_types: dict[str, tuple[str, str]] = {}
+        reads, slots, view_keys, key_parts = [], [], [], []
+        for view, feats, positions in by_view.values():
+            for e in view.entities:
+                if e.join_key not in key_types:
+                    key_types[e.join_key] = (e.dtype, view.name)
+                    join_keys.append(e.join_key)
+            reads.append(ViewRead.of(view, feats))
+            slots.append(tuple(positions))
+            view_keys.append(tuple(join_keys.index(k) for k in view.join_keys))
+            head, tail = K.prefix(project, view.name, view.fingerprint())
+            key_parts.append((head, tail, ":L"))
+        dtypes = [""] * len(names)
+        for view, feats, positions in by_view.values():
+            for f, pos in zip(feats, positions, strict=True):
+                dtypes[pos] = view.output_dtype(f)
+        return cls(tuple(names), tuple(reads), tuple(slots), tuple(join_keys), key_types,
+                   tuple(view_keys), tuple(key_parts), tuple(dtypes))
+
+    def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
+        """(row count, join key -> values) of the entity rows, checked against the key types."""
+        if isinstance(entity_rows, Mapping):
+            columns = {str(k): list(v) if not isinstance(v, list) else v
+                       for k, v in entity_rows.items()}
+            lengths = {len(v) for v in columns.values()}
+            if len(lengths) > 1:
+                raise OnlineRequestError(f"entity columns have different lengths: "
+                                         f"{ {k: len(v) for k, v in columns.items()} }")
+            n = lengths.pop() if lengths else 0
+            for key in self.join_keys:
+                if key not in columns:
+                    dtype, view = self.key_types[key]
+                    raise OnlineRequestError(
+                        f"entities have no join key {key!r} (feature view {view!r} needs it; "
+                        f"given: {', '.join(sorted(columns)) or 'none'})")
+        else:
+            rows = list(entity_rows)
+            n = len(rows)
+            columns = {key: [None] * n for key in self.join_keys}
+            for i, row in enumerate(rows):
+                if not isinstance(row, Mapping):
+                    raise OnlineRequestError(f"entity row {i} is {type(row).__name__}, expected "
+                                             f"a dict of join keys")
+                for key in self.join_keys:
+                    if key not in row:
+                        _dtype, view = self.key_types[key]
+                        raise OnlineRequestError(
+                            f"entity row {i} has no join key {key!r} (feature view {view!r} "
+                            f"needs it; the row has: {', '.join(map(str, row)) or 'nothing'})")
+                    columns[key][i] = row[key]
+        for key in self.join_keys:
+            dtype, view = self.key_types[key]
+            for i, value in enumerate(columns[key]):
+                if value is None:
+                    continue
+                ok = (isinstance(value, Integral) and not isinstance(value, bool)
+                      if dtype == "int64" else isinstance(value, str))
+                if not ok:
+                    raise OnlineRequestError(
+                        f"entity row {i}: join key {key!r} is {type(value).__name__} {value!r}; "
+                        f"feature view {view!r} expects {dtype}")
+        return n, columns

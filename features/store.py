@@ -1,0 +1,229 @@
+"""``FeatureStore``: the one object a model or a notebook needs, with Feast's call shapes.
+
+    >>> store = FeatureStore(repo_path=".")                                     # doctest: +SKIP
+    >>> store.get_online_features(features=["user_spend:txn_count_1h"],
+    ...                           entity_rows=[{"user_id": 1000003}]).to_dict()  # doctest: +SKIP
+    {'user_id': [1000003], 'txn_count_1h': [2]}
+
+Online reads come from Redis (:mod:`features.online`), merged at request time; training reads
+come from the offline tiles (:mod:`features.historical`). Both finalize with
+:mod:`features.tiles`, so the same instant gives equal values on both paths.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from features.config import RepoConfig, load_config
+from features.online.read import NOT_FOUND
+from features.online.request import Plan, resolve
+from features.repo import Definitions, load_definitions
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from features.online.redis_store import RedisOnline
+
+_ARROW_TYPES = {"int64": "int64", "float64": "float64", "bool": "bool_", "string": "string"}
+_PLAN_CACHE_SIZE = 256
+
+
+class OnlineResponse:
+    """Feature values of an online read: columns, per-value statuses and event times."""
+
+    def __init__(self, names: Sequence[str], dtypes: Sequence[str], entities: dict[str, list],
+                 values: list[list[Any]], statuses: list[list[str]],
+                 event_times_us: list[list[int | None]]) -> None:
+        self.feature_names = list(names)
+        self.dtypes = list(dtypes)
+        self.entities = entities
+        self.values = values
+        self.statuses = statuses
+        self.event_times_us = event_times_us
+
+    def to_dict(self, include_event_timestamps: bool = False) -> dict[str, list[Any]]:
+        """Join keys then features, one list per column (Feast's ``to_dict``)."""
+        out: dict[str, list[Any]] = dict(self.entities)
+        for name, column, times in zip(self.feature_names, self.values, self.event_times_us,
+                                       strict=True):
+            out[name] = column
+            if include_event_timestamps:
+                out[f"{name}__ts"] = [None if t is None else _datetime(t) for t in times]
+        return out
+
+    def status_dict(self) -> dict[str, list[str]]:
+        return dict(zip(self.feature_names, self.statuses, strict=True))
+
+    def to_arrow(self) -> pa.Table:
+        import pyarrow as pa
+
+        columns: dict[str, pa.Array] = {k: pa.array(v) for k, v in self.entities.items()}
+        for name, dtype, column in zip(self.feature_names, self.dtypes, self.values,
+                                       strict=True):
+            if dtype == "timestamp":
+                columns[name] = pa.array(column, pa.timestamp("us", tz="UTC"))
+            else:
+                columns[name] = pa.array(column, getattr(pa, _ARROW_TYPES[dtype])())
+        return pa.table(columns)
+
+    def to_df(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+
+def _datetime(us: int) -> Any:
+    from features.windows import from_micros
+
+    return from_micros(us)
+
+
+class FeatureStore:
+    """A feature repo: its definitions, offline store and online store.
+
+    Args:
+        repo_path: the folder holding ``feature_repo.yaml`` (or the file itself).
+        config: an already loaded config (then ``repo_path`` is not read).
+    """
+
+    def __init__(self, repo_path: str | os.PathLike[str] = ".", *,
+                 config: RepoConfig | None = None) -> None:
+        self.config = config if config is not None else load_config(Path(repo_path))
+        self.definitions: Definitions = load_definitions(self.config)
+        self._online: RedisOnline | None = None
+        self._plans: dict[tuple[Any, ...], Plan] = {}
+
+    @property
+    def online(self) -> RedisOnline:
+        """The online store connection (opened on first use)."""
+        if self._online is None:
+            from features.online.redis_store import RedisOnline
+
+            cfg = self.config.online
+            self._online = RedisOnline(cfg.url, cluster=cfg.cluster,
+                                       timeout_s=cfg.timeout_ms / 1000)
+        return self._online
+
+    def plan(self, features: Sequence[str] | None = None, feature_service: str | None = None,
+             full_feature_names: bool = False) -> Plan:
+        """The checked shape of a request (cached: the same features plan once)."""
+        cache_key = (None if features is None else tuple(features), feature_service,
+                     full_feature_names)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            pairs = resolve(self.definitions, features, feature_service)
+            plan = Plan.of(self.config.project, pairs, full_feature_names)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[cache_key] = plan
+        return plan
+
+    def get_online_features(self, features: Sequence[str] | None = None,
+                            entity_rows: Any = (), *, feature_service: str | None = None,
+                            full_feature_names: bool = False,
+                            now: Any = None) -> OnlineResponse:
+        """Feature values now, from Redis, every window merged at request time.
+
+        Args:
+            features: ``["view:feature", ...]``; or give ``feature_service``.
+            entity_rows: ``[{"user_id": 1}, ...]`` or ``{"user_id": [1, ...]}``. A null key
+                reads as not found; a missing or mistyped key is an error.
+            feature_service: the name of a feature service.
+            full_feature_names: name outputs ``view__feature``.
+            now: the request instant (datetime or µs); default the current time. Values are
+                exact for any instant at or after the newest materialized event.
+
+        Raises:
+            OnlineRequestError: unknown feature or service (with close names), bad entity rows.
+            OnlineUnavailableError: Redis could not be reached within ``online.timeout_ms``.
+        """
+        plan = self.plan(features, feature_service, full_feature_names)
+        n, columns = plan.entity_columns(entity_rows)
+        if now is None:
+            now_us = time.time_ns() // 1000
+        elif isinstance(now, int):
+            now_us = now
+        else:
+            from features.windows import to_micros
+
+            now_us = to_micros(now)
+        return read(self.online, plan, n, columns, now_us)
+
+    def materialize(self, start: Any = None, end: Any = None,
+                    views: Sequence[str] | None = None) -> list[Any]:
+        """Write the offline tiles to Redis (see :mod:`pipelines.materialize`)."""
+        from pipelines.materialize import materialize
+
+        return materialize(self.config, self.definitions.select(list(views or [])),
+                           self.online, start=start, end=end, show_progress=False)
+
+    def get_historical_features(self, entity_df: Any, features: Sequence[str] | None = None, *,
+                                feature_service: str | None = None,
+                                full_feature_names: bool = False,
+                                allow_uncovered: bool = False) -> pa.Table:
+        """Point-in-time values of the features' views at each entity row's timestamp."""
+        from features.historical import get_historical_features
+
+        pairs = resolve(self.definitions, features, feature_service)
+        views = list({v.name: v for v, _ in pairs}.values())
+        wanted = [f"{v.name}__{f.name}" if full_feature_names else f.name for v, f in pairs]
+        table = get_historical_features(views, entity_df,
+                                        self.config.resolve(self.config.offline.path),
+                                        full_feature_names=full_feature_names,
+                                        allow_uncovered=allow_uncovered)
+        extra = {f"{v.name}__{f.name}" if full_feature_names else f.name
+                 for v in views for f in v.features} - set(wanted)
+        return table.drop_columns([c for c in table.column_names if c in extra])
+
+    def close(self) -> None:
+        if self._online is not None:
+            self._online.close()
+            self._online = None
+
+
+def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
+         now_us: int) -> OnlineResponse:
+    """One online read: build every key, one ``MGET``, evaluate each view per entity."""
+    from features.online.keys import entity_tag
+
+    key_columns = [columns[k] for k in plan.join_keys]
+    keys: list[str] = []
+    where: list[tuple[int, int, int, int]] = []  # (read, row, window key pos, lifetime pos)
+    for r, (read_, positions, (head, tail, life)) in enumerate(
+            zip(plan.reads, plan.view_keys, plan.key_parts, strict=True)):
+        for i in range(n):
+            values = [key_columns[p][i] for p in positions]
+            if None in values:  # a null key reads as not found
+                where.append((r, i, -1, -1))
+                continue
+            key = head + entity_tag(values) + tail
+            w = lt = -1
+            if read_.window:
+                w = len(keys)
+                keys.append(key)
+            if read_.lifetime:
+                lt = len(keys)
+                keys.append(key + life)
+            where.append((r, i, w, lt))
+    blobs = online.get(keys)
+    width = len(plan.names)
+    values_out: list[list[Any]] = [[None] * n for _ in range(width)]
+    statuses: list[list[str]] = [[NOT_FOUND] * n for _ in range(width)]
+    times: list[list[Any]] = [[None] * n for _ in range(width)]
+    rows: list[list[Any]] = [[] for _ in plan.reads]
+    for r, _i, w, lt in where:
+        rows[r].append(plan.reads[r].evaluate(None if w < 0 else blobs[w],
+                                              None if lt < 0 else blobs[lt], now_us))
+    for r, slots in enumerate(plan.slots):
+        for i, (vals, stats, newest) in enumerate(rows[r]):
+            for s, value in zip(slots, vals, strict=True):
+                values_out[s][i] = value
+            if stats is not None:
+                for s, status in zip(slots, stats, strict=True):
+                    statuses[s][i] = status
+                    times[s][i] = newest
+    entities = {k: list(columns[k]) for k in plan.join_keys}
+    return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times)

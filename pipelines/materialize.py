@@ -1,0 +1,543 @@
+"""Materialization: offline tiles into Redis, idempotent and incremental.
+
+For each view, DuckDB reads the tiles still inside each tile size's longest window, the newest
+value of each ``last`` input and, for lifetime features, every day tile. numpy computes the
+suffix merges (:func:`features.tiles.suffix_merge`) and packs every entity's values at once
+(:mod:`features.online.codec`); redis-py writes them in pipelines with ``SET ... PXAT``.
+
+- **Idempotent**: a value is always rebuilt whole from the offline store and ``SET``, never
+  incremented, so re-running (after a kill, or twice) gives the same state.
+- **Incremental**: Redis keeps, per view and fingerprint, the offline partitions last written.
+  The next run rewrites only the entities of the days whose partitions changed; the others'
+  values stay right, since windows slide at read time. ``--start/--end`` forces days.
+- **Rule changes**: the fingerprint names the keys, so new rules start from an empty state key
+  and are materialized in full; old keys expire (lifetime keys of old rules are left, see
+  docs/online.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from features import offline_store
+from features.config import RepoConfig
+from features.definitions import FeatureView
+from features.online import keys as K
+from features.online.codec import NO_EVENT, Codec, Record, codec
+from features.online.redis_store import RedisOnline
+from features.sql import file_list, quote
+from features.tiles import EXACT_TILE_US, suffix_merge
+from features.windows import US_PER_UNIT, from_micros
+from pipelines import online_pack as pk
+from pipelines.errors import PipelineError
+
+DAY_US = US_PER_UNIT["d"]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class MaterializeSummary:
+    view: str
+    fingerprint: str
+    mode: str  # "full", "incremental", "up to date"
+    days: list[str] = field(default_factory=list)  # days whose entities were rewritten
+    entities: int = 0
+    keys_written: int = 0
+    keys_deleted: int = 0
+    seconds: float = 0.0
+    manifest_version: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.entities / self.seconds if self.seconds else 0.0
+
+
+def _day(us: int) -> str:
+    return from_micros(us - us % DAY_US).date().isoformat()
+
+
+def _as_day(value: Any, flag: str) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise PipelineError(f"{flag} {value!r}: expected a day like 2026-01-05") from None
+
+
+class _Reader:
+    """DuckDB over one manifest's files, limited to some entities when incremental."""
+
+    def __init__(self, view: FeatureView, base: Any, manifest: offline_store.Manifest,
+                 entities: Any | None) -> None:
+        import duckdb
+
+        self.view = view
+        self.base = base
+        self.manifest = manifest
+        self.keys = ", ".join(quote(k) for k in view.join_keys)
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.semi = ""
+        if entities is not None:
+            self.con.register("wanted", entities)
+            self.semi = f" AND ({self.keys}) IN (SELECT ({self.keys}) FROM wanted)"
+
+    def files(self, tile_us: int, first_day: str | None = None) -> list[str]:
+        prefix = f"{tile_us}/"
+        return sorted(str(self.base / f) for key, fs in self.manifest.partitions.items()
+                      if key.startswith(prefix) and (first_day is None
+                                                     or key[len(prefix):] >= first_day)
+                      for f in fs)
+
+    def query(self, sql: str) -> Any:
+        return self.con.sql(sql).to_arrow_table()
+
+
+def changed_entities(reader: _Reader, days: Sequence[str]) -> Any:
+    """Distinct entities with events on ``days`` (from the exact layer), or None."""
+    parts = reader.manifest.partitions
+    files = [str(reader.base / f) for d in days for f in parts.get(f"{EXACT_TILE_US}/{d}", [])]
+    if not files:
+        return None
+    return reader.query(f"SELECT DISTINCT {reader.keys} FROM read_parquet({file_list(files)})")
+
+
+def entity_tags(columns: Sequence[Any]) -> list[str]:
+    """:func:`features.online.keys.entity_tag` of many rows at once (Arrow key columns)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = []
+    for column in columns:
+        column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text = column
+            for old, new in (("\\", "\\\\"), (",", "\\,"), ("}", "\\]")):
+                text = pc.replace_substring(text, old, new)
+            parts.append(pc.binary_join_element_wise("s", text, ""))
+        else:
+            parts.append(pc.cast(column, pa.string()))
+    if len(parts) == 1:
+        return parts[0].to_pylist()
+    return pc.binary_join_element_wise(*parts, ",").to_pylist()
+
+
+def _groups(table: Any, keys: Sequence[str]) -> tuple[Any, list[str], Any, Any]:
+    """(group end per row, entity tag, start and end row per group) of a table sorted by its
+    key columns."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    rows = table.num_rows
+    if rows == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, [], empty, empty
+    change = np.zeros(rows, bool)
+    change[0] = True
+    for k in keys:
+        col = table.column(k).combine_chunks()
+        if rows > 1:
+            diff = pc.not_equal(col.slice(1), col.slice(0, rows - 1)).to_numpy(
+                zero_copy_only=False)
+            change[1:] |= diff
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], rows)
+    group_end = np.repeat(ends, ends - starts)
+    tags = entity_tags([table.column(k).take(starts) for k in keys])
+    return group_end, tags, starts, ends
+
+
+def _records(rec: Record, merged: dict[str, Any], rows: Any, tiles: Any = None) -> bytes:
+    """The records of ``rows`` packed (``codec.Record`` layout), each after its tile index
+    when ``tiles`` is given (the window sections' ``(tile, record)`` rows)."""
+    import numpy as np
+
+    fields = rec.numpy_dtype().descr
+    if tiles is not None:
+        fields = [("__tile", "<i8"), *fields]
+    out = np.zeros(len(rows), np.dtype(fields))
+    if tiles is not None:
+        out["__tile"] = tiles[rows]
+    for col, null in zip(rec.columns, rec.nullable, strict=True):
+        out[col] = merged[col][rows]
+        if null:
+            out[f"{col}?"] = merged[f"{col}?"][rows]
+    return out.tobytes()
+
+
+def _partials(reader: _Reader, cod: Codec, rec: Record, files: list[str],
+              where: str) -> tuple[Any, dict[str, Any]]:
+    """Partial rows of one tile size, sorted by entity and tile, as numpy columns."""
+    import numpy as np
+
+    cols = ", ".join(quote(c) for c in rec.columns)
+    sel = f", {cols}" if cols else ""
+    table = reader.query(
+        f"SELECT {reader.keys}, tile{sel} FROM read_parquet({file_list(files)}) "
+        f"WHERE true{where}{reader.semi} ORDER BY {reader.keys}, tile{sel}")
+    arrays: dict[str, Any] = {"tile": table.column("tile").to_numpy()}
+    for col, null in zip(rec.columns, rec.nullable, strict=True):
+        arr = table.column(col)
+        if null:
+            arrays[f"{col}?"] = arr.is_valid().to_numpy(zero_copy_only=False)
+            arrays[col] = arr.fill_null(0).to_numpy(zero_copy_only=False)
+        else:
+            arrays[col] = arr.fill_null(0).to_numpy(zero_copy_only=False)
+    arrays.setdefault("tile", np.zeros(0, np.int64))
+    return table, arrays
+
+
+def _latest(reader: _Reader, inputs: Sequence[Any], first_day: str | None) -> pk.Latest | None:
+    """Per entity: the newest event time and each input's newest non-null (value, lt, seq)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    files = reader.files(EXACT_TILE_US, first_day)
+    if not files:
+        return None
+    sel = "".join(
+        f", arg_max({{'v': {quote(i.column('l'))}, 't': {quote(i.column('lt'))}, "
+        f"'s': {quote(i.column('ls'))}}}, ({quote(i.column('lt'))}, {quote(i.column('ls'))})) "
+        f"FILTER (WHERE {quote(i.column('l'))} IS NOT NULL) AS x{i.index}" for i in inputs)
+    table = reader.query(f"SELECT {reader.keys}, max(tile) AS newest{sel} FROM read_parquet("
+                         f"{file_list(files)}) WHERE true{reader.semi} GROUP BY {reader.keys}")
+    out = pk.Latest(entity_tags([table.column(k) for k in reader.view.join_keys]),
+                    table.column("newest").to_numpy().astype(np.int64), [], [], [], [])
+    for i in inputs:
+        x = table.column(f"x{i.index}").combine_chunks()
+        out.present.append(x.is_valid().to_numpy(zero_copy_only=False))
+        out.at.append(pc.struct_field(x, "t").fill_null(0).to_numpy(zero_copy_only=False))
+        out.seq.append(pc.struct_field(x, "s").fill_null(0).to_numpy(zero_copy_only=False))
+        out.values.append(pc.struct_field(x, "v"))
+    return out
+
+
+def _ms(us: int) -> int:
+    return math.ceil(us / 1000)
+
+
+def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
+                     start: Any = None, end: Any = None, now_us: int | None = None,
+                     progress: Progress | None = None) -> MaterializeSummary:
+    """Write one view's online values (see the module docstring)."""
+    started = time.perf_counter()
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    root = cfg.resolve(cfg.offline.path)
+    fp = view.fingerprint()
+    manifest = offline_store.latest(root, view.name, fp)
+    if manifest is None:
+        raise PipelineError(f"feature view {view.name!r}: nothing in the offline store for its "
+                            f"current rules (fingerprint {fp[:16]}); run `tessera run --view "
+                            f"{view.name}` first")
+    project = cfg.project
+    state_key = K.state_key(project, view.name, fp)
+    state_text = online.get_text(state_key)
+    before = json.loads(state_text)["partitions"] if state_text else None
+    forced: set[str] = set()
+    if start is not None or end is not None:
+        first = _as_day(start, "--start") if start is not None else date.min
+        last = _as_day(end, "--end") if end is not None else date.max
+        forced = {d for d in manifest.days() if first.isoformat() <= d < last.isoformat()}
+    summary = MaterializeSummary(view.name, fp, "full", manifest_version=manifest.version)
+    base = offline_store.view_dir(root, view.name, fp)
+    entities = None
+    if before is not None:
+        changed = {key.split("/", 1)[1] for key in set(manifest.partitions) | set(before)
+                   if manifest.partitions.get(key) != before.get(key)} | forced
+        summary.days = sorted(changed)
+        summary.mode = "incremental"
+        if not changed:
+            summary.mode = "up to date"
+            summary.seconds = time.perf_counter() - started
+            return summary
+        entities = changed_entities(_Reader(view, base, manifest, None), summary.days)
+        if entities is None or entities.num_rows == 0:
+            online.set_text(state_key, json.dumps({"version": manifest.version,
+                                                   "partitions": manifest.partitions}))
+            summary.seconds = time.perf_counter() - started
+            return summary
+    elif forced:
+        summary.days = sorted(forced)
+    reader = _Reader(view, base, manifest, entities)
+    cod = codec(view)
+    values = _build(reader, cod, now_us)
+    gone: list[str] = []
+    if entities is not None:
+        have = set(values.window_tags)
+        gone = [t for t in entity_tags([entities.column(k) for k in view.join_keys])
+                if t not in have]
+    written, deleted = _write(online, project, view, fp, cod, values, gone, now_us, progress)
+    online.set_text(state_key, json.dumps({"version": manifest.version,
+                                           "partitions": manifest.partitions}))
+    summary.entities = values.entities
+    summary.keys_written, summary.keys_deleted = written, deleted
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class _Values:
+    """Everything one materialization writes, as columns."""
+
+    window_tags: list[str]
+    window_blobs: Any  # Arrow binary, one per window tag
+    expire_us: Any  # np.int64 per window tag; -1: never
+    lifetime_tags: list[str]
+    lifetime_blobs: Any
+
+    @property
+    def entities(self) -> int:
+        return len(dict.fromkeys([*self.window_tags, *self.lifetime_tags]))
+
+
+def _index(tags: Sequence[str], position: dict[str, int]) -> Any:
+    import numpy as np
+
+    return np.fromiter((position[t] for t in tags), np.int64, len(tags))
+
+
+def _build(reader: _Reader, cod: Codec, now_us: int) -> _Values:
+    """Read the offline tiles and pack every entity's online values (see online_pack)."""
+    import numpy as np
+
+    view = reader.view
+    lay = cod.layout
+    sections: list[tuple[int, pk.Section]] = []
+    for k, section in enumerate(cod.sections):
+        s = section.tile_us
+        first_tile = now_us // s - section.horizon + 1
+        files = reader.files(s, _day(first_tile * s))
+        if not files:
+            continue
+        table, arrays = _partials(reader, cod, section.record, files, f" AND tile >= {first_tile}")
+        group_end, tags, starts, ends = _groups(table, view.join_keys)
+        merged = suffix_merge(lay, {c: a for c, a in arrays.items() if c != "tile"}, group_end)
+        tiles = arrays["tile"].astype(np.int64)
+        rows = _records(section.record, merged, np.arange(len(tiles)), tiles)
+        sections.append((k, pk.Section(tags, starts, ends, tiles, rows)))
+    latest = None
+    if cod.latest:
+        latest = _latest(reader, cod.latest, _latest_bound(view, cod, now_us))
+    elif cod.sections:  # the newest event time still comes from the exact layer
+        horizon = max(sec.horizon * sec.tile_us for sec in cod.sections)
+        latest = _latest(reader, (), _day(now_us - horizon))
+    tag_lists = [sec.tags for _, sec in sections]
+    if cod.latest and latest is not None:
+        tag_lists.append(latest.tags)
+    tags = list(dict.fromkeys(t for lst in tag_lists for t in lst))
+    position = {t: i for i, t in enumerate(tags)}
+    entities = len(tags)
+    newest = np.full(entities, NO_EVENT, np.int64)
+    latest_index = np.zeros(0, np.int64)
+    if latest is not None:
+        known = [i for i, t in enumerate(latest.tags) if t in position]
+        if len(known) < len(latest.tags):  # newest times of entities with no window here
+            latest = _subset(latest, known)
+        latest_index = _index(latest.tags, position)
+        newest[latest_index] = latest.newest
+    expire = np.full(entities, NO_EVENT, np.int64)
+    placed = []
+    for k, sec in sections:
+        index = _index(sec.tags, position)
+        spec = cod.sections[k]
+        last_tile = sec.tiles[sec.ends - 1]
+        np.maximum.at(expire, index, (last_tile + spec.horizon) * spec.tile_us)
+        placed.append((k, (index, sec)))
+    never = np.zeros(entities, bool)
+    if latest is not None:
+        for k, rule in enumerate(_expiry_rules(view, cod)):
+            present = np.zeros(entities, bool)
+            at = np.zeros(entities, np.int64)
+            present[latest_index] = latest.present[k]
+            at[latest_index] = latest.at[k]
+            if rule is None:
+                never |= present
+            else:
+                np.maximum.at(expire, np.flatnonzero(present), at[present] + rule)
+    window = (pk.window_blobs(cod, entities, placed, latest, latest_index,
+                              newest) if entities else None)
+    expire = np.where(never, -1, expire)
+    life_tags: list[str] = []
+    life_blobs = None
+    if cod.lifetime is not None:
+        life_tags, life_blobs = _lifetime(reader, cod, position, newest)
+    return _Values(tags, window, expire, life_tags, life_blobs)
+
+
+def _subset(latest: pk.Latest, rows: list[int]) -> pk.Latest:
+    import numpy as np
+    import pyarrow as pa
+
+    idx = np.asarray(rows, np.int64)
+    return pk.Latest([latest.tags[i] for i in rows], latest.newest[idx],
+                     [p[idx] for p in latest.present], [a[idx] for a in latest.at],
+                     [q[idx] for q in latest.seq],
+                     [v.take(pa.array(idx)) for v in latest.values])
+
+
+def _latest_bound(view: FeatureView, cod: Codec, now_us: int) -> str | None:
+    """First day the newest values can come from (None: every day, a plain last without TTL)."""
+    spans = [sec.horizon * sec.tile_us for sec in cod.sections]
+    for f in view.features:
+        if f.function != "last" or (f.window is not None and f.window.tiles is None):
+            continue
+        if f.window is None:
+            ttl = view.feature_ttl_us(f)
+            if ttl is None:
+                return None
+            spans.append(ttl)
+        else:
+            spans.append(f.window.length_us or 0)
+    return _day(now_us - max(spans)) if spans else None
+
+
+def _lifetime(reader: _Reader, cod: Codec, position: dict[str, int],
+              newest: Any) -> tuple[list[str], Any]:
+    """Lifetime values: the merge of every day tile, and the newest lifetime last values."""
+    import numpy as np
+
+    rec = cod.lifetime
+    assert rec is not None
+    files = reader.files(DAY_US)
+    if not files:
+        return [], None
+    table, arrays = _partials(reader, cod, rec, files, "")
+    group_end, tags, starts, _ends = _groups(table, reader.view.join_keys)
+    merged = suffix_merge(cod.layout, {c: a for c, a in arrays.items() if c != "tile"},
+                          group_end)
+    records = pk.fixed(_records(rec, merged, starts), rec.size, len(tags))
+    life_newest = np.full(len(tags), NO_EVENT, np.int64)
+    known = [(g, position[t]) for g, t in enumerate(tags) if t in position]
+    if known:
+        g, p = (np.asarray(x, np.int64) for x in zip(*known, strict=True))
+        life_newest[g] = newest[p]
+    latest = (_latest(reader, cod.lifetime_latest, None) if cod.lifetime_latest else None)
+    life_position = {t: i for i, t in enumerate(tags)}
+    index = np.zeros(0, np.int64)
+    if latest is not None:
+        latest = _subset(latest, [i for i, t in enumerate(latest.tags) if t in life_position])
+        index = _index(latest.tags, life_position)
+        np.maximum.at(life_newest, index, latest.newest)
+    parts = [pk.head_values(life_newest), records,
+             *pk.latest_values(cod.lifetime_latest, latest, len(tags), index)]
+    return tags, pk.join(parts)
+
+
+def _ms(us: Any) -> Any:
+    return -((-us) // 1000)  # ceil, for ints and numpy arrays
+
+
+WRITE_CHUNK = 5_000  # commands per pipeline round
+
+
+def _chunks(resp: Any, rows: int) -> Any:
+    """(bytes, commands) slices of an Arrow array of RESP commands."""
+    import numpy as np
+
+    offsets = np.frombuffer(resp.buffers()[1], np.int64)[resp.offset:resp.offset + len(resp) + 1]
+    data = resp.buffers()[2]
+    for lo in range(0, rows, WRITE_CHUNK):
+        hi = min(lo + WRITE_CHUNK, rows)
+        yield data[int(offsets[lo]):int(offsets[hi])].to_pybytes(), hi - lo
+
+
+def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: Codec,
+           values: _Values, gone: Sequence[str], now_us: int,
+           progress: Progress | None) -> tuple[int, int]:
+    """SET every entity's values (DEL those with nothing left), in pipelined chunks."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    head, tail = K.prefix(project, view.name, fp)
+    written = deleted = 0
+    deletes = [head + t + tail for t in gone]
+    total = len(values.window_tags) + len(values.lifetime_tags)
+    batches: list[tuple[Any, Any, Any]] = []  # (keys, blobs, expire ms; -1 never)
+    if values.window_blobs is not None:
+        keys = pc.binary_join_element_wise(head, pa.array(values.window_tags, pa.string()),
+                                           tail, "")
+        expire = values.expire_us
+        alive = (expire < 0) | (expire > now_us)
+        dead = np.flatnonzero(~alive)
+        deletes += [head + values.window_tags[i] + tail for i in dead.tolist()]
+        keep = pa.array(alive)
+        batches.append((keys.filter(keep), values.window_blobs.filter(keep),
+                        np.where(expire[alive] < 0, -1, _ms(expire[alive]))))
+    if values.lifetime_blobs is not None:
+        keys = pc.binary_join_element_wise(head, pa.array(values.lifetime_tags, pa.string()),
+                                           tail + ":L", "")
+        batches.append((keys, values.lifetime_blobs,
+                        np.full(len(values.lifetime_tags), -1, np.int64)))
+    done = 0
+    for keys, blobs, expire_ms in batches:
+        if online.cluster:
+            items = zip(keys.to_pylist(), blobs.to_pylist(),
+                        [None if e < 0 else int(e) for e in expire_ms.tolist()], strict=True)
+            written += online.write(items)
+        else:
+            resp = pk.resp_set(keys, blobs, expire_ms)
+            for chunk, commands in _chunks(resp, len(resp)):
+                written += online.write_packed([(chunk, commands)])
+                done += commands
+                if progress is not None:
+                    progress(done, total)
+    if deletes:
+        if cod.lifetime is not None:
+            deletes += [k + ":L" for k in deletes if not k.endswith(":L")]
+        online.write((), deletes)
+        deleted = len(deletes)
+    if progress is not None:
+        progress(total, total)
+    return written, deleted
+
+
+def _expiry_rules(view: FeatureView, cod: Codec) -> list[int | None]:
+    """Per latest input: how long after its event time a value still matters (None: ever)."""
+    rules: list[int | None] = []
+    for inp in cod.latest:
+        spans: list[int | None] = []
+        for f in view.features:
+            if f.function != "last" or cod.layout.input_of(f) != inp:
+                continue
+            if f.window is None:
+                spans.append(view.feature_ttl_us(f))
+            elif f.window.tiles is not None:
+                spans.append(f.window.tile_us + (f.window.length_us or 0))
+        rules.append(None if any(x is None for x in spans)
+                     else max(x for x in spans if x is not None))
+    return rules
+
+
+def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnline, *,
+                start: Any = None, end: Any = None, now_us: int | None = None,
+                show_progress: bool = True) -> list[MaterializeSummary]:
+    """Materialize ``views`` with a rich progress bar (entities written per view)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out = []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("entities"), TimeElapsedColumn(), disable=not show_progress,
+                  console=Console(stderr=True)) as bar:
+        for view in views:
+            task = bar.add_task(f"materialize {view.name}", total=None)
+
+            def progress(done: int, total: int, task: int = task) -> None:
+                bar.update(task, completed=done, total=total)
+
+            out.append(materialize_view(cfg, view, online, start=start, end=end, now_us=now_us,
+                                        progress=progress))
+    return out
+
+
+__all__ = ["MaterializeSummary", "materialize", "materialize_view"]

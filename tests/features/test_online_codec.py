@@ -1,0 +1,149 @@
+"""The online layout's pure parts: suffix merges agree with tiles.merge, keys never collide."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from features import Entity, FeatureView, Source, agg, col
+from features.online import keys as K
+from features.online.codec import codec
+from features.tiles import layout, merge, suffix_merge
+
+SRC = Source(name="s", path="x", timestamp_field="ts",
+             schema={"k": "int64", "x": "float64", "q": "int64", "ts": "timestamp"})
+VIEW = FeatureView(name="v", entities=[Entity(name="e", join_key="k")], source=SRC, ttl="1d",
+                   features=[agg.count(windows=["1h"], name="n"),
+                             agg.stddev(col("x"), windows=["1h"], name="x_std"),
+                             agg.min(col("x"), windows=["1h"], name="x_min"),
+                             agg.max(col("q"), windows=["1h"], name="q_max"),
+                             agg.sum(col("q"), windows=["1h"], name="q_sum")])
+
+
+def _tiles(rng: random.Random, groups: int) -> list[list[dict]]:
+    lay = layout(VIEW)
+    out = []
+    for _ in range(groups):
+        rows = []
+        for _t in range(rng.randint(1, 12)):
+            xs = [rng.choice([None, rng.uniform(-1e6, 1e6), 1e6 + rng.random()])
+                  for _ in range(rng.randint(0, 5))]
+            present = [x for x in xs if x is not None]
+            qs = [rng.randint(-50, 50) for _ in range(rng.randint(0, 3))]
+            c = len(present)
+            mean = math.fsum(present) / c if c else 0.0
+            row = {"n": len(xs), "c0": c, "s0": math.fsum(present),
+                   "q0": math.fsum((x - mean) ** 2 for x in present),
+                   "lo0": min(present) if present else None, "hi1": max(qs) if qs else None,
+                   "s1": sum(qs)}
+            rows.append({k: row.get(k) for k, _ in lay.partial_columns() if k in row})
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_suffix_merge_equals_merging_every_later_tile(seed: int) -> None:
+    rng = random.Random(seed)
+    lay = layout(VIEW)
+    groups = _tiles(rng, 30)
+    flat = [r for g in groups for r in g]
+    ends = np.repeat(np.cumsum([len(g) for g in groups]), [len(g) for g in groups])
+    cols = {}
+    for name in flat[0]:
+        values = [r[name] for r in flat]
+        if name in ("lo0", "hi1"):
+            cols[f"{name}?"] = np.array([v is not None for v in values])
+            values = [0 if v is None else v for v in values]
+        cols[name] = np.array(values)
+    got = suffix_merge(lay, cols, ends)
+    i = 0
+    for g in groups:
+        for j in range(len(g)):
+            want = merge(lay, g[j:])
+            for name in flat[0]:
+                value = got[name][i]
+                if name in ("lo0", "hi1") and not got[f"{name}?"][i]:
+                    value = None
+                if name in ("s0", "q0"):
+                    assert math.isclose(value, want[name], rel_tol=1e-9, abs_tol=1e-6), name
+                else:
+                    assert value == want[name], (name, value, want[name])
+            i += 1
+
+
+def test_codec_keeps_only_what_the_features_need() -> None:
+    c = codec(VIEW)
+    [section] = c.sections
+    assert section.tile_us == 60_000_000 and section.horizon == 60
+    assert section.record.columns == ("n", "c0", "s0", "q0", "lo0", "s1", "hi1")
+    assert section.record.nullable == (False, False, False, False, True, False, True)
+    assert c.latest == () and c.lifetime is None
+
+
+def test_entity_tags_are_unique_and_keep_the_hash_tag_closed() -> None:
+    values = [[1], ["1"], ["a,b"], ["a", "b"], ["x}y"], ["x\\]y"], [-5], ["}"], ["\\"]]
+    tags = [K.entity_tag(v) for v in values]
+    assert len(set(tags)) == len(tags)
+    for tag in tags:
+        key = K.window_key("p", "v", "0" * 64, tag)
+        assert key[key.index("{") + 1:key.index("}")] == tag  # the whole tag hashes
+
+
+def test_vectorized_entity_tags_equal_the_reference() -> None:
+    import pyarrow as pa
+
+    from pipelines.materialize import entity_tags
+
+    ints = [1, -5, 0, 2**62]
+    strs = ["a,b", "x}y", "x\\]y", "}", "\\", "plain", "", "é"]
+    assert entity_tags([pa.array(ints)]) == [K.entity_tag([v]) for v in ints]
+    assert entity_tags([pa.array(strs)]) == [K.entity_tag([v]) for v in strs]
+    both = list(zip(ints * 2, strs, strict=True))
+    assert entity_tags([pa.array([a for a, _ in both]), pa.array([b for _, b in both])]) == [
+        K.entity_tag(list(v)) for v in both]
+
+
+def test_vectorized_packing_equals_the_reference_encoding() -> None:
+    """pipelines.online_pack builds, for many entities at once, the bytes codec encodes one by
+    one: entities with and without tiles, with and without a newest value, strings of any size."""
+    import struct
+
+    import pyarrow as pa
+
+    from features.online.codec import NO_EVENT
+    from pipelines import online_pack as pk
+
+    view = FeatureView(
+        name="w", entities=[Entity(name="e", join_key="k")], source=SRC, ttl="1d",
+        features=[agg.count(windows=["1h"], name="n"), agg.max(col("x"), windows=["1h"],
+                                                             name="x_max"),
+                  agg.last(col("x"), name="x_last")])
+    c = codec(view)
+    [section] = c.sections
+    rec = section.record
+    # entity 0: two tiles; entity 1: none; entity 2: one tile. Latest: 0 and 1 have one.
+    rows = [(0, 100, (3, 1, 2.5)), (0, 101, (1, 1, -1.0)), (2, 7, (2, 0, 0.0))]
+    packed = b"".join(struct.pack("<q", t) + rec.struct.pack(*v) for _, t, v in rows)
+    sec = pk.Section(["a", "c"], np.array([0, 2]), np.array([2, 3]),
+                     np.array([t for _, t, _ in rows]), packed)
+    latest = pk.Latest(["a", "b"], np.array([500, 600]), [np.array([True, True])],
+                       [np.array([400, 600])], [np.array([1, 2])], [pa.array([9.5, -0.0])])
+    blobs = pk.window_blobs(c, 3, [(0, (np.array([0, 2]), sec))], latest, np.array([0, 1]),
+                            np.array([500, 600, NO_EVENT]))
+    inputs = c.latest
+    want = [
+        c.encode_window(500, c.encode_latest(inputs, [(9.5, 400, 1)]),
+                        [[(100, rec.struct.pack(3, 1, 2.5)), (101, rec.struct.pack(1, 1, -1.0))]]),
+        c.encode_window(600, c.encode_latest(inputs, [(-0.0, 600, 2)]), [[]]),
+        c.encode_window(NO_EVENT, c.encode_latest(inputs, [None]),
+                        [[(7, rec.struct.pack(2, 0, 0.0))]]),
+    ]
+    assert blobs.to_pylist() == want
+    resp = pk.resp_set(pa.array(["k1", "k2"]), pa.array([b"ab", b"\r\n"]),
+                       np.array([1700000000000, -1]))
+    assert resp.to_pylist() == [
+        b"*5\r\n$3\r\nSET\r\n$2\r\nk1\r\n$2\r\nab\r\n$4\r\nPXAT\r\n$13\r\n1700000000000\r\n",
+        b"*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n$2\r\n\r\n\r\n"]

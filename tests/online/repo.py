@@ -1,0 +1,54 @@
+"""A throwaway feature repo on the example definitions, with data ending near now.
+
+Online values are read at request time, so the data must be recent: the events span the
+``days`` before today's midnight (UTC). Each repo gets its own project name, so its Redis keys
+never meet another test's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from features.config import load_config
+from features.store import FeatureStore
+from pipelines.batch import run
+from pipelines.datagen import GenSpec, write_parquet
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def today() -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def make_repo(folder: Path, redis_url: str, *, rows: int = 20_000, days: int = 10,
+              seed: int = 5, cluster: bool = False, definitions: str | None = None) -> Path:
+    """Write a repo (config, definitions, generated events) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "example").mkdir(exist_ok=True)
+    if definitions is None:
+        shutil.copy(REPO_ROOT / "example" / "card_features.py", folder / "example")
+    else:
+        (folder / "example" / "card_features.py").write_text(definitions)
+    project = f"t{uuid.uuid4().hex[:10]}"
+    (folder / "feature_repo.yaml").write_text(
+        f"project: {project}\n"
+        f"definitions: [example/card_features.py]\n"
+        f"offline: {{path: offline}}\n"
+        f"online: {{url: '{redis_url}', cluster: {'true' if cluster else 'false'}}}\n")
+    spec = GenSpec(rows=rows, start=today() - timedelta(days=days), days=days, seed=seed)
+    write_parquet(spec, folder / "data", progress=False)
+    return folder
+
+
+def build(folder: Path, redis_url: str, **kwargs) -> FeatureStore:
+    """A repo with its views run on Polars (not yet materialized)."""
+    make_repo(folder, redis_url, **kwargs)
+    cfg = load_config(folder)
+    store = FeatureStore(config=cfg)
+    run(cfg, list(store.definitions.views.values()), "polars", show_progress=False)
+    return store

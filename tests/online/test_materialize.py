@@ -1,0 +1,173 @@
+"""Materialization into real Redis: idempotent, incremental, a fresh state per rule change, a
+killed run completed by the next, and reads surviving a Redis restart."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from features.config import load_config
+from features.online.redis_store import RedisOnline
+from features.store import FeatureStore
+from features.windows import to_micros
+from pipelines import materialize as mat
+from pipelines.batch import run
+from tests.online.private_redis import PrivateRedis
+from tests.online.repo import build, today
+
+
+def state(store: FeatureStore) -> dict[str, tuple[bytes, bool]]:
+    """Every online key of the repo: its value and whether it expires."""
+    client = store.online.client
+    out = {}
+    for key in client.scan_iter(f"{store.config.project}:*", count=1000):
+        if b"{_materialized}" in key:
+            continue
+        out[key.decode()] = (client.get(key), client.pttl(key) > 0)
+    return out
+
+
+def views(store: FeatureStore) -> list:
+    return list(store.definitions.views.values())
+
+
+NOW = to_micros(today())
+
+
+def materialize(store: FeatureStore, online: Any = None, **kwargs) -> list[mat.MaterializeSummary]:
+    return mat.materialize(store.config, views(store), online or store.online, now_us=NOW,
+                           show_progress=False, **kwargs)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, redis_url: str) -> FeatureStore:
+    s = build(tmp_path / "repo", redis_url, rows=8_000, days=10)
+    yield s
+    s.close()
+
+
+def test_rerunning_gives_the_same_state_and_nothing_changed_is_up_to_date(
+        fresh: FeatureStore) -> None:
+    first = materialize(fresh)
+    assert [m.mode for m in first] == ["full", "full"]
+    assert all(m.entities > 0 for m in first)
+    before = state(fresh)
+    assert any(key.endswith(":L") and not expires for key, (_, expires) in before.items())
+    assert all(expires for key, (_, expires) in before.items() if not key.endswith(":L"))
+    again = materialize(fresh)
+    assert [m.mode for m in again] == ["up to date", "up to date"]
+    forced = materialize(fresh, start="2000-01-01", end="2100-01-01")
+    assert [m.mode for m in forced] == ["incremental", "incremental"]
+    assert state(fresh) == before
+
+
+def test_a_rerun_day_rewrites_only_its_entities(fresh: FeatureStore) -> None:
+    materialize(fresh)
+    before = state(fresh)
+    day = today().date().fromordinal(today().toordinal() - 3)
+    run(fresh.config, views(fresh), "polars", day, day.fromordinal(day.toordinal() + 1),
+        show_progress=False)
+    second = materialize(fresh)
+    users = (pl.read_parquet(fresh.config.resolve(Path("data/transactions")),
+                             hive_partitioning=False)
+             .filter(pl.col("event_ts").dt.date() == day)["user_id"].n_unique())
+    spend = second[0]
+    assert (spend.mode, spend.days, spend.entities) == ("incremental", [day.isoformat()], users)
+    assert spend.entities < first_entities(before, "user_spend")
+    assert state(fresh) == before  # same events, same values
+
+
+def first_entities(st: dict, view: str) -> int:
+    return sum(1 for key in st if f":{view}:" in key and not key.endswith(":L"))
+
+
+def test_a_rule_change_materializes_under_the_new_fingerprint(fresh: FeatureStore,
+                                                               tmp_path: Path) -> None:
+    materialize(fresh)
+    before = state(fresh)
+    folder = fresh.config.root
+    text = (folder / "example" / "card_features.py").read_text()
+    (folder / "example" / "card_features.py").write_text(
+        text.replace('filter=col("amount") > 0,', 'filter=col("amount") > 5,'))
+    changed = FeatureStore(config=load_config(folder))
+    run(changed.config, views(changed), "polars", show_progress=False)
+    new_fp = changed.definitions.views["user_spend"].fingerprint()
+    assert new_fp != fresh.definitions.views["user_spend"].fingerprint()
+    summaries = materialize(changed)
+    assert summaries[0].mode == "full" and summaries[1].mode == "incremental"  # re-run days
+    after = state(changed)
+    assert {k: v for k, v in after.items() if k in before} == before  # old state untouched
+    assert any(new_fp[:16] in k for k in after)
+    user = int(next(k for k in after if new_fp[:16] in k).split("{")[1].split("}")[0])
+    old = fresh.get_online_features(["user_spend:txn_count_7d"], [{"user_id": user}], now=NOW)
+    new = changed.get_online_features(["user_spend:txn_count_7d"], [{"user_id": user}], now=NOW)
+    assert new.to_dict()["txn_count_7d"][0] <= old.to_dict()["txn_count_7d"][0]
+    changed.close()
+
+
+class _Dies(RedisOnline):
+    """A real Redis connection whose process 'dies' after some writes."""
+
+    def __init__(self, url: str, after: int) -> None:
+        super().__init__(url)
+        self.left = after
+
+    def _tick(self) -> None:
+        if self.left == 0:
+            raise KeyboardInterrupt("killed mid-run")
+        self.left -= 1
+
+    def write(self, sets, deletes=()):
+        self._tick()
+        return super().write(sets, deletes)
+
+    def write_packed(self, chunks):
+        self._tick()
+        return super().write_packed(chunks)
+
+
+def test_a_killed_run_is_completed_by_the_next(fresh: FeatureStore, tmp_path: Path,
+                                               redis_url: str, monkeypatch) -> None:
+    clean_copy = tmp_path / "clean"
+    shutil.copytree(fresh.config.root, clean_copy)
+    monkeypatch.setattr(mat, "WRITE_CHUNK", 100)
+    with pytest.raises(KeyboardInterrupt):
+        materialize(fresh, _Dies(redis_url, after=1))
+    partial = state(fresh)
+    assert partial, "some values were written before the kill"
+    resumed = materialize(fresh)
+    assert resumed[0].mode == "full"  # the killed run never recorded its state
+    # The same repo materialized without a kill, under its own project, gives the same values.
+    text = (clean_copy / "feature_repo.yaml").read_text()
+    (clean_copy / "feature_repo.yaml").write_text(
+        text.replace(fresh.config.project, fresh.config.project + "c"))
+    clean = FeatureStore(config=load_config(clean_copy))
+    materialize(clean)
+    rename = {k.replace(fresh.config.project, clean.config.project, 1): v
+              for k, v in state(fresh).items()}
+    assert rename == state(clean)
+    clean.close()
+
+
+def test_reads_work_after_redis_restarts_between_calls(tmp_path: Path) -> None:
+    redis = PrivateRedis(tmp_path / "redis")
+    redis.start()
+    try:
+        store = build(tmp_path / "repo", redis.url, rows=4_000, days=5)
+        materialize(store)
+        feats = ["user_spend:txn_count_7d", "merchant_activity:txn_count_lifetime"]
+        rows = [{"user_id": u, "merchant_id": m} for u, m in
+                zip(range(1000000, 1000050), range(2000000, 2000050), strict=True)]
+        before = store.get_online_features(feats, rows, now=NOW).to_dict()
+        assert any(before["txn_count_7d"])
+        redis.stop(save=True)
+        redis.start()
+        after = store.get_online_features(feats, rows, now=NOW).to_dict()
+        assert after == before
+        store.close()
+    finally:
+        redis.stop(save=False)

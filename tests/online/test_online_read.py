@@ -1,0 +1,155 @@
+"""Online reads from real Redis equal the point-in-time read at the same instant, for every
+feature of the example, with windows merged at request time; bad requests fail in one line."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from features.errors import OnlineRequestError
+from features.store import FeatureStore
+from features.windows import to_micros
+from pipelines.materialize import materialize
+from tests.online.repo import today
+
+
+def equal(function: str, a, b) -> bool:
+    """DESIGN.md's equality rule: exact, except floating sums, means and stddevs (1e-9)."""
+    if isinstance(a, float) and isinstance(b, float) and function in ("sum", "mean", "stddev"):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b and type(a) is type(b)
+
+
+def ids(store: FeatureStore, key: str, n: int = 150) -> list[int]:
+    data = store.config.resolve(Path("data/transactions"))
+    counts = (pl.read_parquet(data, hive_partitioning=False).group_by(key).len()
+              .sort(["len", key], descending=[True, False]))
+    busiest = counts[key].head(n // 2).to_list()
+    rest = counts[key].tail(n // 2).to_list()
+    return busiest + rest + [424242424]  # and one never seen
+
+
+def historical(store: FeatureStore, view: str, key: str, keys: list[int], at) -> dict:
+    feats = [f"{view}:{f.name}" for f in store.definitions.views[view].features]
+    rows = pl.DataFrame({key: keys, "event_ts": [at] * len(keys)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # today is not computed offline: read as no events
+        return store.get_historical_features(rows, feats, allow_uncovered=True).to_pydict()
+
+
+@pytest.fixture(scope="module")
+def materialized(store: FeatureStore) -> FeatureStore:
+    """Materialized as of today's midnight: reads at any later instant are exact."""
+    materialize(store.config, list(store.definitions.views.values()), store.online,
+                now_us=to_micros(today()), show_progress=False)
+    return store
+
+
+@pytest.mark.parametrize("after", [timedelta(minutes=10), timedelta(hours=1, minutes=5),
+                                   timedelta(days=1, hours=3), timedelta(days=8),
+                                   timedelta(days=31)])
+@pytest.mark.parametrize(("view", "key"), [("user_spend", "user_id"),
+                                           ("merchant_activity", "merchant_id")])
+def test_online_equals_historical_for_every_feature(materialized: FeatureStore, view: str,
+                                                     key: str, after: timedelta) -> None:
+    at = today() + after  # every event is before today's midnight
+    keys = ids(materialized, key)
+    fv = materialized.definitions.views[view]
+    feats = [f"{view}:{f.name}" for f in fv.features]
+    online = materialized.get_online_features(feats, [{key: k} for k in keys], now=at)
+    got = online.to_dict()
+    want = historical(materialized, view, key, keys, at)
+    mismatches = [(f.name, k, got[f.name][i], want[f.name][i])
+                  for f in fv.features for i, k in enumerate(keys)
+                  if not equal(f.function, got[f.name][i], want[f.name][i])]
+    assert mismatches == [], mismatches[:5]
+    statuses = online.status_dict()
+    assert all(statuses[f.name][-1] == "NOT_FOUND" for f in fv.features)
+    assert all(s != "NOT_FOUND" for s in statuses[fv.features[0].name][:-1])
+
+
+def test_a_quiet_key_reads_zero_an_hour_later_without_any_write(
+        materialized: FeatureStore) -> None:
+    at = today() + timedelta(minutes=1)
+    keys = ids(materialized, "user_id", 400)
+    feats = ["user_spend:txn_count_1h", "user_spend:txn_count_1d"]
+    before = materialized.get_online_features(feats, {"user_id": keys}, now=at).to_dict()
+    active = [i for i, c in enumerate(before["txn_count_1h"]) if c]
+    assert active, "some user must have an event in the last hour before midnight"
+    later = materialized.get_online_features(feats, {"user_id": keys},
+                                             now=at + timedelta(hours=1)).to_dict()
+    assert all(later["txn_count_1h"][i] == 0 for i in active)
+    assert any(later["txn_count_1d"][i] for i in active)
+
+
+def test_plain_feature_past_its_ttl_is_outside_max_age(materialized: FeatureStore) -> None:
+    [user] = ids(materialized, "user_id", 2)[:1]
+    feats = ["user_spend:last_country", "user_spend:txn_count_7d"]
+    fresh = materialized.get_online_features(feats, [{"user_id": user}], now=today())
+    assert fresh.status_dict()["last_country"] == ["PRESENT"]
+    assert isinstance(fresh.to_dict()["last_country"][0], str)
+    stale = materialized.get_online_features(feats, [{"user_id": user}],
+                                             now=today() + timedelta(days=31))
+    assert stale.status_dict()["last_country"] == ["OUTSIDE_MAX_AGE"]
+    assert stale.to_dict()["last_country"] == [None]
+    assert stale.to_dict()["txn_count_7d"] == [0]
+
+
+def test_feature_service_full_names_and_output_shapes(materialized: FeatureStore) -> None:
+    [user] = ids(materialized, "user_id", 2)[:1]
+    [merchant] = ids(materialized, "merchant_id", 2)[:1]
+    resp = materialized.get_online_features(
+        feature_service="fraud_model_v1", entity_rows=[{"user_id": user, "merchant_id": merchant}],
+        full_feature_names=True)
+    service = materialized.definitions.services["fraud_model_v1"]
+    assert resp.feature_names == [ref.replace(":", "__") for ref in service.features]
+    out = resp.to_dict(include_event_timestamps=True)
+    assert out["user_id"] == [user] and out["merchant_id"] == [merchant]
+    assert out["user_spend__txn_count_7d__ts"][0] is not None
+    table = resp.to_arrow()
+    assert table.num_rows == 1
+    assert str(table.schema.field("user_spend__spend_eur_7d").type) == "double"
+    assert str(table.schema.field("merchant_activity__txn_count_lifetime").type) == "int64"
+    assert list(resp.to_df().columns) == list(table.column_names)
+
+
+def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
+    resp = materialized.get_online_features(["user_spend:txn_count_7d", "user_spend:spend_eur_7d"],
+                                            [{"user_id": None}])
+    assert resp.to_dict()["txn_count_7d"] == [0]
+    assert resp.status_dict()["txn_count_7d"] == ["NOT_FOUND"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"features": ["user_spend:txn_count_7"]}, r"no feature 'txn_count_7' \(did you mean "
+                                               r"'txn_count_7d'"),
+    ({"features": ["user_spnd:txn_count_7d"]}, r"unknown feature view 'user_spnd'.*'user_spend'"),
+    ({"features": ["txn_count_7d"]}, r"'txn_count_7d' is not 'view:feature'"),
+    ({"feature_service": "fraud_model"}, r"unknown feature service 'fraud_model'.*fraud_model_v1"),
+    ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user": 1}]},
+     r"entity row 0 has no join key 'user_id'"),
+    ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user_id": 1}, {"user_id": "2"}]},
+     r"entity row 1: join key 'user_id' is str '2'; feature view 'user_spend' expects int64"),
+    ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user_id": True}]},
+     r"entity row 0: join key 'user_id' is bool"),
+])
+def test_bad_requests_fail_in_one_line(materialized: FeatureStore, kwargs: dict,
+                                       message: str) -> None:
+    kwargs.setdefault("entity_rows", [{"user_id": 1}])
+    with pytest.raises(OnlineRequestError, match=message) as e:
+        materialized.get_online_features(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_now_accepts_datetime_or_micros(materialized: FeatureStore) -> None:
+    user = ids(materialized, "user_id", 2)[0]
+    at = today() + timedelta(hours=2)
+    a = materialized.get_online_features(["user_spend:spend_eur_7d"], [{"user_id": user}], now=at)
+    b = materialized.get_online_features(["user_spend:spend_eur_7d"], [{"user_id": user}],
+                                         now=to_micros(at))
+    assert a.to_dict() == b.to_dict()
