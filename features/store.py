@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig, load_config
+from features.online.keys import entity_tag
 from features.online.read import NOT_FOUND
 from features.online.request import Plan, resolve
 from features.repo import Definitions, load_definitions
@@ -187,8 +188,6 @@ class FeatureStore:
 def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
          now_us: int) -> OnlineResponse:
     """One online read: build every key, one ``MGET``, evaluate each view per entity."""
-    from features.online.keys import entity_tag
-
     key_columns = [columns[k] for k in plan.join_keys]
     keys: list[str] = []
     where: list[tuple[int, int, int, int]] = []  # (read, row, window key pos, lifetime pos)

@@ -114,13 +114,12 @@ def run_demo(cfg: RepoConfig, console: Console) -> None:
 
 
 DEMO_ROWS = 100_000
-DEMO_START = "2026-01-05"
-DEMO_DAYS = 28
+DEMO_DAYS = 28  # the days before today (UTC), so online windows have something to show
 
 
 def run_pipeline(cfg: RepoConfig, console: Console) -> None:
     """Generate data, register the example, run both engines, read features at instants."""
-    from datetime import date, datetime, timedelta
+    from datetime import UTC, datetime, timedelta
 
     import polars as pl
     from rich.table import Table
@@ -131,10 +130,12 @@ def run_pipeline(cfg: RepoConfig, console: Console) -> None:
     from tessera.commands import apply_repo, load_valid, render_runs
 
     console.rule("[bold]3. Data: seeded card transactions")
-    start = date.fromisoformat(DEMO_START)
-    end = start + timedelta(days=DEMO_DAYS)
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=DEMO_DAYS)
+    end = today + timedelta(days=1)  # today has no events yet: computed as empty, not unknown
     summary = generate_cli(rows=DEMO_ROWS, out=cfg.resolve(Path("data")),
-                           start=datetime.fromisoformat(DEMO_START), days=DEMO_DAYS, seed=7)
+                           start=datetime.combine(start, datetime.min.time()), days=DEMO_DAYS,
+                           seed=7)
     console.print(summary.format())
 
     console.rule("[bold]4. tessera apply: validate, register in Feast")
@@ -143,18 +144,18 @@ def run_pipeline(cfg: RepoConfig, console: Console) -> None:
     views = list(defs.views.values())
 
     console.rule("[bold]5. tessera run: the same rules on Polars and on Spark")
-    summaries = run(cfg, views, "polars", start, end)
+    summaries = run(cfg, views, "polars", start, end, allow_empty_days=True)
     spark_cfg = cfg.model_copy(update={"offline": replace_offline(cfg, "offline-spark")})
-    summaries += run(spark_cfg, views, "spark", start, end)
+    summaries += run(spark_cfg, views, "spark", start, end, allow_empty_days=True)
     render_runs(console, summaries)
 
     console.rule("[bold]6. Point-in-time features (no value from after each timestamp)")
     rows = pl.DataFrame({
         "user_id": [1_000_003, 1_000_003, 1_000_003, 1_000_042, 424242],
         "merchant_id": [2_000_000_001] * 5,
-        "event_ts": [datetime(2026, 1, 12, 9), datetime(2026, 1, 19, 9),
-                     datetime(2026, 1, 19, 9, 0, 0, 1), datetime(2026, 1, 26, 18),
-                     datetime(2026, 1, 26, 18)],
+        "event_ts": [at(start, 7, 9), at(start, 14, 9),
+                     at(start, 14, 9) + timedelta(microseconds=1), at(start, 21, 18),
+                     at(start, 21, 18)],
     }).with_columns(pl.col("event_ts").dt.replace_time_zone("UTC"))
     shown = ["txn_count_1d", "spend_eur_7d", "spend_eur_std_7d", "last_country"]
     out = {}
@@ -174,6 +175,71 @@ def run_pipeline(cfg: RepoConfig, console: Console) -> None:
         from features.errors import TesseraError
 
         raise TesseraError("Polars and Spark disagree on the demo features")
+    run_online(cfg, console, defs)
+
+
+def at(day: object, days: int, hour: int) -> object:
+    """A naive UTC datetime ``days`` after ``day`` at ``hour``."""
+    from datetime import datetime, timedelta
+
+    return datetime.combine(day, datetime.min.time()) + timedelta(days=days, hours=hour)  # type: ignore[arg-type]
+
+
+def run_online(cfg: RepoConfig, console: Console, defs: object) -> None:
+    """Materialize into Redis and read online: windows merged now, equal to the offline read."""
+    import time as _time
+    from datetime import UTC, datetime
+
+    import polars as pl
+    from rich.table import Table
+
+    from features.store import FeatureStore
+    from tessera.commands import materialize_repo
+
+    console.rule("[bold]7. tessera materialize: tiles into Redis")
+    materialize_repo(cfg, console, None, None, None)
+    console.rule("[bold]8. get_online_features: windows merged at request time")
+    store = FeatureStore(config=cfg)
+    busiest = (pl.read_parquet(cfg.resolve(Path("data/transactions")), hive_partitioning=False)
+               .group_by("user_id").len().sort(["len", "user_id"], descending=[True, False]))
+    users = [*busiest["user_id"].head(3).to_list(), 424242]  # and one never seen
+    shown = ["txn_count_1h", "txn_count_7d", "spend_eur_7d", "spend_eur_std_7d",
+             "last_country"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = _time.perf_counter()
+    resp = store.get_online_features([f"user_spend:{f}" for f in shown],
+                                     [{"user_id": u} for u in users], now=now)
+    ms = (_time.perf_counter() - t0) * 1000
+    values, statuses = resp.to_dict(), resp.status_dict()
+    table = Table("user_id", *shown, "status")
+    for i, u in enumerate(users):
+        table.add_row(str(u), *[_fmt(values[f][i]) for f in shown], statuses[shown[1]][i])
+    console.print(table)
+    view = store.definitions.views["user_spend"]
+    offline = store.get_historical_features(
+        pl.DataFrame({"user_id": users, "event_ts": [now] * len(users)}),
+        [f"user_spend:{f.name}" for f in view.features]).to_pydict()
+    online = store.get_online_features([f"user_spend:{f.name}" for f in view.features],
+                                       [{"user_id": u} for u in users], now=now).to_dict()
+    same = all(_same(online[f.name][i], offline[f.name][i])
+               for f in view.features for i in range(len(users)))
+    console.print(f"one Redis round trip, {ms:.1f} ms (first call); online equals the "
+                  f"point-in-time read at {now:%Y-%m-%d %H:%M:%S} for all "
+                  f"{len(view.features)} features × {len(users)} users: "
+                  f"[{'green' if same else 'red'}]{same}[/]")
+    store.close()
+    if not same:
+        from features.errors import TesseraError
+
+        raise TesseraError("online and offline values differ")
+
+
+def _same(a: object, b: object) -> bool:
+    import math
+
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
 
 
 def replace_offline(cfg: RepoConfig, folder: str) -> OfflineConfig:

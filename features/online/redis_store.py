@@ -11,6 +11,8 @@ back.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ class RedisOnline:
 
         self.url = url
         self.cluster = cluster
+        self._local = threading.local()
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError,
                                                          redis.TimeoutError)
         if cluster:
@@ -51,12 +54,35 @@ class RedisOnline:
         """Values of ``keys`` (None where missing), in one round trip per node."""
         if not keys:
             return []
-        try:
-            if self.cluster:
+        if self.cluster:
+            try:
                 return self.client.mget_nonatomic(keys)
-            return self.client.execute_command("MGET", *keys)
-        except self._errors as e:
-            raise self._unavailable(e) from None
+            except self._errors as e:
+                raise self._unavailable(e) from None
+        parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
+        for key in keys:
+            k = key.encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(k), k))
+        command = [b"".join(parts)]
+        for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
+            conn = self._connection()
+            try:
+                conn.send_packed_command(command, check_health=False)
+                return conn.read_response()
+            except self._errors as e:
+                conn.disconnect()
+                if attempt:
+                    raise self._unavailable(e) from None
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> Any:
+        """This thread's own connection for reads: redis-py's per-command pool checkout,
+        argument filtering and metrics hooks cost ~40 µs, a third of a 1-entity read."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # never share a socket after fork
+            conn = self.client.connection_pool.make_connection()
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
 
     def write(self, sets: Iterable[tuple[str, bytes, int | None]],
               deletes: Iterable[str] = ()) -> int:
@@ -199,4 +225,8 @@ class RedisOnline:
             raise self._unavailable(e) from None
 
     def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.disconnect()
+            self._local.conn = None
         self.client.close()
