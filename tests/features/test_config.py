@@ -172,3 +172,35 @@ def test_bad_redis_cluster_ports_are_one_line(tmp_path: Path, ports: str, proble
     msg = error_of(path)
     assert msg.startswith(f"{path}: services.redis_cluster.ports: {problem}"), msg
     assert len(msg.splitlines()) == 1
+
+
+def test_serve_defaults_to_loopback_without_a_token(tmp_path: Path) -> None:
+    serve = load_config(write(tmp_path, "project: shop\n"), environ={}).serve
+    assert (serve.host, serve.port, serve.max_entities, serve.max_body_bytes) == (
+        "127.0.0.1", 6566, 1000, 1 << 20)
+    assert serve.resolve_token(environ={}) is None
+
+
+def test_serve_token_comes_from_the_named_variable_and_never_shows(tmp_path: Path) -> None:
+    path = write(tmp_path, "project: shop\nserve: {token_env: SHOP_TOKEN}\n")
+    serve = load_config(path, environ={}).serve
+    assert serve.resolve_token(environ={"SHOP_TOKEN": "abc"}) == "abc"
+    with pytest.raises(ConfigError, match="'SHOP_TOKEN' is not set or empty"):
+        serve.resolve_token(environ={})
+    cfg = load_config(write(tmp_path, "project: shop\n"),
+                      environ={"TESSERA__SERVE__TOKEN": "s3cret"})
+    assert cfg.serve.resolve_token(environ={}) == "s3cret"
+    assert "s3cret" not in cfg.model_dump_json() and "s3cret" not in repr(cfg)
+
+
+@pytest.mark.parametrize(("yaml", "problem"), [
+    ("{token: abc, token_env: X}", "serve.token_env: give serve.token or serve.token_env"),
+    ("{token: 123456}", "serve.token: must be a string"),
+    ("{token: ''}", "serve.token: is empty"),
+    ("{max_entities: 0}", "serve.max_entities: Input should be greater than or equal to 1"),
+])
+def test_bad_serve_settings_are_one_line_and_never_echo_a_token(tmp_path: Path, yaml: str,
+                                                                problem: str) -> None:
+    msg = error_of(write(tmp_path, f"project: shop\nserve: {yaml}\n"))
+    assert problem in msg and len(msg.splitlines()) == 1, msg
+    assert "123456" not in msg and "'abc'" not in msg
