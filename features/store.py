@@ -224,5 +224,8 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
                 for s, status in zip(slots, stats, strict=True):
                     statuses[s][i] = status
                     times[s][i] = newest
+    for s, dtype in enumerate(plan.dtypes):
+        if dtype == "timestamp":  # stored as µs since the epoch
+            values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
     entities = {k: list(columns[k]) for k in plan.join_keys}
     return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times)

@@ -186,12 +186,10 @@ def _partials(reader: _Reader, cod: Codec, rec: Record, files: list[str],
         f"WHERE true{where}{reader.semi} ORDER BY {reader.keys}, tile{sel}")
     arrays: dict[str, Any] = {"tile": table.column("tile").to_numpy()}
     for col, null in zip(rec.columns, rec.nullable, strict=True):
-        arr = table.column(col)
+        arr = table.column(col).combine_chunks()
         if null:
             arrays[f"{col}?"] = arr.is_valid().to_numpy(zero_copy_only=False)
-            arrays[col] = arr.fill_null(0).to_numpy(zero_copy_only=False)
-        else:
-            arrays[col] = arr.fill_null(0).to_numpy(zero_copy_only=False)
+        arrays[col] = pk._numbers(arr)
     arrays.setdefault("tile", np.zeros(0, np.int64))
     return table, arrays
 

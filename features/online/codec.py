@@ -35,7 +35,7 @@ from typing import Any
 from features.definitions import Feature, FeatureView
 from features.tiles import Input, Layout, layout
 
-VERSION = 1
+VERSION = 2  # the byte format; part of every key name too (features.online.keys)
 NO_EVENT = -(2**63)
 _CODES = {"int64": "q", "timestamp": "q", "float64": "d", "bool": "?"}
 _HEAD = struct.Struct("<Bq")
@@ -304,6 +304,10 @@ def _encode_value(dtype: str, value: Any) -> bytes:
     if dtype == "string":
         data = str(value).encode()
         return _LEN.pack(len(data)) + data
+    if dtype == "timestamp" and not isinstance(value, int):
+        from features.windows import to_micros
+
+        value = to_micros(value)
     return struct.pack("<" + _CODES[dtype], value)
 
 

@@ -1,7 +1,8 @@
 """Redis key names of the online store.
 
-``<project>:{<entity>}:<view>:<fingerprint[:16]>`` holds an entity's window value and the same
-with ``:L`` its lifetime value. ``{<entity>}`` is a Redis Cluster hash tag: every key of one
+``<project>:{<entity>}:<view>:<fingerprint[:16]>:v<format>`` holds an entity's window value and
+the same with ``:L`` its lifetime value. The format version (``codec.VERSION``) is in the name, so
+a new byte layout never decodes values written in an old one. ``{<entity>}`` is a Redis Cluster hash tag: every key of one
 entity, across views, lands in one slot, so one entity's read is one slot however many views it
 spans. The fingerprint names the rules: after a rule change the new rules never read old state.
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from features.online.codec import VERSION
 
 FINGERPRINT_CHARS = 16
 
@@ -30,7 +33,7 @@ def entity_tag(values: Sequence[Any]) -> str:
 
 def prefix(project: str, view: str, fingerprint: str) -> tuple[str, str]:
     """(text before the tag, text after it) of a view's window keys."""
-    return f"{project}:{{", f"}}:{view}:{fingerprint[:FINGERPRINT_CHARS]}"
+    return f"{project}:{{", f"}}:{view}:{fingerprint[:FINGERPRINT_CHARS]}:v{VERSION}"
 
 
 def window_key(project: str, view: str, fingerprint: str, tag: str) -> str:
@@ -44,4 +47,4 @@ def lifetime_key(project: str, view: str, fingerprint: str, tag: str) -> str:
 
 def state_key(project: str, view: str, fingerprint: str) -> str:
     """Where materialization records what it last wrote for a view (its own hash tag)."""
-    return f"{project}:{{_materialized}}:{view}:{fingerprint[:FINGERPRINT_CHARS]}"
+    return f"{project}:{{_materialized}}:{view}:{fingerprint[:FINGERPRINT_CHARS]}:v{VERSION}"

@@ -12,6 +12,7 @@ back.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,8 +47,13 @@ class RedisOnline:
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                 retry=Retry(NoBackoff(), 1), health_check_interval=0)
 
+    @property
+    def shown_url(self) -> str:
+        """The URL without its password (``redis://user:***@host``)."""
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", self.url)
+
     def _unavailable(self, e: BaseException) -> OnlineUnavailableError:
-        return OnlineUnavailableError(f"online store {self.url} is unavailable: "
+        return OnlineUnavailableError(f"online store {self.shown_url} is unavailable: "
                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
     def get(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -133,7 +139,7 @@ class RedisOnline:
             conn.disconnect()
             raise self._unavailable(e) from None
         except redis.ResponseError as e:
-            raise OnlineUnavailableError(f"online store {self.url} refused a write: {e}") from None
+            raise OnlineUnavailableError(f"online store {self.shown_url} refused a write: {e}") from None
         finally:
             pool.release(conn)
         return done
@@ -157,7 +163,7 @@ class RedisOnline:
             conn.disconnect()
             raise self._unavailable(e) from None
         except redis.ResponseError as e:
-            raise OnlineUnavailableError(f"online store {self.url} refused a write: {e}") from None
+            raise OnlineUnavailableError(f"online store {self.shown_url} refused a write: {e}") from None
         finally:
             pool.release(conn)
         return done

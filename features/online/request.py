@@ -21,6 +21,14 @@ from features.online.read import ViewRead
 from features.repo import Definitions
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _close(name: str, names: Iterable[str]) -> str:
     near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
@@ -112,8 +120,12 @@ class Plan:
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
         """(row count, join key -> values) of the entity rows, checked against the key types."""
         if isinstance(entity_rows, Mapping):
-            columns = {str(k): list(v) if not isinstance(v, list) else v
-                       for k, v in entity_rows.items()}
+            columns = {}
+            for k, v in entity_rows.items():
+                if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, Iterable):
+                    raise OnlineRequestError(f"entities[{k!r}] is {type(v).__name__}; expected "
+                                             f"a list of values, one per entity")
+                columns[str(k)] = v if isinstance(v, list) else list(v)
             lengths = {len(v) for v in columns.values()}
             if len(lengths) > 1:
                 raise OnlineRequestError(f"entity columns have different lengths: "
@@ -146,7 +158,10 @@ class Plan:
                 if value is None:
                     continue
                 ok = (isinstance(value, Integral) and not isinstance(value, bool)
-                      if dtype == "int64" else isinstance(value, str))
+                      if dtype == "int64" else isinstance(value, str) and _utf8(value))
+                if not ok and dtype == "string" and isinstance(value, str):
+                    raise OnlineRequestError(f"entity row {i}: join key {key!r} is not valid "
+                                             f"UTF-8 text: {value!r}")
                 if not ok:
                     raise OnlineRequestError(
                         f"entity row {i}: join key {key!r} is {type(value).__name__} {value!r}; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +15,7 @@ from features.errors import OnlineRequestError
 from features.store import FeatureStore
 from features.windows import to_micros
 from pipelines.materialize import materialize
-from tests.online.repo import today
+from tests.online.repo import REPO_ROOT, build, today
 
 
 def equal(function: str, a, b) -> bool:
@@ -153,3 +153,49 @@ def test_now_accepts_datetime_or_micros(materialized: FeatureStore) -> None:
     b = materialized.get_online_features(["user_spend:spend_eur_7d"], [{"user_id": user}],
                                          now=to_micros(at))
     assert a.to_dict() == b.to_dict()
+
+
+def test_timestamp_and_bool_features_round_trip(tmp_path: Path, redis_url: str) -> None:
+    """last() of a timestamp or a bool, max() of a timestamp: online equals offline."""
+    text = (REPO_ROOT / "example" / "card_features.py").read_text()
+    extra = ('agg.last(col("event_ts"), name="last_seen"),\n'
+             '        agg.last(col("card_present"), name="last_card_present"),\n'
+             '        agg.max(col("event_ts"), windows=["7d"], name="latest_event"),\n'
+             '        agg.last(col("channel"), name="last_channel"),')
+    store = build(tmp_path / "repo", redis_url, rows=3_000, days=5,
+                  definitions=text.replace('agg.last(col("channel"), name="last_channel"),',
+                                           extra))
+    materialize(store.config, [store.definitions.views["user_spend"]], store.online,
+                now_us=to_micros(today()), show_progress=False)
+    keys = ids(store, "user_id", 40)
+    feats = ["user_spend:last_seen", "user_spend:last_card_present", "user_spend:latest_event_7d"]
+    at = today() + timedelta(hours=3)
+    got = store.get_online_features(feats, {"user_id": keys}, now=at).to_dict()
+    want = historical(store, "user_spend", "user_id", keys, at)
+    for name in ("last_seen", "last_card_present", "latest_event_7d"):
+        assert got[name] == want[name], name
+    assert isinstance(got["last_seen"][0], datetime) and isinstance(got["last_card_present"][0],
+                                                                    bool)
+    store.close()
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ({"user_id": 5}, r"entities\['user_id'\] is int; expected a list"),
+    ({"user_id": "5"}, r"entities\['user_id'\] is str; expected a list"),
+    ([{"user_id": 1}, 5], r"entity row 1 is int, expected a dict"),
+])
+def test_malformed_entity_shapes_fail_in_one_line(materialized: FeatureStore, rows,
+                                                  message: str) -> None:
+    with pytest.raises(OnlineRequestError, match=message):
+        materialized.get_online_features(["user_spend:txn_count_7d"], rows)
+
+
+def test_a_password_never_shows_in_errors(tmp_path: Path) -> None:
+    from features.errors import OnlineUnavailableError
+    from features.online.redis_store import RedisOnline
+    from tests.online.private_redis import free_port
+
+    online = RedisOnline(f"redis://me:s3cret@127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    with pytest.raises(OnlineUnavailableError) as e:
+        online.get(["k"])
+    assert "s3cret" not in str(e.value) and "me:***@127.0.0.1" in str(e.value)
