@@ -232,6 +232,54 @@ def run_online(cfg: RepoConfig, console: Console, defs: object) -> None:
         from features.errors import TesseraError
 
         raise TesseraError("online and offline values differ")
+    run_http(cfg, console, users[0])
+
+
+def run_http(cfg: RepoConfig, console: Console, user: int) -> None:
+    """Start ``tessera serve`` on a free loopback port, make one Feast-style call, stop it."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    console.rule("[bold]9. tessera serve: the same read over HTTP (Feast's JSON)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = cfg.root / "feature_repo.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.cli", "serve", "--repo", str(repo),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    body = {"features": ["user_spend:txn_count_7d", "user_spend:spend_eur_7d"],
+            "entities": {"user_id": [user, 424242]}}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    from features.errors import TesseraError
+
+                    err = (proc.stderr.read() if proc.stderr else b"").decode()[-2000:]
+                    raise TesseraError(f"tessera serve did not start on {url}: {err}") from None
+                time.sleep(0.2)
+        request = urllib.request.Request(url + "/get-online-features",
+                                         data=json.dumps(body).encode(),
+                                         headers={"content-type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    console.print(f"$ curl -s {url}/get-online-features -d '{json.dumps(body)}'",
+                  markup=False, soft_wrap=True)
+    console.print(json.dumps(answer), markup=False, soft_wrap=True)
 
 
 def _same(a: object, b: object) -> bool:
