@@ -351,6 +351,9 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
         say(f"[bold yellow]warning:[/] {_one_line(str(e))}; serving anyway (GET /health "
             f"answers 503 until it is reachable)")
     if workers <= 1:
+        # One process keeps its metrics in memory: an inherited PROMETHEUS_MULTIPROC_DIR (Feast
+        # sets one when imported) would mix other processes' counts into ours.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         app = FeatureServer(store, token=token, max_entities=cfg.serve.max_entities,
                             max_body_bytes=cfg.serve.max_body_bytes)
         _prepare_process()
@@ -364,7 +367,9 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
     saved = {k: os.environ.get(k) for k in (REPO_ENV, "PROMETHEUS_MULTIPROC_DIR")}
     with tempfile.TemporaryDirectory(prefix="tessera-serve-metrics-") as metrics_dir:
         os.environ[REPO_ENV] = str(Path(repo_file).resolve())
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        # Always our own, fresh folder: an inherited one (Feast sets it when imported) would
+        # add other processes' counts to ours.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         try:
             uvicorn.run("tessera.server:app_from_env", factory=True, workers=workers, **common)
         finally:

@@ -324,7 +324,7 @@ MALFORMED: list[tuple[str, bytes | dict[str, Any], int, str, tuple[str, ...]]] =
                             "entities": {"country": [7]}}, 400, "bad_entities", ("expects string",)),
     ("lone surrogate", b'{"features": ["country_activity:txn_count_1d"], '
                        b'"entities": {"country": ["\\ud800"]}}', 400, "bad_entities",
-     ("lone surrogate",)),
+     ("not valid UTF-8 text",)),
     ("uneven columns", {"feature_service": "fraud_model_v1", "full_feature_names": True,
                         "entities": {"user_id": [1, 2], "merchant_id": [3]}}, 400,
      "bad_entities", ("different lengths",)),

@@ -1,0 +1,37 @@
+"""`tessera run --materialize` and `tessera materialize` through the CLI, on real Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from features.config import load_config
+from features.online.keys import state_key
+from features.store import FeatureStore
+from tessera.cli import app
+from tests.online.repo import make_repo
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_run_then_materialize_then_incremental(tmp_path: Path, redis_url: str) -> None:
+    folder = make_repo(tmp_path / "repo", redis_url, rows=3_000, days=4)
+    repo = str(folder / "feature_repo.yaml")
+    code, out = invoke("run", "--repo", repo, "--materialize")
+    assert code == 0, out
+    assert "materialized into" in out and "full" in out
+    store = FeatureStore(config=load_config(folder))
+    view = store.definitions.views["user_spend"]
+    assert store.online.get_text(state_key(store.config.project, view.name, view.fingerprint()))
+    code, out = invoke("materialize", "--repo", repo)
+    assert code == 0 and out.count("up to date") == 2, out
+    code, out = invoke("materialize", "--repo", repo, "--view", "user_spend", "--start",
+                       "2000-01-01", "--end", "2100-01-01")
+    assert code == 0 and "incremental" in out, out
+    code, out = invoke("materialize", "--repo", repo, "--view", "user_spnd")
+    assert code == 1 and "no feature view 'user_spnd'" in out, out
+    store.close()
