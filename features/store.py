@@ -209,21 +209,24 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
             where.append((r, i, w, lt))
     blobs = online.get(keys)
     width = len(plan.names)
-    values_out: list[list[Any]] = [[None] * n for _ in range(width)]
-    statuses: list[list[str]] = [[NOT_FOUND] * n for _ in range(width)]
-    times: list[list[Any]] = [[None] * n for _ in range(width)]
-    rows: list[list[Any]] = [[] for _ in plan.reads]
-    for r, _i, w, lt in where:
-        rows[r].append(plan.reads[r].evaluate(None if w < 0 else blobs[w],
-                                              None if lt < 0 else blobs[lt], now_us))
-    for r, slots in enumerate(plan.slots):
-        for i, (vals, stats, newest) in enumerate(rows[r]):
-            for s, value in zip(slots, vals, strict=True):
-                values_out[s][i] = value
-            if stats is not None:
-                for s, status in zip(slots, stats, strict=True):
-                    statuses[s][i] = status
-                    times[s][i] = newest
+    values_out: list[list[Any]] = [[]] * width
+    statuses: list[list[str]] = [[]] * width
+    times: list[list[Any]] = [[]] * width
+    for r, read_ in enumerate(plan.reads):
+        evaluate = read_.evaluate
+        rows = [evaluate(None if w < 0 else blobs[w], None if lt < 0 else blobs[lt], now_us)
+                for rr, _i, w, lt in where if rr == r]
+        k = len(plan.slots[r])
+        not_found = [NOT_FOUND] * k
+        # Transpose entity rows into feature columns (zip is C; per-value loops were 1/3 of
+        # a 100-entity read).
+        vals = list(zip(*[row[0] for row in rows], strict=True)) if rows else [()] * k
+        stats = list(zip(*[row[1] or not_found for row in rows], strict=True)) or [()] * k
+        newest = [row[2] if row[1] is not None else None for row in rows]
+        for j, slot in enumerate(plan.slots[r]):
+            values_out[slot] = list(vals[j])
+            statuses[slot] = list(stats[j])
+            times[slot] = list(newest)
     for s, dtype in enumerate(plan.dtypes):
         if dtype == "timestamp":  # stored as µs since the epoch
             values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]

@@ -215,26 +215,46 @@ class Codec:
 
     # --- decode ---------------------------------------------------------------------------
 
-    def decode_window(self, blob: bytes, with_latest: bool = True) -> WindowValue:
-        """Parse a window value's header and section offsets (records are read on demand).
+    def read_window(self, blob: bytes, with_latest: bool, now_us: int,
+                    groups: Sequence[Sequence[tuple[int, int, Sequence[tuple[int, Any]]]]],
+                    values: list[Any]) -> tuple[int, list[Any]]:
+        """The hot path of a read: walk a window value once, and for each requested window
+        (``groups[section]``: (tile size, tiles, ((output position, finalizer), ...))) put
+        its features' values into ``values``. Returns (newest event, latest items).
 
-        ``with_latest=False`` skips decoding the newest values (a read without ``last``).
+        Nothing is built per entity but the records it reads (per-entity objects cost a third
+        of a 100-entity read).
         """
         version, newest = _HEAD.unpack_from(blob, 0)
         if version != VERSION:
             raise ValueError(f"online value of view {self.view.name!r} has version {version}, "
                              f"expected {VERSION} (re-materialize)")
-        if with_latest or not self.latest:
+        latest: list[Any] = []
+        if not self.latest:
+            pos = _HEAD.size
+        elif with_latest:
             latest, pos = _decode_latest(self.latest, blob, _HEAD.size)
         else:
-            latest, pos = [], _skip_latest(self.latest, blob, _HEAD.size)
-        offsets = []
-        for _rec, _unpack, size in self.records:
+            pos = _skip_latest(self.latest, blob, _HEAD.size)
+        last = len(groups) - 1
+        while last >= 0 and not groups[last]:
+            last -= 1
+        for k in range(last + 1):
+            _rec, unpack, size = self.records[k]
             (count,) = _COUNT.unpack_from(blob, pos)
-            pos += _COUNT.size
-            offsets.append((pos, count))
-            pos += count * (8 + size)  # (tile, record) per tile
-        return WindowValue(self, blob, newest, latest, offsets)
+            pos += 4
+            wanted = groups[k]
+            if wanted and count:
+                tiles = _tiles_struct(count, size).unpack_from(blob, pos)
+                width = 8 + size
+                for tile_us, n_tiles, finals in wanted:
+                    p = bisect_left(tiles, now_us // tile_us - n_tiles + 1)
+                    if p < count:
+                        record = unpack(blob, pos + p * width + 8)
+                        for at, final in finals:
+                            values[at] = final(record)
+            pos += count * (8 + size)
+        return newest, latest
 
     def decode_lifetime(self, blob: bytes) -> tuple[int, dict[str, Any], list[Any]]:
         """(newest event time, merged partials of every tile, latest per lifetime last input)."""
@@ -247,35 +267,6 @@ class Codec:
         merged = rec.to_dict(rec.struct.unpack_from(blob, _HEAD.size))
         latest, _ = _decode_latest(self.lifetime_latest, blob, _HEAD.size + rec.size)
         return newest, merged, latest
-
-
-class WindowValue:
-    """A decoded window value; sections are read lazily, one record per lookup."""
-
-    __slots__ = ("_offsets", "_tiles", "blob", "codec", "latest", "newest_event")
-
-    def __init__(self, codec: Codec, blob: bytes, newest_event: int, latest: list[Any],
-                 offsets: list[tuple[int, int]]) -> None:
-        self.codec = codec
-        self.blob = blob
-        self.newest_event = newest_event
-        self.latest = latest  # per latest input: (value, lt, ls) or None
-        self._offsets = offsets
-        self._tiles: dict[int, tuple[int, ...]] = {}
-
-    def suffix(self, section: int, first_tile: int) -> tuple[Any, ...] | None:
-        """Merged partials of the tiles at or after ``first_tile``, as the section's unpacked
-        record (see :attr:`Record.position`); None: no such tile."""
-        pos, count = self._offsets[section]
-        _rec, unpack, size = self.codec.records[section]
-        tiles = self._tiles.get(section)
-        if tiles is None:
-            tiles = _tiles_struct(count, size).unpack_from(self.blob, pos)
-            self._tiles[section] = tiles
-        p = bisect_left(tiles, first_tile)
-        if p == count:
-            return None
-        return unpack(self.blob, pos + p * (8 + size) + 8)
 
 
 @cache

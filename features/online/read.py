@@ -51,11 +51,11 @@ class ViewRead:
     window: bool  # needs the window value
     lifetime: bool  # needs the lifetime value
     empty: tuple[Any, ...]  # each feature's value for an empty window
-    # windowed features grouped by window: (section, tile, tiles, ((position, finalizer), ...))
-    windows: tuple[tuple[int, int, int, tuple[tuple[int, Any], ...]], ...]
     others: tuple[tuple[int, _Step], ...]  # (position, step) of every other feature
 
     needs_latest: bool  # some feature reads the newest values (last)
+    # per section, its requested windows: (tile size, tiles, ((position, finalizer), ...))
+    by_section: tuple[tuple[tuple[int, int, tuple[tuple[int, Any], ...]], ...], ...]
 
     @classmethod
     def of(cls, view: FeatureView, features: Sequence[Feature]) -> ViewRead:
@@ -92,9 +92,10 @@ class ViewRead:
                    bool(hows & {_WINDOW, _WINDOW_LAST, _PLAIN}),
                    bool(hows & {_LIFETIME, _LIFETIME_LAST}),
                    tuple(step.empty for step in steps),
-                   tuple((sec, tile, tiles, tuple(fs)) for (sec, tile, tiles), fs
-                         in groups.items()),
-                   tuple(others), bool(hows & {_PLAIN, _WINDOW_LAST}))
+                   tuple(others), bool(hows & {_PLAIN, _WINDOW_LAST}),
+                   tuple(tuple((tile, tiles, tuple(fs)) for (sec, tile, tiles), fs
+                               in groups.items() if sec == k)
+                         for k in range(len(c.sections))))
 
     def evaluate(self, window: bytes | None, lifetime: bytes | None,
                  now_us: int) -> tuple[list[Any], list[str] | None, int | None]:
@@ -105,18 +106,15 @@ class ViewRead:
         values = list(self.empty)
         if window is None and lifetime is None:
             return values, None, None
-        wv = None if window is None else self.codec.decode_window(window, self.needs_latest)
-        newest = NO_EVENT if wv is None else wv.newest_event
+        newest = NO_EVENT
+        latest: list[Any] | None = None
+        if window is not None:
+            newest, latest = self.codec.read_window(window, self.needs_latest, now_us,
+                                                    self.by_section, values)
         life: tuple[int, Any, list[Any]] | None = None
         if lifetime is not None and self.lifetime:
             life = self.codec.decode_lifetime(lifetime)
             newest = max(newest, life[0])
-        if wv is not None:
-            for section, tile_us, tiles, finals in self.windows:
-                merged = wv.suffix(section, now_us // tile_us - tiles + 1)
-                if merged is not None:
-                    for k, final in finals:
-                        values[k] = final(merged)
         if not self.others:
             return (values, [NULL_VALUE if v is None else PRESENT for v in values],
                     None if newest == NO_EVENT else newest)
@@ -130,7 +128,7 @@ class ViewRead:
             if how == _LIFETIME_LAST:
                 item = None if life is None else life[2][step.index]
             else:
-                item = None if wv is None else wv.latest[step.index]
+                item = None if latest is None else latest[step.index]
             if item is not None:
                 lt = item[1]
                 if how == _WINDOW_LAST:
