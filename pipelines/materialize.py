@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -447,7 +448,7 @@ def _ms(us: Any) -> Any:
     return -((-us) // 1000)  # ceil, for ints and numpy arrays
 
 
-WRITE_CHUNK = 5_000  # commands per pipeline round
+WRITE_CHUNK = 5_000  # commands per send (environment: TESSERA_MATERIALIZE_CHUNK)
 
 
 def _chunks(resp: Any, rows: int) -> Any:
@@ -456,8 +457,9 @@ def _chunks(resp: Any, rows: int) -> Any:
 
     offsets = np.frombuffer(resp.buffers()[1], np.int64)[resp.offset:resp.offset + len(resp) + 1]
     data = resp.buffers()[2]
-    for lo in range(0, rows, WRITE_CHUNK):
-        hi = min(lo + WRITE_CHUNK, rows)
+    size = int(os.environ.get("TESSERA_MATERIALIZE_CHUNK", WRITE_CHUNK))
+    for lo in range(0, rows, size):
+        hi = min(lo + size, rows)
         yield data[int(offsets[lo]):int(offsets[hi])].to_pybytes(), hi - lo
 
 

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from features.config import load_config
+from features.online import keys as K
 from features.online.redis_store import RedisOnline
 from features.store import FeatureStore
 from features.windows import to_micros
@@ -130,7 +131,7 @@ class _Dies(RedisOnline):
         return super().write_packed(chunks)
 
 
-def test_a_killed_run_is_completed_by_the_next(fresh: FeatureStore, tmp_path: Path,
+def test_an_interrupted_run_is_completed_by_the_next(fresh: FeatureStore, tmp_path: Path,
                                                redis_url: str, monkeypatch) -> None:
     clean_copy = tmp_path / "clean"
     shutil.copytree(fresh.config.root, clean_copy)
@@ -171,3 +172,67 @@ def test_reads_work_after_redis_restarts_between_calls(tmp_path: Path) -> None:
         store.close()
     finally:
         redis.stop(save=False)
+
+
+SLOW_WRITES = '''
+import time
+from features.online import redis_store
+
+_write_packed = redis_store.RedisOnline.write_packed
+
+
+def _slow(self, chunks):  # widen the window a kill can land in; the writes stay real
+    time.sleep(0.05)
+    return _write_packed(self, chunks)
+
+
+redis_store.RedisOnline.write_packed = _slow
+'''
+
+
+def test_kill_9_mid_run_then_a_rerun_gives_the_clean_state(tmp_path: Path) -> None:
+    """A real `tessera materialize` process SIGKILLed between two of its Redis writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import redis as redis_py
+
+    from tests.online.repo import REPO_ROOT
+
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        store = build(tmp_path / "repo", server.url, rows=12_000, days=6)
+        hooks = tmp_path / "hooks"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(SLOW_WRITES)
+        env = {**os.environ, "PYTHONPATH": f"{hooks}{os.pathsep}{REPO_ROOT}",
+               "TESSERA_MATERIALIZE_CHUNK": "40"}
+        client = redis_py.Redis(port=server.port)
+        child = subprocess.Popen([sys.executable, "-m", "tessera.cli", "materialize", "--repo",
+                                  str(store.config.root / "feature_repo.yaml")], env=env,
+                                 cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while client.dbsize() < 80 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.005)
+        assert child.poll() is None, "materialize finished before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        partial = state(store)
+        view = store.definitions.views["user_spend"]
+        assert partial
+        assert client.get(K.state_key(store.config.project, view.name,
+                                      view.fingerprint())) is None  # it never finished
+        assert [m.mode for m in materialize(store)] == ["full", "full"]
+        killed_then_rerun = state(store)
+        assert len(partial) < len(killed_then_rerun)  # the kill landed mid-run
+        client.flushdb()
+        materialize(store)
+        assert state(store) == killed_then_rerun
+        store.close()
+    finally:
+        server.stop(save=False)
