@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import itertools
-import json
 import math
 import os
 import random
@@ -532,23 +532,25 @@ class FeastSide:
         return server
 
 
-class FeastServer:
-    """A ``feast serve`` subprocess (its own process group) and an HTTP load generator."""
+class ServerProcess:
+    """A server subprocess in its own process group, on 127.0.0.1; ``start`` waits for
+    ``GET /health``, ``stop`` (also at exit, and leaving a ``with``) always ends it."""
 
-    def __init__(self, side: FeastSide, port: int, workers: int, max_requests: int) -> None:
-        self.side = side
-        self.port = port
-        self.workers = workers
-        self.max_requests = max_requests
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = side.workdir / "feast-serve.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+    label = "server"
+    healthy = (200,)
+    poll_s = 0.25
+
+    url: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
 
     @property
     def command(self) -> list[str]:
-        return [_feast_bin(), "-c", str(self.side.workdir), "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--workers", str(self.workers),
-                "--max-requests", str(self.max_requests), "--no-access-log"]
+        raise NotImplementedError
+
+    def spawn_options(self) -> dict[str, Any]:
+        """Extra ``Popen`` arguments (cwd, env)."""
+        return {}
 
     def start(self, timeout: float) -> None:
         import httpx
@@ -556,27 +558,24 @@ class FeastServer:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=self.side.workdir)
+                                         **self.spawn_options())
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"feast serve exited with {self.proc.returncode}: "
+                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}: "
                                    f"{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=2.0).status_code in self.healthy:
                     return
-            except httpx.HTTPError:
-                pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"feast serve not healthy after {timeout} s; "
+                raise TimeoutError(f"{self.label} not healthy after {timeout} s; "
                                    f"log: {self.log_path}")
-            time.sleep(0.25)
+            time.sleep(self.poll_s)
 
     def stop(self) -> None:
-        """SIGTERM our server's process group (gunicorn master and its worker), SIGKILL after
-        15 s."""
+        """SIGTERM the server's process group (master and workers), SIGKILL after 15 s."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -589,11 +588,35 @@ class FeastServer:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> FeastServer:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FeastServer(ServerProcess):
+    """A ``feast serve`` subprocess and an HTTP load generator."""
+
+    label = "feast serve"
+
+    def __init__(self, side: FeastSide, port: int, workers: int, max_requests: int) -> None:
+        self.side = side
+        self.port = port
+        self.workers = workers
+        self.max_requests = max_requests
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = side.workdir / "feast-serve.log"
+        self.proc = None
+
+    @property
+    def command(self) -> list[str]:
+        return [_feast_bin(), "-c", str(self.side.workdir), "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", str(self.workers),
+                "--max-requests", str(self.max_requests), "--no-access-log"]
+
+    def spawn_options(self) -> dict[str, Any]:
+        return {"cwd": self.side.workdir}
+
+    def __enter__(self) -> FeastServer:
+        return self
 
     def http_latency(self, entity_ids: Sequence[int], iterations: int = 2000,
                      max_seconds: float = 20.0, concurrency: int = 1, batch: int = 1,
@@ -605,18 +628,14 @@ class FeastServer:
         ``path="/health"`` (a GET) measures the HTTP stack alone. The loop is
         ``bench/http_client.py``'s, the one that measures ``tessera serve`` too."""
         try:
-            from http_client import http_latency
+            from http_client import all_present, http_latency
         except ImportError:  # imported as bench.feast_baseline
-            from bench.http_client import http_latency
-
-        def no_nulls(doc: dict[str, Any]) -> None:
-            if any(v is None for res in doc["results"][1:] for v in res["values"]):
-                raise RuntimeError(f"feast serve returned nulls: {json.dumps(doc)[:500]}")
+            from bench.http_client import all_present, http_latency
 
         return http_latency(self.url, self.side.feature_refs, self.side.join_key, entity_ids,
                             iterations=iterations, max_seconds=max_seconds,
                             concurrency=concurrency, batch=batch, seed=seed, path=path,
-                            progress=progress, check=no_nulls, client=client)
+                            progress=progress, check=all_present(), client=client)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,13 +28,10 @@ Run alone against a repo whose features are materialized (``make services`` firs
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import itertools
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -43,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 try:  # run as a script (bench/ on sys.path) or imported as bench.http_client
-    from feast_baseline import _batches, free_port, summarize
+    from feast_baseline import ServerProcess, _batches, free_port, summarize
 except ImportError:  # pragma: no cover - depends on how the caller set sys.path
-    from bench.feast_baseline import _batches, free_port, summarize  # type: ignore[no-redef]
+    from bench.feast_baseline import ServerProcess, _batches, free_port, summarize  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 Progress = Callable[[int], None]
@@ -187,9 +184,13 @@ def all_present(min_present: float = 0.5) -> Check:
     return check
 
 
-class TesseraServer:
+class TesseraServer(ServerProcess):
     """A ``tessera serve`` subprocess (its own process group) on 127.0.0.1, a free port unless
     given; a context manager that always stops it."""
+
+    label = "tessera serve"
+    healthy = (200, 503)
+    poll_s = 0.1
 
     def __init__(self, repo: Path, port: int | None = None, workers: int = 1,
                  env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
@@ -200,56 +201,24 @@ class TesseraServer:
         self.env = {**os.environ, **(env or {})}
         folder = self.repo if self.repo.is_dir() else self.repo.parent
         self.log_path = log_path or folder / f"tessera-serve-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc = None
 
     @property
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tessera.cli", "serve", "--repo", str(self.repo),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
 
-    def start(self, timeout: float = 60.0) -> TesseraServer:
-        import httpx
+    def spawn_options(self) -> dict[str, Any]:
+        return {"cwd": ROOT, "env": self.env}
 
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=ROOT, env=self.env)
-        atexit.register(self.stop)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tessera serve exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=2.0).status_code in (200, 503):
-                    return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"tessera serve not up after {timeout} s; "
-                                   f"log: {self.log_path}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        """SIGTERM the server's process group (and its workers), SIGKILL after 15 s."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+    def start(self, timeout: float = 60.0) -> TesseraServer:  # type: ignore[override]
+        super().start(timeout)
+        return self
 
     def __enter__(self) -> TesseraServer:
         if self.proc is None:
             self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def http_latency(self, entity_ids: Sequence[Any], feature_refs: Sequence[str],
                      join_key: str, **kw: Any) -> dict[str, Any]:

@@ -175,7 +175,7 @@ def _records(rec: Record, merged: dict[str, Any], rows: Any, tiles: Any = None) 
     return out.tobytes()
 
 
-def _partials(reader: _Reader, cod: Codec, rec: Record, files: list[str],
+def _partials(reader: _Reader, rec: Record, files: list[str],
               where: str) -> tuple[Any, dict[str, Any]]:
     """Partial rows of one tile size, sorted by entity and tile, as numpy columns."""
     import numpy as np
@@ -190,7 +190,7 @@ def _partials(reader: _Reader, cod: Codec, rec: Record, files: list[str],
         arr = table.column(col).combine_chunks()
         if null:
             arrays[f"{col}?"] = arr.is_valid().to_numpy(zero_copy_only=False)
-        arrays[col] = pk._numbers(arr)
+        arrays[col] = pk.numbers(arr)
     arrays.setdefault("tile", np.zeros(0, np.int64))
     return table, arrays
 
@@ -330,7 +330,7 @@ def _build(reader: _Reader, cod: Codec, now_us: int) -> _Values:
         files = reader.files(s, _day(first_tile * s))
         if not files:
             continue
-        table, arrays = _partials(reader, cod, section.record, files, f" AND tile >= {first_tile}")
+        table, arrays = _partials(reader, section.record, files, f" AND tile >= {first_tile}")
         group_end, tags, starts, ends = _groups(table, view.join_keys)
         merged = suffix_merge(lay, {c: a for c, a in arrays.items() if c != "tile"}, group_end)
         tiles = arrays["tile"].astype(np.int64)
@@ -422,7 +422,7 @@ def _lifetime(reader: _Reader, cod: Codec, position: dict[str, int],
     files = reader.files(DAY_US)
     if not files:
         return [], None
-    table, arrays = _partials(reader, cod, rec, files, "")
+    table, arrays = _partials(reader, rec, files, "")
     group_end, tags, starts, _ends = _groups(table, reader.view.join_keys)
     merged = suffix_merge(cod.layout, {c: a for c, a in arrays.items() if c != "tile"},
                           group_end)

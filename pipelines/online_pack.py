@@ -108,14 +108,14 @@ def latest_values(inputs: Sequence[Input], latest: Latest | None, entities: int,
             part = pc.binary_join_element_wise(
                 fixed(head.tobytes(), head.dtype.itemsize, groups), data, _lb(b""))
         else:
-            head["v"] = _numbers(column).astype(head.dtype["v"])
+            head["v"] = numbers(column).astype(head.dtype["v"])
             part = fixed(head.tobytes(), head.dtype.itemsize, groups)
         part = pc.if_else(pa.array(latest.present[k]), part, _lb(b"\x00"))
         out.append(_spread(part, index, entities, b"\x00"))
     return out
 
 
-def _numbers(column: Any) -> Any:
+def numbers(column: Any) -> Any:
     """A numeric, bool or timestamp (as µs) Arrow column as numpy, nulls as 0."""
     import pyarrow as pa
 
@@ -189,5 +189,5 @@ def _lb(data: bytes) -> Any:
     return pa.scalar(data, pa.large_binary())
 
 
-__all__ = ["NO_EVENT", "Latest", "Section", "_numbers", "fixed", "head_values", "join", "latest_values",
-           "resp_set", "section_values", "window_blobs"]
+__all__ = ["NO_EVENT", "Latest", "Section", "fixed", "head_values", "join", "latest_values",
+           "numbers", "resp_set", "section_values", "window_blobs"]

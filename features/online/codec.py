@@ -33,7 +33,7 @@ from functools import cache
 from typing import Any
 
 from features.definitions import Feature, FeatureView
-from features.tiles import Input, Layout, layout
+from features.tiles import NEEDS, Input, Layout, layout
 
 VERSION = 2  # the byte format; part of every key name too (features.online.keys)
 NO_EVENT = -(2**63)
@@ -125,7 +125,7 @@ def _record(lay: Layout, features: Sequence[Feature]) -> Record:
             wanted.add("n")
         else:
             wanted.update(inp.column(k) for k in inp.kinds
-                          if k in _kinds_for(f.function) and k not in ("l", "lt", "ls"))
+                          if k in NEEDS[f.function] and k not in ("l", "lt", "ls"))
     columns, codes, nullable = [], [], []
     for col, _dtype in lay.partial_columns():
         if col in wanted:
@@ -135,12 +135,6 @@ def _record(lay: Layout, features: Sequence[Feature]) -> Record:
             codes.append(field_code(kind, inp_dtype))
             nullable.append(kind in ("lo", "hi"))
     return Record(tuple(columns), tuple(codes), tuple(nullable))
-
-
-def _kinds_for(function: str) -> frozenset[str]:
-    from features.tiles import NEEDS
-
-    return NEEDS[function]
 
 
 def _input_dtype(lay: Layout, column: str) -> str:

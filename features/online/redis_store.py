@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from features.errors import OnlineUnavailableError
@@ -94,55 +94,36 @@ class RedisOnline:
               deletes: Iterable[str] = ()) -> int:
         """``SET key value [PXAT ms]`` for each item and ``DEL`` each key, pipelined."""
         if not self.cluster:
-            return self._write_raw(sets, deletes)
+            return self.write_packed(self._resp_chunks(sets, deletes))
         return self._write_pipeline(sets, deletes)
 
-    def _write_raw(self, sets: Iterable[tuple[str, bytes, int | None]],
-                   deletes: Iterable[str]) -> int:
-        """The single-node write: commands packed as RESP here, one send per batch.
+    @staticmethod
+    def _resp_chunks(sets: Iterable[tuple[str, bytes, int | None]],
+                     deletes: Iterable[str]) -> Iterator[tuple[bytes, int]]:
+        """The single-node write as RESP, ``WRITE_BATCH`` commands per chunk.
 
         redis-py's pipeline spends ~10 µs per command packing and checking arguments; the
         values here are bytes and ints already, so packing them directly is 5× cheaper.
         """
-        import redis
-
-        pool = self.client.connection_pool
-        done = 0
-        try:
-            conn = pool.get_connection()
-        except self._errors as e:
-            raise self._unavailable(e) from None
-        try:
-            buf: list[bytes] = []
-            pending = 0
-            for key, value, expire_ms in sets:
-                k = key.encode()
-                if expire_ms is None:
-                    buf.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                               % (len(k), k, len(value), value))
-                else:
-                    e = b"%d" % expire_ms
-                    buf.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                               b"$4\r\nPXAT\r\n$%d\r\n%b\r\n"
-                               % (len(k), k, len(value), value, len(e), e))
-                pending += 1
-                if pending >= WRITE_BATCH:
-                    done += self._flush(conn, buf, pending)
-                    buf, pending = [], 0
-            for key in deletes:
-                k = key.encode()
-                buf.append(b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(k), k))
-                pending += 1
-            if pending:
-                done += self._flush(conn, buf, pending)
-        except self._errors as e:
-            conn.disconnect()
-            raise self._unavailable(e) from None
-        except redis.ResponseError as e:
-            raise OnlineUnavailableError(f"online store {self.shown_url} refused a write: {e}") from None
-        finally:
-            pool.release(conn)
-        return done
+        buf: list[bytes] = []
+        for key, value, expire_ms in sets:
+            k = key.encode()
+            if expire_ms is None:
+                buf.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                           % (len(k), k, len(value), value))
+            else:
+                e = b"%d" % expire_ms
+                buf.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+                           b"$4\r\nPXAT\r\n$%d\r\n%b\r\n"
+                           % (len(k), k, len(value), value, len(e), e))
+            if len(buf) >= WRITE_BATCH:
+                yield b"".join(buf), len(buf)
+                buf = []
+        for key in deletes:
+            k = key.encode()
+            buf.append(b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(k), k))
+        if buf:
+            yield b"".join(buf), len(buf)
 
     def write_packed(self, chunks: Iterable[tuple[bytes, int]]) -> int:
         """Send ready-made RESP commands (single node): each chunk is (bytes, commands)."""
@@ -158,7 +139,7 @@ class RedisOnline:
         done = 0
         try:
             for data, commands in chunks:
-                done += self._flush(conn, [data], commands)
+                done += self._flush(conn, data, commands)
         except self._errors as e:
             conn.disconnect()
             raise self._unavailable(e) from None
@@ -169,8 +150,8 @@ class RedisOnline:
         return done
 
     @staticmethod
-    def _flush(conn: Any, buf: list[bytes], pending: int) -> int:
-        conn.send_packed_command([b"".join(buf)])
+    def _flush(conn: Any, data: bytes, pending: int) -> int:
+        conn.send_packed_command([data])
         error = None
         for _ in range(pending):  # read every reply, even after an error
             try:

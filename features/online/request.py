@@ -133,10 +133,8 @@ class Plan:
             n = lengths.pop() if lengths else 0
             for key in self.join_keys:
                 if key not in columns:
-                    dtype, view = self.key_types[key]
-                    raise OnlineRequestError(
-                        f"entities have no join key {key!r} (feature view {view!r} needs it; "
-                        f"given: {', '.join(sorted(columns)) or 'none'})")
+                    raise self._no_key("entities have", key,
+                                       f"given: {', '.join(sorted(columns)) or 'none'}")
         else:
             rows = list(entity_rows)
             n = len(rows)
@@ -147,10 +145,8 @@ class Plan:
                                              f"a dict of join keys")
                 for key in self.join_keys:
                     if key not in row:
-                        _dtype, view = self.key_types[key]
-                        raise OnlineRequestError(
-                            f"entity row {i} has no join key {key!r} (feature view {view!r} "
-                            f"needs it; the row has: {', '.join(map(str, row)) or 'nothing'})")
+                        raise self._no_key(f"entity row {i} has", key, "the row has: "
+                                           f"{', '.join(map(str, row)) or 'nothing'}")
                     columns[key][i] = row[key]
         for key in self.join_keys:
             dtype, view = self.key_types[key]
@@ -167,3 +163,8 @@ class Plan:
                         f"entity row {i}: join key {key!r} is {type(value).__name__} {value!r}; "
                         f"feature view {view!r} expects {dtype}")
         return n, columns
+
+    def _no_key(self, subject: str, key: str, given: str) -> OnlineRequestError:
+        view = self.key_types[key][1]
+        return OnlineRequestError(f"{subject} no join key {key!r} (feature view {view!r} needs "
+                                  f"it; {given})")

@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING
 from tessera.services import lifecycle, process
 from tessera.services.errors import ServiceError
 from tessera.services.lifecycle import Probe, Say
-from tessera.services.redis_server import _quote, ensure_debian_tool, ensure_redis_server
+from tessera.services.redis_server import (
+    RedisFiles,
+    _quote,
+    ensure_debian_tool,
+    ensure_redis_server,
+)
 from tessera.services.status import ServiceStatus
 
 if TYPE_CHECKING:
@@ -69,7 +74,7 @@ def startup_url(cfg: RedisClusterServiceConfig) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterNode:
+class ClusterNode(RedisFiles):
     """One node of the cluster, as a :class:`tessera.services.lifecycle.Service`.
 
     Attributes:
@@ -103,41 +108,9 @@ class ClusterNode:
         return (self.port, self.port + BUS_PORT_OFFSET)
 
     @property
-    def conf_file(self) -> Path:
-        """``<state>/redis.conf``."""
-        return self.state / "redis.conf"
-
-    @property
     def nodes_conf(self) -> Path:
         """``<state>/nodes.conf``: the cluster config Redis writes (ids, epochs, slots)."""
         return self.state / "nodes.conf"
-
-    @property
-    def pid_file(self) -> Path:
-        """``<state>/redis.pid``."""
-        return self.state / "redis.pid"
-
-    @property
-    def stdout_log(self) -> Path:
-        """``<state>/redis.log``."""
-        return self.state / "redis.log"
-
-    @property
-    def log_files(self) -> tuple[Path, ...]:
-        """Just ``redis.log``."""
-        return (self.stdout_log,)
-
-    @property
-    def marker(self) -> str:
-        """The config path, kept in the process title by ``proc-title-template``."""
-        return str(self.conf_file)
-
-    def prepare(self, say: Say) -> list[str]:
-        """Install redis-server if needed, write ``redis.conf``; return the command."""
-        exe = ensure_redis_server(say)
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.conf_file.write_text(self.render_conf(), encoding="utf-8")
-        return [exe, str(self.conf_file)]
 
     def render_conf(self) -> str:
         """The ``redis.conf`` of one cluster-mode master on loopback."""

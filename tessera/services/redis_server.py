@@ -24,35 +24,18 @@ LOOPBACK = "127.0.0.1"
 _APT_TIMEOUT_S = 900
 
 
-@dataclass(frozen=True, slots=True)
-class RedisServer:
-    """Redis as a :class:`tessera.services.lifecycle.Service`.
+class RedisFiles:
+    """The files of one ``redis-server`` under its state folder, and how to start it.
 
-    Attributes:
-        cfg: ``services.redis`` from ``feature_repo.yaml``.
-        state: the service's folder, ``<state_dir>/redis``.
+    Shared by the local Redis and each Redis Cluster node; the class gives ``state`` and
+    ``render_conf()``.
     """
 
-    cfg: RedisServiceConfig
+    __slots__ = ()
     state: Path
-    name: str = "redis"
-    start_timeout: float = 10.0
-    stop_timeout: float = 10.0
 
-    @property
-    def host(self) -> str:
-        """Always 127.0.0.1: ``localhost`` in the config still binds IPv4 loopback only."""
-        return LOOPBACK
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:<port>``."""
-        return f"{LOOPBACK}:{self.cfg.port}"
-
-    @property
-    def ports(self) -> tuple[int, ...]:
-        """The one client port."""
-        return (self.cfg.port,)
+    def render_conf(self) -> str:
+        raise NotImplementedError
 
     @property
     def conf_file(self) -> Path:
@@ -85,6 +68,37 @@ class RedisServer:
         self.state.mkdir(parents=True, exist_ok=True)
         self.conf_file.write_text(self.render_conf(), encoding="utf-8")
         return [exe, str(self.conf_file)]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisServer(RedisFiles):
+    """Redis as a :class:`tessera.services.lifecycle.Service`.
+
+    Attributes:
+        cfg: ``services.redis`` from ``feature_repo.yaml``.
+        state: the service's folder, ``<state_dir>/redis``.
+    """
+
+    cfg: RedisServiceConfig
+    state: Path
+    name: str = "redis"
+    start_timeout: float = 10.0
+    stop_timeout: float = 10.0
+
+    @property
+    def host(self) -> str:
+        """Always 127.0.0.1: ``localhost`` in the config still binds IPv4 loopback only."""
+        return LOOPBACK
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:<port>``."""
+        return f"{LOOPBACK}:{self.cfg.port}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The one client port."""
+        return (self.cfg.port,)
 
     def render_conf(self) -> str:
         """The ``redis.conf`` for this state directory and port."""

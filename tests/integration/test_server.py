@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,8 @@ import httpx
 import pytest
 
 from features.store import FeatureStore, OnlineResponse
-from tests.conftest import IN_CI, REPO_ROOT
+from tests.conftest import REPO_ROOT
+from tests.online.private_redis import PrivateRedis, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -72,12 +72,6 @@ def write_repo(folder: Path, redis_url: str, offline: Path, extra: str = "") -> 
         f"online: {{url: '{redis_url}', timeout_ms: 200}}\n"
         f"serve: {{max_entities: {MAX_ENTITIES}, max_body_bytes: {MAX_BODY}{extra}}}\n")
     return folder / "feature_repo.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -430,40 +424,19 @@ def test_two_workers_share_the_port_and_the_metrics(repo: Path) -> None:
         assert s.metrics()[key] == 20
 
 
-def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        msg = "redis-server is not installed (tessera services up installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true and {msg}", pytrace=False)
-        pytest.skip(msg)
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError(f"redis-server on port {port} did not start")
-
-
-def stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
+def private_repo(repo: Path, folder: Path) -> tuple[PrivateRedis, Path]:
+    """A redis-server of the test's own (stopped and restarted at will), and the test repo
+    pointed at it."""
+    redis = PrivateRedis(folder / "redis")
+    cfg = FeatureStore(repo).config
+    path = write_repo(folder / "private", redis.url, cfg.resolve(cfg.offline.path))
+    redis.start()
+    return redis, path
 
 
 def test_redis_down_is_a_quick_503_and_the_server_heals_itself(
         repo: Path, tmp_path: Path, users: list[int]) -> None:
-    port = free_port()
-    cfg = FeatureStore(repo).config
-    path = write_repo(tmp_path / "private", f"redis://127.0.0.1:{port}/0",
-                      cfg.resolve(cfg.offline.path))
-    redis_proc = start_redis(port, tmp_path)
+    redis, path = private_repo(repo, tmp_path)
     try:
         FeatureStore(path).materialize(views=["user_spend"])
         body = {"features": USER_FEATURES, "entities": {"user_id": users[:2]}}
@@ -471,11 +444,11 @@ def test_redis_down_is_a_quick_503_and_the_server_heals_itself(
             r = s.post(body)
             assert r.status_code == 200 and r.json()["results"][1]["statuses"][0] == "PRESENT"
 
-            stop_redis(redis_proc)
+            redis.stop(save=False)
             began = time.monotonic()
             r = s.post(body)
             elapsed = time.monotonic() - began
-            one_line_error(r, 503, f"127.0.0.1:{port}", "unavailable")
+            one_line_error(r, 503, f"127.0.0.1:{redis.port}", "unavailable")
             assert elapsed < 1.5  # 200 ms timeout, one retry: far below
             assert r.headers["retry-after"] == "1"
             health = httpx.get(s.url + "/health", timeout=5)
@@ -491,7 +464,7 @@ def test_redis_down_is_a_quick_503_and_the_server_heals_itself(
                 t.join(timeout=10)
             assert codes == [503] * 8 and time.monotonic() - began < 1.5
 
-            redis_proc = start_redis(port, tmp_path)  # empty: --save ''
+            redis.start()  # empty: it never saved
             deadline = time.monotonic() + 10
             while (code := s.post(body).status_code) != 200 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -501,22 +474,18 @@ def test_redis_down_is_a_quick_503_and_the_server_heals_itself(
             assert s.post(body).json()["results"][1]["statuses"][0] == "PRESENT"
             assert s.metrics()['tessera_http_errors_total{kind="unavailable"}'] >= 9
     finally:
-        stop_redis(redis_proc)
+        redis.stop(save=False)
 
 
 def test_a_hung_redis_costs_one_timeout_then_quick_503s(repo: Path, tmp_path: Path) -> None:
     """A Redis that accepts connections but never answers (SIGSTOP): the request that finds out
     waits for the timeout; the ones after it get the 503 at once, not one timeout each."""
-    port = free_port()
-    cfg = FeatureStore(repo).config
-    path = write_repo(tmp_path / "private", f"redis://127.0.0.1:{port}/0",
-                      cfg.resolve(cfg.offline.path))
-    redis_proc = start_redis(port, tmp_path)
+    redis, path = private_repo(repo, tmp_path)
     try:
         body = {"features": USER_FEATURES, "entities": USER}
         with Server(path) as s:
             assert s.post(body).status_code == 200
-            os.kill(redis_proc.pid, signal.SIGSTOP)
+            os.kill(redis.proc.pid, signal.SIGSTOP)
             try:
                 began = time.monotonic()
                 one_line_error(s.post(body), 503, "unavailable", "Timeout")
@@ -528,7 +497,7 @@ def test_a_hung_redis_costs_one_timeout_then_quick_503s(repo: Path, tmp_path: Pa
                 assert httpx.get(s.url + "/health", timeout=5).status_code == 503
                 assert httpx.get(s.url + "/metrics", timeout=5).status_code == 200
             finally:
-                os.kill(redis_proc.pid, signal.SIGCONT)
+                os.kill(redis.proc.pid, signal.SIGCONT)
             deadline = time.monotonic() + 10
             while (code := s.post(body).status_code) != 200 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -536,7 +505,7 @@ def test_a_hung_redis_costs_one_timeout_then_quick_503s(repo: Path, tmp_path: Pa
         assert "answering 503 until it is reachable again" in s.log.read_text()
         assert "online store reachable again" in s.log.read_text()
     finally:
-        stop_redis(redis_proc)
+        redis.stop(save=False)
 
 
 # --------------------------------------------------------------------------------------------
