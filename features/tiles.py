@@ -252,36 +252,48 @@ def suffix_merge(lay: Layout, columns: Mapping[str, Any], group_end: Any) -> dic
     rank = np.asarray(group_end) - 1 - np.arange(rows)  # rows after this one in its group
     order = np.argsort(rank, kind="stable")
     bounds = np.searchsorted(rank[order], np.arange(1, int(rank.max()) + 2))
-    plain = [c for c in out if c == "n" or c.rstrip("0123456789") in ("c", "s")]
-    for inp in lay.inputs:
-        for kind in ("lo", "hi"):
-            if inp.column(kind) in out:
-                plain.append(inp.column(kind))
-    m2 = [inp for inp in lay.inputs if inp.column("q") in out]
     for j in range(1, len(bounds)):
         a = order[bounds[j - 1]:bounds[j]]  # rows with j later rows; a + 1 is already final
         if a.size == 0:
             continue
-        b = a + 1
-        for inp in m2:  # before c and s change: it needs both sides' own c and s
-            c, s, q = inp.column("c"), inp.column("s"), inp.column("q")
-            na, nb = out[c][a].astype(np.float64), out[c][b].astype(np.float64)
-            sa, sb = out[s][a].astype(np.float64), out[s][b].astype(np.float64)
-            total = na + nb
-            with np.errstate(invalid="ignore", divide="ignore"):
-                grand = (sa + sb) / total
-                dev_a = np.where(na > 0, na * (sa / na - grand) ** 2, 0.0)
-                dev_b = np.where(nb > 0, nb * (sb / nb - grand) ** 2, 0.0)
-            out[q][a] = np.where(total > 0, out[q][a] + out[q][b] + dev_a + dev_b, 0.0)
-        for name in plain:
-            kind = name.rstrip("0123456789")
-            if kind in ("n", "c", "s"):
-                out[name][a] = out[name][a] + out[name][b]
-                continue
+        merged = merge_pairs(lay, {k: v[a] for k, v in out.items()},
+                             {k: v[a + 1] for k, v in out.items()})
+        for name, values in merged.items():
+            out[name][a] = values
+    return out
+
+
+def merge_pairs(lay: Layout, a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Row ``i`` of the result is the merge of row ``i`` of ``a`` and of ``b`` (numpy columns,
+    same names and lengths; nullable ``lo``/``hi`` with their ``"<column>?"`` presence arrays).
+
+    The vectorized twin of :func:`merge` for two partials (no ``last``: see
+    :func:`suffix_merge`); the streaming consumer merges a micro-batch into stored suffixes
+    with it.
+    """
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for inp in lay.inputs:  # M2 first: it needs both sides' own count and sum
+        c, s, q = inp.column("c"), inp.column("s"), inp.column("q")
+        if q not in a:
+            continue
+        na, nb = a[c].astype(np.float64), b[c].astype(np.float64)
+        sa, sb = a[s].astype(np.float64), b[s].astype(np.float64)
+        total = na + nb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grand = (sa + sb) / total
+            dev_a = np.where(na > 0, na * (sa / na - grand) ** 2, 0.0)
+            dev_b = np.where(nb > 0, nb * (sb / nb - grand) ** 2, 0.0)
+        out[q] = np.where(total > 0, a[q] + b[q] + dev_a + dev_b, 0.0)
+    for name in a:
+        kind = name.rstrip("0123456789")
+        if kind in ("n", "c", "s"):
+            out[name] = a[name] + b[name]
+        elif kind in ("lo", "hi"):
             present = f"{name}?"
-            pa_, pb = out[present][a], out[present][b]
-            pick = np.minimum if kind == "lo" else np.maximum
-            both = pick(out[name][a], out[name][b])
-            out[name][a] = np.where(pa_ & pb, both, np.where(pa_, out[name][a], out[name][b]))
-            out[present][a] = pa_ | pb
+            pa_, pb = a[present], b[present]
+            both = (np.minimum if kind == "lo" else np.maximum)(a[name], b[name])
+            out[name] = np.where(pa_ & pb, both, np.where(pa_, a[name], b[name]))
+            out[present] = pa_ | pb
     return out

@@ -356,14 +356,28 @@ def _build(reader: _Reader, cod: Codec, now_us: int) -> _Values:
             latest = _subset(latest, known)
         latest_index = _index(latest.tags, position)
         newest[latest_index] = latest.newest
+    placed = [(k, (_index(sec.tags, position), sec)) for k, sec in sections]
+    window = (pk.window_blobs(cod, entities, placed, latest, latest_index,
+                              newest) if entities else None)
+    expire = expire_at(view, cod, placed, latest, latest_index, entities)
+    life_tags: list[str] = []
+    life_blobs = None
+    if cod.lifetime is not None:
+        life_tags, life_blobs = _lifetime(reader, cod, position, newest)
+    return _Values(tags, window, expire, life_tags, life_blobs)
+
+
+def expire_at(view: FeatureView, cod: Codec, placed: Sequence[tuple[int, tuple[Any, pk.Section]]],
+              latest: pk.Latest | None, latest_index: Any, entities: int) -> Any:
+    """When each entity's window value stops mattering (µs; -1: never): its newest tile has
+    left the longest window of its size, and its newest ``last`` values their TTL."""
+    import numpy as np
+
     expire = np.full(entities, NO_EVENT, np.int64)
-    placed = []
-    for k, sec in sections:
-        index = _index(sec.tags, position)
+    for k, (index, sec) in placed:
         spec = cod.sections[k]
         last_tile = sec.tiles[sec.ends - 1]
         np.maximum.at(expire, index, (last_tile + spec.horizon) * spec.tile_us)
-        placed.append((k, (index, sec)))
     never = np.zeros(entities, bool)
     if latest is not None:
         for k, rule in enumerate(_expiry_rules(view, cod)):
@@ -375,14 +389,7 @@ def _build(reader: _Reader, cod: Codec, now_us: int) -> _Values:
                 never |= present
             else:
                 np.maximum.at(expire, np.flatnonzero(present), at[present] + rule)
-    window = (pk.window_blobs(cod, entities, placed, latest, latest_index,
-                              newest) if entities else None)
-    expire = np.where(never, -1, expire)
-    life_tags: list[str] = []
-    life_blobs = None
-    if cod.lifetime is not None:
-        life_tags, life_blobs = _lifetime(reader, cod, position, newest)
-    return _Values(tags, window, expire, life_tags, life_blobs)
+    return np.where(never, -1, expire)
 
 
 def _subset(latest: pk.Latest, rows: list[int]) -> pk.Latest:
