@@ -216,6 +216,31 @@ class ServeConfig(_Model):
         return value
 
 
+class StreamConfig(_Model):
+    """``tessera stream``: the Kafka consumers (see docs/streaming.md)."""
+
+    allowed_lateness: str = Field("1d", description="How late an event may arrive after its "
+                                  "tile left the longest window and still count.")
+    max_batch_events: int = Field(20_000, ge=1, description="Events per micro-batch, at most.")
+    max_batch_ms: int = Field(200, ge=1, description="Longest wait to fill a micro-batch.")
+    dlq_suffix: str = Field(".dlq", min_length=1, description="Dead-letter topic: topic + this.")
+    land: bool = Field(True, description="Append accepted events to the offline store.")
+    status_every_s: float = Field(5.0, gt=0, description="Seconds between status lines.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve Prometheus "
+                                     "metrics on 127.0.0.1:port (0: any free port).")
+
+    @field_validator("allowed_lateness")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from features.windows import parse_duration
+
+        try:
+            parse_duration(v)
+        except Exception as e:  # DefinitionError: shown as this field's error
+            raise ValueError(str(e)) from None
+        return v
+
+
 class RepoConfig(_Model):
     """The whole of ``feature_repo.yaml``."""
 
@@ -231,6 +256,7 @@ class RepoConfig(_Model):
     services: ServicesConfig = ServicesConfig()
     schedules: list[Schedule] = Field(default_factory=list)
     serve: ServeConfig = ServeConfig()
+    stream: StreamConfig = StreamConfig()
     root: Path = Field(Path("."), exclude=True, description="Folder of the file; set on load.")
 
     def resolve(self, path: Path) -> Path:

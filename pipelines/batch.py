@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from features import offline_store
@@ -23,7 +24,7 @@ from features.definitions import FeatureView
 from features.tiles import EXACT_TILE_US
 from pipelines.counts import Counts
 from pipelines.errors import PipelineError
-from pipelines.sources import SourceScan, day_of, scan_source
+from pipelines.sources import SourceScan, day_of, landing_root, scan_source
 
 Engine = Literal["polars", "spark"]
 ENGINES = ("polars", "spark")
@@ -145,7 +146,7 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: expected 'polars' or 'spark'")
     began = time.perf_counter()
-    scan = scan or scan_source(view.source, cfg.root)
+    scan = scan or scan_source(view.source, cfg.root, _landed(cfg, view))
     if start is None or end is None:
         first, stop = source_days(view, scan)
         start, end = start or first, end or stop
@@ -254,8 +255,13 @@ def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
                 bar.update(task, completed=done, total=total)
 
             if view.source.name not in scans:
-                scans[view.source.name] = scan_source(view.source, cfg.root)
+                scans[view.source.name] = scan_source(view.source, cfg.root, _landed(cfg, view))
             summaries.append(run_view(cfg, view, engine, first, last,
                                       allow_empty_days=allow_empty_days,
                                       scan=scans[view.source.name], progress=progress))
     return summaries
+
+
+def _landed(cfg: RepoConfig, view: FeatureView) -> Path:
+    """The folder the stream lands this view's source events in."""
+    return landing_root(cfg.resolve(cfg.offline.path), view.source)

@@ -40,16 +40,31 @@ def _hidden(parts: Sequence[str]) -> bool:
     return any(p.startswith(("_", ".")) for p in parts)
 
 
-def source_files(source: Source, root: Path) -> list[Path]:
+def landing_root(offline_root: Path, source: Source) -> Path:
+    """Where the Kafka stream lands a source's events (see :mod:`streaming.landing`)."""
+    return offline_root / "landed" / source.name
+
+
+def _landed(folder: Path | None) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return [p for p in folder.rglob("*.parquet") if not _hidden(p.relative_to(folder).parts)]
+
+
+def source_files(source: Source, root: Path, landed: Path | None = None) -> list[Path]:
     """Parquet files of a batch source, sorted by path (that order breaks event-time ties).
 
     ``source.path`` may be a folder (searched recursively), a glob, or one file; relative paths
     are resolved against ``root`` (the repo folder). Names starting with ``_`` or ``.`` below
-    the source's root are skipped (see the module docstring).
+    the source's root are skipped (see the module docstring). Files the stream landed under
+    ``landed`` (:func:`landing_root`) are the source's too.
     """
     raw = Path(source.path)
     path = raw if raw.is_absolute() else root / raw
-    if any(ch in str(path) for ch in "*?["):
+    streamed = _landed(landed)
+    if streamed and not any(ch in str(path) for ch in "*?[") and not path.exists():
+        files = []  # a source fed only by its Kafka topic so far
+    elif any(ch in str(path) for ch in "*?["):
         static = Path(*[p for p in path.parts[:next(
             i for i, p in enumerate(path.parts) if any(ch in p for ch in "*?["))]])
         files = [Path(p) for p in glob.glob(str(path), recursive=True)]
@@ -61,7 +76,8 @@ def source_files(source: Source, root: Path) -> list[Path]:
     else:
         raise PipelineError(f"source {source.name!r}: path {str(path)!r} does not exist "
                             f"(expected a folder of Parquet files, a glob or a file)")
-    files = sorted((p for p in files if p.is_file() and p.suffix == ".parquet"), key=str)
+    files = sorted((p for p in [*files, *streamed] if p.is_file() and p.suffix == ".parquet"),
+                   key=str)
     if not files:
         raise PipelineError(f"source {source.name!r}: no .parquet files under {str(path)!r} "
                             f"(names starting with _ or . are ignored)")
@@ -146,12 +162,12 @@ def _day_near(day: date, start_us: int | None, end_us: int | None) -> bool:
             and (start_us is None or lo + 2 * DAY_US > start_us))
 
 
-def scan_source(source: Source, root: Path) -> SourceScan:
+def scan_source(source: Source, root: Path, landed: Path | None = None) -> SourceScan:
     """Read the footer of every file of a source (metadata only, no data pages)."""
     import pyarrow.parquet as pq
 
     out = []
-    for rank, path in enumerate(source_files(source, root)):
+    for rank, path in enumerate(source_files(source, root, landed)):
         part_day = None
         for part in path.parts:
             if m := _DATE_PART.match(part):

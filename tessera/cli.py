@@ -217,6 +217,32 @@ def materialize_cmd(
     materialize_repo(_config(repo), _console(), start, end, view)
 
 
+@app.command("stream")
+@_friendly
+def stream_cmd(
+    view: Annotated[list[str] | None, typer.Option("--view", help="Only this view (repeat); "
+                                                   "default: every view with a kafka_topic.")]
+    = None,
+    max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")]
+    = None,
+    max_seconds: Annotated[float | None, typer.Option(min=0, help="Stop after this long.")]
+    = None,
+    until_idle: Annotated[float | None, typer.Option(
+        min=0, help="Stop once no event came for this many seconds.")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group (default kafka."
+                                              "consumer_group, per view selection).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve Prometheus /metrics on 127.0.0.1:PORT.")] = None,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Consume the views' Kafka topics: same rules, into Redis and the offline store."""
+    from tessera.commands import stream_repo
+
+    stream_repo(_config(repo), _console(), view, max_events=max_events,
+                max_seconds=max_seconds, until_idle=until_idle, group=group,
+                metrics_port=metrics_port)
+
+
 @app.command("generate")
 @_friendly
 def generate_cmd(
@@ -236,6 +262,44 @@ def generate_cmd(
     from tessera.commands import generate_data
 
     generate_data(_console(), rows, out, start, days, seed, drift_from, malformed_rate)
+
+
+@app.command("produce")
+@_friendly
+def produce_cmd(
+    rate: Annotated[float | None, typer.Option(
+        help="Events per second (default: as fast as possible).")] = None,
+    events: Annotated[int | None, typer.Option(
+        help="Generate this many card transactions over the --days before now "
+             "(default 100000 when no --file).")] = None,
+    file: Annotated[Path | None, typer.Option(
+        help="Send the events of this Parquet file (or folder of them) instead.")] = None,
+    topic: Annotated[str | None, typer.Option(
+        help="Kafka topic (default: the kafka_topic of the source the views read).")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Source whose schema the events follow (default: from the topic).")] = None,
+    key: Annotated[str | None, typer.Option(
+        help="Field whose value keys each message (default: the views' first join key).")]
+    = None,
+    partitions: Annotated[int | None, typer.Option(
+        help="Partitions of the topic when it is created (default 6; an existing topic is "
+             "left as it is).")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        help="Stop sending after this many seconds.")] = None,
+    seed: Annotated[int, typer.Option(help="Generator seed: same seed, same events.")] = 7,
+    days: Annotated[int, typer.Option(help="Days the generated events span.")] = 7,
+    start: Annotated[str | None, typer.Option(
+        help="First instant of the generated events (default: --days before now).")] = None,
+    malformed_rate: Annotated[float, typer.Option(
+        help="Fraction of generated events made malformed (they are sent too).")] = 0.0,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Send events to the source's Kafka topic, in event-time order, keyed by entity."""
+    from tessera.commands import produce_events
+
+    produce_events(_config(repo), _console(), events=events, file=file, rate=rate, topic=topic,
+                   source=source, key=key, partitions=partitions, max_seconds=max_seconds,
+                   seed=seed, days=days, start=start, malformed_rate=malformed_rate)
 
 
 @app.command("serve")

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from features.repo import Definitions
     from pipelines.batch import RunSummary
     from pipelines.materialize import MaterializeSummary
+    from streaming.consumer import StreamSummary
+    from streaming.produce import ProduceSummary
 
 
 def load_valid(cfg: RepoConfig) -> Definitions:
@@ -90,6 +92,38 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
     return summaries
 
 
+def stream_repo(cfg: RepoConfig, console: Console, views: list[str] | None, *,
+                max_events: int | None, max_seconds: float | None, until_idle: float | None,
+                group: str | None, metrics_port: int | None) -> StreamSummary:
+    """``tessera stream``: consume the views' topics into Redis until stopped (or a bound)."""
+    import logging
+
+    from rich.console import Console as RichConsole
+    from rich.logging import RichHandler
+
+    from streaming.consumer import StreamConsumer, group_id
+
+    defs = load_valid(cfg)
+    chosen = [v for v in defs.select(views) if views or v.source.kafka_topic]
+    err = RichConsole(stderr=True, highlight=False)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True,
+                        handlers=[RichHandler(console=err, show_path=False)])
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    consumer = StreamConsumer(cfg, chosen, group=group or group_id(cfg, chosen, not views))
+    port = metrics_port if metrics_port is not None else cfg.stream.metrics_port
+    if port is not None:
+        port = consumer.metrics.serve(port)
+        err.print(f"metrics on http://127.0.0.1:{port}/metrics")
+    topics = ", ".join(f"{t} ({', '.join(w.view.name for w in consumer.topics[t].views)})"
+                       for t in consumer.topics)
+    err.print(f"streaming {topics} as group {consumer.group!r} into {cfg.online.url}; "
+              f"SIGTERM or Ctrl-C finishes the batch and stops")
+    summary = consumer.run(max_events=max_events, max_seconds=max_seconds,
+                           until_idle_s=until_idle, status=err.print)
+    console.print(summary.format())
+    return summary
+
+
 def render_runs(console: Console, summaries: list[RunSummary]) -> None:
     """The runs' table (full numbers, whatever the width) and any warning, one line each."""
     from rich.table import Table
@@ -118,3 +152,19 @@ def generate_data(console: Console, rows: int, out: Path, start: datetime, days:
     summary = generate_cli(rows=rows, out=out, start=start, days=days, seed=seed,
                            drift_from=drift_from, malformed_rate=malformed_rate)
     console.print(summary)
+
+
+def produce_events(cfg: RepoConfig, console: Console, *, events: int | None,
+                   file: Path | None, rate: float | None, topic: str | None,
+                   source: str | None, key: str | None, partitions: int | None,
+                   max_seconds: float | None, seed: int, days: int, start: str | None,
+                   malformed_rate: float) -> ProduceSummary:
+    """``tessera produce``: generated (or a file's) events into the source's Kafka topic."""
+    from streaming.produce import produce_cli
+
+    summary = produce_cli(cfg, load_valid(cfg), events=events, file=file, rate=rate,
+                          topic=topic, source=source, key=key, partitions=partitions,
+                          max_seconds=max_seconds, seed=seed, days=days, start=start,
+                          malformed_rate=malformed_rate)
+    console.print(summary.format())
+    return summary

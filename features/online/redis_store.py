@@ -192,6 +192,69 @@ class RedisOnline:
             raise self._unavailable(e) from None
         return done
 
+    def call_many(self, commands: Sequence[Sequence[str | bytes]], *,
+                  script: str | None = None) -> list[Any]:
+        """Run ``commands`` (argument lists) pipelined; their replies in order. With
+        ``script``, an ``EVALSHA`` of it answered ``NOSCRIPT`` (a restarted Redis forgot it)
+        loads the script and runs again."""
+        import redis
+
+        if not commands:
+            return []
+        if self.cluster:
+            return self._call_cluster(commands, script)
+        data = b"".join(_resp(c) for c in commands)
+        pool = self.client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        try:
+            for attempt in (0, 1):
+                conn.send_packed_command([data])
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as e:  # kept: read every reply
+                        replies.append(e)
+                missing = [r for r in replies if isinstance(r, redis.exceptions.NoScriptError)]
+                if missing and script is not None and attempt == 0:
+                    conn.send_command("SCRIPT", "LOAD", script)
+                    conn.read_response()
+                    continue
+                for r in replies:
+                    if isinstance(r, Exception):
+                        raise OnlineUnavailableError(
+                            f"online store {self.shown_url} refused a command: {r}")
+                return replies
+        except self._errors as e:
+            conn.disconnect()
+            raise self._unavailable(e) from None
+        finally:
+            pool.release(conn)
+        raise AssertionError("unreachable")
+
+    def _call_cluster(self, commands: Sequence[Sequence[str | bytes]],
+                      script: str | None) -> list[Any]:
+        import redis
+
+        out = []
+        try:
+            for c in commands:
+                try:
+                    out.append(self.client.execute_command(*c))
+                except redis.exceptions.NoScriptError:
+                    if script is None:
+                        raise
+                    # EVALSHA numkeys key...: load on the node of the first key
+                    node = self.client.get_node_from_key(c[3])
+                    self.client.script_load(script, target_nodes=node)
+                    out.append(self.client.execute_command(*c))
+        except self._errors as e:
+            raise self._unavailable(e) from None
+        return out
+
     def get_text(self, key: str) -> str | None:
         try:
             value = self.client.get(key)
@@ -217,3 +280,11 @@ class RedisOnline:
             conn.disconnect()
             self._local.conn = None
         self.client.close()
+
+
+def _resp(args: Sequence[str | bytes]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(parts)

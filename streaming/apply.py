@@ -1,0 +1,264 @@
+"""One view's share of a micro-batch: rules, dead letters, and the exactly-once Redis write.
+
+For the decoded events of the view's topic (:mod:`streaming.decode`), in order:
+
+1. rows with a null entity key, and rows older than the view's retention (its longest window,
+   or TTL, plus ``stream.allowed_lateness``), become dead letters for this view;
+2. the view's rules run on the rest with the batch engine's own compiled projection
+   (:func:`pipelines.engine_polars.project`: derived columns, filter, inputs);
+3. the entities' stored values and offsets are read in one ``MGET``; events at or below an
+   entity's stored offset for their partition are dropped (already applied);
+4. :func:`streaming.state.merge_batch` computes the new values, and each entity's values and
+   offsets are written by one compare-and-set script call (:data:`streaming.offsets.CAS_SCRIPT`).
+   An entity whose offsets changed since the read (another consumer wrote it) is read and
+   merged again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from features.definitions import FeatureView
+from features.online import keys as K
+from features.online.codec import Codec, codec
+from features.online.redis_store import RedisOnline
+from pipelines.engine_polars import project
+from pipelines.materialize import entity_tags
+from streaming import offsets as O
+from streaming.decode import NULL_KEY, RULE_ERROR, TOO_LATE, Bad
+from streaming.state import merge_batch
+
+if TYPE_CHECKING:
+    import polars as pl
+
+OFFSET_BITS = 44  # stream seq = partition << 44 | offset: the (partition, offset) order
+CAS_SHA = hashlib.sha1(O.CAS_SCRIPT.encode()).hexdigest()
+MAX_CONFLICT_ROUNDS = 20
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0  # events merged into online values
+    skipped: int = 0  # events already applied (a replay)
+    entities: int = 0  # entities written
+    conflicts: int = 0  # compare-and-set retries
+    bad: list[Bad] = field(default_factory=list)
+
+
+def retention_us(view: FeatureView) -> int | None:
+    """How far back an event still changes some online value (None: forever, e.g. lifetime)."""
+    spans: list[int] = []
+    for f in view.features:
+        if f.window is None:
+            ttl = view.feature_ttl_us(f)
+            if ttl is None:
+                return None
+            spans.append(ttl)
+        elif f.window.tiles is None:
+            return None
+        else:
+            spans.append((f.window.length_us or 0) + f.window.tile_us)
+    return max(spans) if spans else None
+
+
+class ViewWriter:
+    """Applies micro-batches of one view (one topic) to Redis, exactly once per event."""
+
+    def __init__(self, project_name: str, view: FeatureView, topic: str, online: RedisOnline,
+                 allowed_lateness_us: int) -> None:
+        self.view = view
+        self.topic = topic
+        self.online = online
+        self.cod: Codec = codec(view)
+        self.fp = view.fingerprint()
+        self.head, self.tail = K.prefix(project_name, view.name, self.fp)
+        keep = retention_us(view)
+        self.retention = None if keep is None else keep + allowed_lateness_us
+
+    def reject(self, events: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, list[Bad]]:
+        """(events this view can use, its dead letters): null keys, too late."""
+        import polars as pl
+
+        ts = self.view.source.timestamp_field
+        null_key = pl.any_horizontal(pl.col(k).is_null() for k in self.view.join_keys)
+        late = pl.lit(False)
+        if self.retention is not None:
+            late = pl.col(ts).dt.epoch("us") < now_us - self.retention
+        flagged = events.with_columns(null_key.alias("__null_key"), late.alias("__late"))
+        bad = [Bad(i, NULL_KEY, f"join key {', '.join(self.view.join_keys)} is null",
+                   self.view.name)
+               for i in flagged.filter(pl.col("__null_key"))["__i"].to_list()]
+        bad += [Bad(i, TOO_LATE, f"event time {t} is older than the view's retention "
+                    f"(longest window + allowed lateness) at {_iso(now_us)}", self.view.name)
+                for i, t in flagged.filter(~pl.col("__null_key") & pl.col("__late"))
+                .select("__i", ts).iter_rows()]
+        keep = flagged.filter(~pl.col("__null_key") & ~pl.col("__late"))
+        return keep.drop("__null_key", "__late"), bad
+
+    def rules(self, events: pl.DataFrame) -> tuple[pl.DataFrame, list[Bad]]:
+        """Projected rows (keys, ``__ts``, ``__seq``, inputs, ``__i``), and rows whose rules
+        failed. The batch is evaluated at once; only if that raises is it split row by row."""
+        import polars as pl
+
+        def run(frame: pl.DataFrame) -> pl.DataFrame:
+            out, _counts = project(self.view, frame.lazy())
+            return out.collect(engine="in-memory")
+
+        try:
+            return _with_index(run(events), events), []
+        except Exception:  # an engine error on some row: find it, keep the others
+            good, bad = [], []
+            for k in range(events.height):
+                row = events.slice(k, 1)
+                try:
+                    good.append(run(row))
+                except Exception as e:
+                    bad.append(Bad(int(row["__i"][0]), RULE_ERROR,
+                                   f"{type(e).__name__}: {str(e).splitlines()[0]}",
+                                   self.view.name))
+            frame = pl.concat(good) if good else run(events.clear())
+            return _with_index(frame.sort(["__ts", "__seq"]), events), bad
+
+    def apply(self, rows: pl.DataFrame, now_us: int) -> ApplyResult:
+        """Merge projected rows into Redis; retries entities another writer changed."""
+        import numpy as np
+        import polars as pl
+
+        result = ApplyResult()
+        if not rows.height:
+            return result
+        tags = entity_tags([rows[k].to_arrow() for k in self.view.join_keys])
+        rows = rows.with_columns(pl.Series("__tag", tags, pl.String))
+        pending = rows
+        for _round in range(MAX_CONFLICT_ROUNDS):
+            unique = pending["__tag"].unique(maintain_order=True).to_list()
+            stored = self._read(unique)
+            fresh, skipped, new_offsets = self._unapplied(pending, unique, stored)
+            result.skipped += skipped
+            if not fresh.height:
+                return result
+            # entities left with rows, renumbered 0..n-1 in order
+            live = fresh["__tag"].unique(maintain_order=True).to_list()
+            index = {t: i for i, t in enumerate(live)}
+            fresh = fresh.with_columns(
+                pl.col("__tag").replace_strict(index, return_dtype=pl.Int64).alias("__e"))
+            at = [unique.index(t) for t in live] if len(live) < len(unique) else list(
+                range(len(unique)))
+            window = [stored.window[i] for i in at]
+            life = None if self.cod.lifetime is None else [stored.lifetime[i] for i in at]
+            merged = merge_batch(self.cod, live, window, life, fresh, now_us)
+            written = self._write(live, [stored.offsets[i] for i in at],
+                                  [new_offsets[t] for t in live], merged, now_us)
+            done = np.asarray(written, bool)
+            result.entities += int(done.sum())
+            ok_tags = {t for t, w in zip(live, written, strict=True) if w}
+            result.applied += fresh.filter(pl.col("__tag").is_in(list(ok_tags))).height
+            if done.all():
+                return result
+            result.conflicts += int((~done).sum())
+            pending = pending.filter(~pl.col("__tag").is_in(list(ok_tags)))
+        raise RuntimeError(f"view {self.view.name!r}: entities kept changing under the stream "
+                           f"for {MAX_CONFLICT_ROUNDS} rounds (another writer?)")
+
+    # --- Redis ------------------------------------------------------------------------------
+
+    def _keys(self, tag: str) -> tuple[str, str, str]:
+        window = self.head + tag + self.tail
+        return window + ":O", window, window + ":L"
+
+    def _read(self, tags: Sequence[str]) -> _Stored:
+        with_life = self.cod.lifetime is not None
+        keys = []
+        for t in tags:
+            o, w, life = self._keys(t)
+            keys += [o, w, life] if with_life else [o, w]
+        values = self.online.get(keys)
+        step = 3 if with_life else 2
+        return _Stored(values[0::step], values[1::step],
+                       values[2::step] if with_life else [None] * len(tags))
+
+    def _unapplied(self, rows: pl.DataFrame, tags: Sequence[str],
+                   stored: _Stored) -> tuple[pl.DataFrame, int, dict[str, bytes]]:
+        """(rows not applied yet, rows skipped, new offsets value per entity with rows)."""
+        import polars as pl
+
+        done: dict[tuple[str, int], int] = {}
+        decoded = {}
+        for t, blob in zip(tags, stored.offsets, strict=True):
+            decoded[t] = O.decode(blob, self.topic)
+            for p, o in decoded[t].items():
+                done[(t, p)] = o
+        if done:
+            table = pl.DataFrame({"__tag": [k[0] for k in done], "__p": [k[1] for k in done],
+                                  "__done": list(done.values())},
+                                 schema={"__tag": pl.String, "__p": pl.Int64, "__done": pl.Int64})
+            rows = rows.with_columns((pl.col("__seq") // (1 << OFFSET_BITS)).alias("__p")).join(
+                table, on=["__tag", "__p"], how="left", maintain_order="left")
+            fresh = rows.filter(pl.col("__done").is_null()
+                                | ((pl.col("__seq") % (1 << OFFSET_BITS))
+                                   > pl.col("__done"))).drop("__p", "__done")
+        else:
+            fresh = rows
+        highest = (fresh.group_by("__tag", (pl.col("__seq") // (1 << OFFSET_BITS)).alias("__p"))
+                   .agg((pl.col("__seq") % (1 << OFFSET_BITS)).max().alias("__o")))
+        new = {t: dict(decoded[t]) for t in fresh["__tag"].unique().to_list()}
+        for t, p, o in highest.iter_rows():
+            new[t][p] = o
+        return fresh, rows.height - fresh.height, {t: O.encode(self.topic, m)
+                                                   for t, m in new.items()}
+
+    def _write(self, tags: Sequence[str], expected: Sequence[bytes | None],
+               offsets: Sequence[bytes], merged: Any, now_us: int) -> list[bool]:
+        """One CAS script call per entity, pipelined; True where written."""
+        import numpy as np
+
+        window = merged.window.to_pylist()
+        life = None if merged.lifetime is None else merged.lifetime.to_pylist()
+        expire = merged.expire_us
+        never = expire == -1
+        dead = ~never & (expire <= now_us)
+        window_ms = np.where(never, -1, np.where(dead, 0, -((-expire) // 1000)))
+        if life is not None:
+            offsets_ms = np.full(len(tags), -1, np.int64)
+        else:  # keep offsets while an event could still be replayed into a live value
+            floor = (now_us + (self.retention or 0)) // 1000
+            offsets_ms = np.where(never, -1, np.maximum(window_ms, floor))
+        commands = []
+        for i, tag in enumerate(tags):
+            o, w, lk = self._keys(tag)
+            keys = [o, w] if life is None else [o, w, lk]
+            args = [expected[i] or b"", offsets[i], b"%d" % offsets_ms[i],
+                    window[i], b"%d" % window_ms[i]]
+            if life is not None:
+                args += [life[i], b"-1"]
+            commands.append(["EVALSHA", CAS_SHA, str(len(keys)), *keys, *args])
+        replies = self.online.call_many(commands, script=O.CAS_SCRIPT)
+        return [r == 1 for r in replies]
+
+
+@dataclass
+class _Stored:
+    offsets: list[bytes | None]
+    window: list[bytes | None]
+    lifetime: list[bytes | None]
+
+
+def _with_index(projected: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """Projected rows carry their message index (``__i``) back from the ``__seq`` they kept."""
+    import polars as pl
+
+    index = events.select("__seq", "__i")
+    return projected.join(index, on="__seq", how="left", maintain_order="left").with_columns(
+        pl.col("__i").cast(pl.Int64))
+
+
+def _iso(us: int) -> str:
+    from features.windows import from_micros
+
+    return from_micros(us).isoformat().replace("+00:00", "Z")
+
+
+__all__ = ["OFFSET_BITS", "ApplyResult", "ViewWriter", "retention_us"]

@@ -1,0 +1,329 @@
+"""``tessera stream``: Kafka consumer group → the views' rules → Redis (and the offline store).
+
+One process consumes every selected view's topic in one consumer group. Each micro-batch
+(at most ``stream.max_batch_events`` events or ``stream.max_batch_ms``) goes, per topic:
+
+1. decode (:mod:`streaming.decode`; undecodable, missing or mistyped fields, null times are
+   dead letters);
+2. land the decodable events in the offline store (:mod:`streaming.landing`, once per offset);
+3. per view: dead letters for null keys and too-late events, the view's rules, and the
+   exactly-once merge into Redis (:mod:`streaming.apply`);
+4. send the dead letters to ``<topic>.dlq`` (original bytes and key; reason, view, source
+   topic, partition and offset as headers) and wait for Kafka to have them;
+5. commit the next offsets to Kafka.
+
+Steps 2 and 3 are idempotent per offset, so a crash anywhere (``kill -9`` included) only means
+the batch is read again and nothing is applied twice. Redis unavailable: the batch is retried
+with a growing pause (logged), within ``RETRY_FOR_S``. SIGTERM/SIGINT: the current batch is
+finished, written and committed, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.config import RepoConfig
+from features.definitions import FeatureView
+from features.errors import OnlineUnavailableError, TesseraError
+from features.online.redis_store import RedisOnline
+from features.windows import parse_duration
+from streaming.apply import OFFSET_BITS, ViewWriter
+from streaming.decode import NULL_TIME, Bad, Decoder, JsonDecoder
+from streaming.landing import OFFSET, PARTITION, Landing
+from streaming.metrics import StreamMetrics
+
+log = logging.getLogger("tessera.stream")
+RETRY_FOR_S = 240.0  # below Kafka's max.poll.interval (300 s): the group keeps us meanwhile
+
+
+class StreamError(TesseraError, RuntimeError):
+    """The stream cannot start or cannot go on (named cause)."""
+
+
+@dataclass
+class StreamSummary:
+    events: int = 0
+    applied: dict[str, int] = field(default_factory=dict)  # per view
+    skipped: int = 0  # already applied (replays)
+    landed: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)  # per reason
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def format(self) -> str:
+        dlq = ", ".join(f"{k} {v:,}" for k, v in sorted(self.dead_letters.items())) or "none"
+        views = ", ".join(f"{k} {v:,}" for k, v in self.applied.items())
+        return (f"streamed {self.events:,} events in {self.seconds:.1f} s "
+                f"({self.rate:,.0f} events/s, {self.batches} batches); applied: {views}; "
+                f"already applied: {self.skipped:,}; landed: {self.landed:,}; "
+                f"dead letters: {dlq}")
+
+
+@dataclass
+class _Topic:
+    name: str
+    views: list[ViewWriter]
+    decoder: Decoder
+    landing: Landing | None
+
+
+def group_id(cfg: RepoConfig, views: Sequence[FeatureView], all_views: bool) -> str:
+    """The consumer group: the configured one, or per view selection (a subset must not share
+    partitions with a process that applies other views)."""
+    base = cfg.kafka.consumer_group
+    return base if all_views else base + "." + "+".join(sorted(v.name for v in views))
+
+
+class StreamConsumer:
+    """The consumer loop; see the module docstring."""
+
+    def __init__(self, cfg: RepoConfig, views: Sequence[FeatureView], *, group: str,
+                 online: RedisOnline | None = None,
+                 clock: Callable[[], int] | None = None,
+                 decoder: Callable[[Any], Decoder] = JsonDecoder) -> None:
+        topics: dict[str, list[FeatureView]] = {}
+        for v in views:
+            if not v.source.kafka_topic:
+                raise StreamError(f"view {v.name!r}: its source {v.source.name!r} has no "
+                                  f"kafka_topic to stream from")
+            topics.setdefault(v.source.kafka_topic, []).append(v)
+        self.cfg = cfg
+        self.settings = cfg.stream
+        self.group = group
+        self.online = online or RedisOnline(cfg.online.url, cluster=cfg.online.cluster,
+                                            timeout_s=5.0)
+        self.clock = clock or (lambda: time.time_ns() // 1000)
+        lateness = parse_duration(self.settings.allowed_lateness)
+        self.topics: dict[str, _Topic] = {}
+        for name, vs in topics.items():
+            sources = {v.source.name for v in vs}
+            if len(sources) > 1:
+                raise StreamError(f"topic {name!r} feeds sources {sorted(sources)}: one topic "
+                                  f"must have one source (one schema)")
+            writers = [ViewWriter(cfg.project, v, name, self.online, lateness) for v in vs]
+            landing = Landing(cfg, vs[0].source, name) if self.settings.land else None
+            self.topics[name] = _Topic(name, writers, decoder(vs[0].source), landing)
+        self.metrics = StreamMetrics(list(self.topics), [v.name for v in views])
+        self._stop = False
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Finish the current batch, commit and return (the SIGTERM handler)."""
+        self._stop = True
+
+    def _connect(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.errors import KafkaError
+
+        topics = self.topics
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                if revoked:
+                    log.info("partitions revoked: %s", _tps(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                log.info("partitions assigned: %s", _tps(assigned))
+                for t in topics.values():  # another process may have landed meanwhile
+                    if t.landing is not None:
+                        t.landing.forget()
+
+        servers = self.cfg.kafka.bootstrap_servers.split(",")
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=servers, group_id=self.group, enable_auto_commit=False,
+                auto_offset_reset="earliest", max_poll_records=self.settings.max_batch_events,
+                fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+                fetch_min_bytes=1, fetch_max_wait_ms=min(100, self.settings.max_batch_ms),
+                request_timeout_ms=30_000, session_timeout_ms=15_000,
+                heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
+                client_id=f"tessera-stream-{self.group}")
+            self._consumer.subscribe(list(self.topics), listener=Listener())
+            self._producer = KafkaProducer(bootstrap_servers=servers, acks="all",
+                                           linger_ms=5, retries=10)
+        except KafkaError as e:
+            raise StreamError(f"Kafka at {self.cfg.kafka.bootstrap_servers} is unreachable: "
+                              f"{type(e).__name__}: {e}") from None
+
+    def close(self) -> None:
+        for c in (self._consumer, self._producer):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception as e:  # closing is best effort; say why it failed
+                    log.warning("closing %s: %s", type(c).__name__, e)
+        self._consumer = self._producer = None
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self, *, max_events: int | None = None, max_seconds: float | None = None,
+            until_idle_s: float | None = None, status: Callable[[str], None] | None = None,
+            handle_signals: bool = True) -> StreamSummary:
+        """Consume until SIGTERM/SIGINT, or ``max_events`` / ``max_seconds`` / no new event
+        for ``until_idle_s`` (bounded runs for demos, tests and benchmarks)."""
+        summary = StreamSummary()
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        self._connect()
+        began = last_event = last_status = time.monotonic()
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                if max_seconds is not None and now - began >= max_seconds:
+                    break
+                if max_events is not None and summary.events >= max_events:
+                    break
+                if until_idle_s is not None and now - last_event >= until_idle_s:
+                    break
+                records = self._poll(max_events and max_events - summary.events)
+                if records:
+                    last_event = time.monotonic()
+                    self._process(records, summary)
+                if status is not None and time.monotonic() - last_status >= \
+                        self.settings.status_every_s:
+                    last_status = time.monotonic()
+                    status(self.metrics.status_line(self._consumer))
+        finally:
+            summary.seconds = time.monotonic() - began
+            self.close()
+        return summary
+
+    def _poll(self, limit: int | None) -> dict[Any, list[Any]]:
+        """One micro-batch: poll until it is full or ``max_batch_ms`` has passed."""
+        most = self.settings.max_batch_events if not limit else min(
+            limit, self.settings.max_batch_events)
+        deadline = time.monotonic() + self.settings.max_batch_ms / 1000
+        out: dict[Any, list[Any]] = {}
+        count = 0
+        while count < most and not self._stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self._consumer.poll(timeout_ms=int(left * 1000) + 1, max_records=most - count)
+            for tp, recs in got.items():
+                out.setdefault(tp, []).extend(recs)
+                count += len(recs)
+        return out
+
+    def _process(self, records: dict[Any, list[Any]], summary: StreamSummary) -> None:
+        by_topic: dict[str, list[Any]] = {}
+        for tp, recs in records.items():
+            by_topic.setdefault(tp.topic, []).extend(recs)
+        dead: list[tuple[str, Any, Bad]] = []
+        started = time.monotonic()
+        for name, recs in by_topic.items():
+            topic = self.topics[name]
+            bad, applied = self._with_retries(lambda t=topic, r=recs: self._apply(t, r, summary))
+            dead += [(name, recs[b.index], b) for b in bad]
+            summary.events += len(recs)
+            self.metrics.events(name, len(recs))
+            self.metrics.freshness(applied)
+        self._dead_letters(dead, summary)
+        self._commit(records)
+        summary.batches += 1
+        self.metrics.batch(time.monotonic() - started)
+
+    def _apply(self, topic: _Topic, recs: list[Any],
+               summary: StreamSummary) -> tuple[list[Bad], Any]:
+        """Decode, land and apply one topic's records; (dead letters, applied event times)."""
+        import numpy as np
+        import polars as pl
+
+        frame, bad = topic.decoder.decode([r.value for r in recs])
+        parts = np.fromiter((r.partition for r in recs), np.int64, len(recs))
+        offs = np.fromiter((r.offset for r in recs), np.int64, len(recs))
+        i = frame["__i"].to_numpy()
+        frame = frame.with_columns(pl.Series(PARTITION, parts[i]), pl.Series(OFFSET, offs[i]),
+                                   pl.Series("__seq", (parts[i] << OFFSET_BITS) | offs[i]))
+        ts = topic.views[0].view.source.timestamp_field
+        null_time = frame[ts].is_null()
+        if null_time.any():
+            bad += [Bad(int(j), NULL_TIME, f"event time `{ts}` is null")
+                    for j in frame.filter(null_time)["__i"].to_list()]
+            frame = frame.filter(~null_time)
+        if topic.landing is not None:
+            summary.landed += topic.landing.write(frame)
+        now_us = self.clock()
+        times = []
+        for writer in topic.views:
+            keep, rejected = writer.reject(frame, now_us)
+            rows, failed = writer.rules(keep)
+            result = writer.apply(rows, now_us)
+            bad += rejected + failed
+            name = writer.view.name
+            summary.applied[name] = summary.applied.get(name, 0) + result.applied
+            summary.skipped += result.skipped
+            self.metrics.applied(name, result.applied, result.skipped)
+            if result.applied:
+                times.append(rows["__ts"].to_numpy())
+        visible = self.clock()
+        return bad, visible - np.concatenate(times) if times else np.zeros(0, np.int64)
+
+    def _with_retries(self, step: Callable[[], Any]) -> Any:
+        """Run a step that writes Redis; while Redis is unavailable retry with backoff."""
+        pause, began = 0.2, time.monotonic()
+        while True:
+            try:
+                return step()
+            except OnlineUnavailableError as e:
+                waited = time.monotonic() - began
+                if waited + pause > RETRY_FOR_S:
+                    raise StreamError(f"{e} (retried for {waited:.0f} s; nothing of this "
+                                      f"batch was committed, it will be read again)") from None
+                log.warning("%s; retrying in %.1f s", e, pause)
+                self.metrics.retry("redis")
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    def _dead_letters(self, dead: list[tuple[str, Any, Bad]], summary: StreamSummary) -> None:
+        if not dead:
+            return
+        for topic, rec, bad in dead:
+            headers = [("tessera.reason", bad.reason.encode()),
+                       ("tessera.detail", bad.detail.encode()[:1000]),
+                       ("tessera.topic", topic.encode()),
+                       ("tessera.partition", str(rec.partition).encode()),
+                       ("tessera.offset", str(rec.offset).encode())]
+            if bad.view:
+                headers.append(("tessera.view", bad.view.encode()))
+            self._producer.send(topic + self.settings.dlq_suffix, value=rec.value, key=rec.key,
+                                headers=headers)
+            summary.dead_letters[bad.reason] = summary.dead_letters.get(bad.reason, 0) + 1
+            self.metrics.dead_letter(bad.reason)
+        self._producer.flush(timeout=60)  # before the commit: a dead letter is never lost
+
+    def _commit(self, records: dict[Any, list[Any]]) -> None:
+        from kafka import OffsetAndMetadata
+        from kafka.errors import KafkaError
+
+        offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1)
+                   for tp, recs in records.items() if recs}
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as e:  # e.g. a rebalance took the partition: its next owner
+            # re-reads from the last commit, and the per-entity offsets skip what we applied
+            log.warning("offset commit failed (%s: %s); the events will be re-read and "
+                        "skipped as already applied", type(e).__name__, e)
+            self.metrics.retry("commit")
+
+
+def _tps(tps: Any) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(
+        tps, key=lambda t: (t.topic, t.partition))) or "none"
+
+
+__all__ = ["StreamConsumer", "StreamError", "StreamSummary", "group_id"]

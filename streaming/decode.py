@@ -1,0 +1,128 @@
+"""Kafka message values into typed rows of a source's schema; bad messages with their reason.
+
+A decoder turns a micro-batch of raw values into a Polars frame with the source's columns (typed
+as the schema says, times as UTC µs) and ``__i``, the index of the message each row came from,
+plus one :class:`Bad` per message it could not use. Decoders are pluggable
+(:class:`Decoder`); :class:`JsonDecoder` is the default: one JSON object per message, fields
+named as in the source schema (extra fields ignored), times as ISO-8601 strings
+(``2026-11-29T10:00:00.123456Z``, any UTC offset). Each message is validated alone with msgspec
+against a struct built from the schema, so one bad message never costs its neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from features.definitions import Source
+
+if TYPE_CHECKING:
+    import polars as pl
+
+# Reasons a message goes to the dead-letter topic (the ``tessera.reason`` header).
+UNDECODABLE = "undecodable"
+MISSING_FIELD = "missing_field"
+MISTYPED_FIELD = "mistyped_field"
+NULL_TIME = "null_time"
+NULL_KEY = "null_key"
+TOO_LATE = "too_late"
+RULE_ERROR = "rule_error"
+REASONS = (UNDECODABLE, MISSING_FIELD, MISTYPED_FIELD, NULL_TIME, NULL_KEY, TOO_LATE, RULE_ERROR)
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One message that cannot be applied: its index in the batch, reason and a detail line."""
+
+    index: int
+    reason: str
+    detail: str
+    view: str | None = None  # set when only one view rejects it (null key, too late, rule)
+
+
+class Decoder(Protocol):
+    def decode(self, values: Sequence[bytes | None]) -> tuple[pl.DataFrame, list[Bad]]:
+        """(rows with the source columns and ``__i``, bad messages)."""
+        ...
+
+
+class JsonDecoder:
+    """JSON objects, validated per message against the source schema."""
+
+    def __init__(self, source: Source) -> None:
+        import msgspec
+
+        self.source = source
+        i64 = msgspec.Meta(ge=-(2**63), le=2**63 - 1)
+        from typing import Annotated
+
+        python = {"int64": Annotated[int, i64], "float64": float, "bool": bool, "string": str,
+                  "timestamp": str}
+        fields = [(name, python[dtype] | None) for name, dtype in source.schema.items()]
+        self._names = list(source.schema)
+        self._struct = msgspec.defstruct(f"{source.name}_event", fields)  # type: ignore[arg-type]
+        self._decoder = msgspec.json.Decoder(self._struct)
+        self._astuple = msgspec.structs.astuple
+        self._errors = (msgspec.ValidationError, msgspec.DecodeError)
+
+    def decode(self, values: Sequence[bytes | None]) -> tuple[pl.DataFrame, list[Bad]]:
+        import msgspec
+        import polars as pl
+
+        rows: list[tuple[Any, ...]] = []
+        index: list[int] = []
+        bad: list[Bad] = []
+        decode, astuple = self._decoder.decode, self._astuple
+        for i, value in enumerate(values):
+            if value is None:
+                bad.append(Bad(i, UNDECODABLE, "message has no value (a tombstone)"))
+                continue
+            try:
+                rows.append(astuple(decode(value)))
+                index.append(i)
+            except msgspec.ValidationError as e:
+                text = str(e)
+                reason = MISSING_FIELD if text.startswith("Object missing") else MISTYPED_FIELD
+                if text.startswith("Expected `object`"):
+                    reason = UNDECODABLE
+                bad.append(Bad(i, reason, text))
+            except msgspec.DecodeError as e:
+                bad.append(Bad(i, UNDECODABLE, str(e)))
+        schema = self.source.schema
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in self._names]
+        data = {}
+        for name, values_ in zip(self._names, columns, strict=True):
+            dtype = schema[name]
+            if dtype == "timestamp":
+                data[name] = pl.Series(name, values_, pl.String)
+            else:
+                data[name] = pl.Series(name, values_, _pl_type(dtype))
+        frame = pl.DataFrame(data).with_columns(pl.Series("__i", index, pl.Int64))
+        times = [n for n, d in schema.items() if d == "timestamp"]
+        if times:
+            parsed = frame.with_columns(
+                pl.col(t).str.to_datetime(TIME_FORMAT, time_unit="us", time_zone="UTC",
+                                          strict=False) for t in times)
+            failed = {t: parsed[t].is_null() & frame[t].is_not_null() for t in times}
+            broken = pl.Series([False] * frame.height, dtype=pl.Boolean)
+            for t, f in failed.items():
+                for i, text in frame.filter(f & ~broken).select("__i", t).iter_rows():
+                    bad.append(Bad(i, MISTYPED_FIELD,
+                                   f"Expected an ISO-8601 time, got {text!r} - at `$.{t}`"))
+                broken = broken | f
+            frame = parsed.filter(~broken) if broken.any() else parsed
+        bad.sort(key=lambda b: b.index)
+        return frame, bad
+
+
+def _pl_type(dtype: str) -> Any:
+    import polars as pl
+
+    return {"int64": pl.Int64, "float64": pl.Float64, "bool": pl.Boolean,
+            "string": pl.String}[dtype]
+
+
+__all__ = ["REASONS", "Bad", "Decoder", "JsonDecoder"]

@@ -1,0 +1,70 @@
+"""Per entity, the last Kafka offset applied to its online values, for each partition.
+
+The streaming consumer keeps, next to an entity's window and lifetime values (same hash tag, so
+the same Redis Cluster slot), an *offsets value*: the topic it reads and, per partition, the last
+offset of an event applied to this entity. An event at ``(partition, offset)`` is applied to an
+entity only when ``offset`` is above the stored one, and the new values are written with the new
+offsets in one atomic step that first checks the offsets value is still the one read (a
+compare-and-set, :data:`CAS_SCRIPT`). Events of one partition arrive in offset order, so:
+
+- a replay after a crash (``kill -9`` included) skips exactly the events already applied;
+- two consumers that briefly both hold a partition (a rebalance, a stalled process) cannot both
+  apply one event: the second write finds the offsets changed, re-reads and skips it.
+
+Bytes (little-endian): ``version:u8 topic_len:u16 topic count:u16 (partition:u32 offset:i64)*``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+VERSION = 1
+_HEAD = struct.Struct("<BH")
+_COUNT = struct.Struct("<H")
+_ITEM = struct.Struct("<Iq")
+
+# KEYS[1] offsets, KEYS[2..] values; ARGV[1] expected offsets ('' = absent), ARGV[2] new
+# offsets, ARGV[3] its expiry (ms since epoch, -1 never), then per value key: value, expiry
+# (-1 never; 0: delete the key). Returns 1 when written, 0 when the offsets changed meanwhile.
+CAS_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+local function put(key, value, expire)
+  if expire == '0' then redis.call('DEL', key)
+  elseif expire == '-1' then redis.call('SET', key, value)
+  else redis.call('SET', key, value, 'PXAT', expire) end
+end
+put(KEYS[1], ARGV[2], ARGV[3])
+for i = 2, #KEYS do put(KEYS[i], ARGV[2 * i], ARGV[2 * i + 1]) end
+return 1
+"""
+
+
+def encode(topic: str, offsets: Mapping[int, int]) -> bytes:
+    name = topic.encode()
+    parts = [_HEAD.pack(VERSION, len(name)), name, _COUNT.pack(len(offsets))]
+    parts += [_ITEM.pack(p, offsets[p]) for p in sorted(offsets)]
+    return b"".join(parts)
+
+
+def decode(blob: bytes | None, topic: str) -> dict[int, int]:
+    """Partition -> last applied offset; empty when absent or written for another topic (the
+    view's ``kafka_topic`` changed: its events are new to these values)."""
+    if not blob:
+        return {}
+    version, n = _HEAD.unpack_from(blob, 0)
+    if version != VERSION:
+        raise ValueError(f"stream offsets value has version {version}, expected {VERSION}")
+    pos = _HEAD.size
+    if blob[pos:pos + n].decode() != topic:
+        return {}
+    pos += n
+    (count,) = _COUNT.unpack_from(blob, pos)
+    pos += _COUNT.size
+    out = {}
+    for _ in range(count):
+        p, o = _ITEM.unpack_from(blob, pos)
+        out[p] = o
+        pos += _ITEM.size
+    return out

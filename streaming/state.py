@@ -1,0 +1,311 @@
+"""A micro-batch merged into the online values of its entities, for many entities at once.
+
+The stored window value keeps, per tile size, each retained tile's *suffix merge* (it and every
+newer tile, :mod:`features.online.codec`). Events of a micro-batch in tile ``k`` belong to the
+suffix of every tile ``<= k``, so for each stored or new tile ``t``::
+
+    new suffix(t) = old suffix at t  ⊕  merge of the batch's partials of tiles >= t
+
+where "old suffix at t" is the stored record of the first stored tile ``>= t`` (a new tile
+between two stored ones starts from its newer neighbour's suffix). Both sides are computed for
+every entity of the batch in a few numpy passes (:func:`features.tiles.suffix_merge` over the
+batch's partials, a backward fill over the stored rows, :func:`features.tiles.merge_pairs`), and
+the values are packed by :mod:`pipelines.online_pack`, byte for byte the materialize format.
+The newest ``last`` values merge by (event time, source order); lifetime records merge pairwise.
+
+Nothing here reads Kafka or Redis: :mod:`streaming.apply` does, with the offsets of
+:mod:`streaming.offsets`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from features.online.codec import _COUNT, _HEAD, NO_EVENT, VERSION, Codec, Record, _decode_latest
+from features.tiles import Input, merge_pairs, suffix_merge
+from pipelines import online_pack as pk
+from pipelines.engine_polars import partial_aggs
+from pipelines.materialize import expire_at
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+@dataclass
+class Merged:
+    """New online values of the batch's entities, in entity order."""
+
+    window: Any  # Arrow binary per entity
+    expire_us: Any  # np.int64 per entity: -1 never, else when the value stops mattering
+    lifetime: Any  # Arrow binary per entity, or None (the view has no lifetime feature)
+    newest: Any  # np.int64 newest event time per entity
+
+
+def row_dtype(rec: Record) -> Any:
+    """numpy dtype of one stored section row: tile index, then the record."""
+    import numpy as np
+
+    return np.dtype([("tile", "<i8"), *rec.numpy_dtype().descr])
+
+
+def _columns(arr: Any, rec: Record) -> dict[str, Any]:
+    """The record's partial columns (and ``col?`` presence as bool) of a structured array."""
+    out = {}
+    for col, null in zip(rec.columns, rec.nullable, strict=True):
+        out[col] = arr[col].copy()
+        if null:
+            out[f"{col}?"] = arr[f"{col}?"].astype(bool)
+    return out
+
+
+def _fill(arr: Any, rec: Record, cols: dict[str, Any]) -> None:
+    for col, null in zip(rec.columns, rec.nullable, strict=True):
+        arr[col] = cols[col]
+        if null:
+            arr[f"{col}?"] = cols[f"{col}?"]
+
+
+def _numpy(series: pl.Series) -> tuple[Any, Any]:
+    """(values with nulls as 0, presence) of a Polars column; times as µs."""
+    import polars as pl
+
+    if isinstance(series.dtype, pl.Datetime):
+        series = series.dt.epoch("us")
+    present = series.is_not_null().to_numpy()
+    zero: Any = False if series.dtype == pl.Boolean else 0
+    return series.fill_null(zero).to_numpy(), present
+
+
+def _batch_columns(frame: pl.DataFrame, rec: Record) -> dict[str, Any]:
+    out = {}
+    for col, null in zip(rec.columns, rec.nullable, strict=True):
+        values, present = _numpy(frame[col])
+        out[col] = values
+        if null:
+            out[f"{col}?"] = present
+    return out
+
+
+def _arrow_type(dtype: str) -> Any:
+    import pyarrow as pa
+
+    return {"string": pa.large_string(), "float64": pa.float64(), "bool": pa.bool_()}.get(
+        dtype, pa.int64())  # int64 and timestamps (µs)
+
+
+@dataclass
+class _Latest:
+    present: Any
+    at: Any
+    seq: Any
+    values: Any  # Arrow
+
+
+def _old_latest(inp: Input, items: Sequence[tuple[Any, int, int] | None]) -> _Latest:
+    import numpy as np
+    import pyarrow as pa
+
+    n = len(items)
+    present = np.fromiter((it is not None for it in items), bool, n)
+    at = np.fromiter((0 if it is None else it[1] for it in items), np.int64, n)
+    seq = np.fromiter((0 if it is None else it[2] for it in items), np.int64, n)
+    values = pa.array([None if it is None else it[0] for it in items], _arrow_type(inp.dtype))
+    return _Latest(present, at, seq, values)
+
+
+def _batch_latest(inp: Input, per: pl.DataFrame) -> _Latest:
+    import polars as pl
+
+    value = per[inp.column("l")]
+    if isinstance(value.dtype, pl.Datetime):
+        value = value.dt.epoch("us")
+    present = value.is_not_null().to_numpy()
+    at = per[inp.column("lt")].fill_null(0).to_numpy()
+    seq = per[inp.column("ls")].fill_null(0).to_numpy()
+    return _Latest(present, at, seq, value.to_arrow().cast(_arrow_type(inp.dtype)))
+
+
+def _merge_latest(old: _Latest, new: _Latest) -> _Latest:
+    """Per entity the newer of two values by (event time, source order)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    take = new.present & (~old.present | (new.at > old.at)
+                          | ((new.at == old.at) & (new.seq > old.seq)))
+    return _Latest(old.present | new.present, np.where(take, new.at, old.at),
+                   np.where(take, new.seq, old.seq),
+                   pc.if_else(pa.array(take), new.values, old.values))
+
+
+def _pack_latest(tags: list[str], newest: Any, latest: Sequence[_Latest]) -> pk.Latest:
+    return pk.Latest(tags, newest, [x.present for x in latest], [x.at for x in latest],
+                     [x.seq for x in latest], [x.values for x in latest])
+
+
+class _Stored:
+    """The stored window values of the batch's entities, decoded to columns."""
+
+    def __init__(self, cod: Codec, blobs: Sequence[bytes | None]) -> None:
+        import numpy as np
+
+        n = len(blobs)
+        self.newest = np.full(n, NO_EVENT, np.int64)
+        items: list[list[Any]] = [[None] * n for _ in cod.latest]
+        pieces: list[list[bytes]] = [[] for _ in cod.sections]
+        owners: list[list[int]] = [[] for _ in cod.sections]
+        counts: list[list[int]] = [[] for _ in cod.sections]
+        for i, blob in enumerate(blobs):
+            if blob is None:
+                continue
+            version, self.newest[i] = _HEAD.unpack_from(blob, 0)
+            if version != VERSION:
+                raise ValueError(f"online value of view {cod.view.name!r} has version "
+                                 f"{version}, expected {VERSION} (re-materialize)")
+            latest, pos = _decode_latest(cod.latest, blob, _HEAD.size)
+            for k, item in enumerate(latest):
+                items[k][i] = item
+            for k, (_rec, _unpack, size) in enumerate(cod.records):
+                (count,) = _COUNT.unpack_from(blob, pos)
+                pos += _COUNT.size
+                if count:
+                    end = pos + count * (8 + size)
+                    pieces[k].append(blob[pos:end])
+                    owners[k].append(i)
+                    counts[k].append(count)
+                    pos = end
+        self.latest = [_old_latest(inp, items[k]) for k, inp in enumerate(cod.latest)]
+        self.sections = []
+        for k, sec in enumerate(cod.sections):
+            rows = np.frombuffer(b"".join(pieces[k]), row_dtype(sec.record))
+            entity = np.repeat(np.asarray(owners[k], np.int64), counts[k])
+            self.sections.append((entity, rows))
+
+
+def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, batch: pl.DataFrame,
+             tags: list[str], now_us: int) -> tuple[Any, pk.Section] | None:
+    """One tile size: the merged suffix rows of every entity, as an online_pack Section."""
+    import numpy as np
+    import polars as pl
+
+    spec = cod.sections[k]
+    rec, lay, size = spec.record, cod.layout, spec.tile_us
+    first = now_us // size - spec.horizon + 1  # tiles before it are outside every window
+    keep = old_rows["tile"] >= first
+    old_entity, old_rows = old_entity[keep], old_rows[keep]
+    tiles = (batch.lazy().filter(pl.col("__ts") >= first * size)
+             .with_columns((pl.col("__ts") // size).alias("tile"))
+             .group_by(["__e", "tile"]).agg(partial_aggs(lay)).sort(["__e", "tile"])
+             .collect(engine="in-memory"))
+    if not len(old_rows) and not tiles.height:
+        return None
+    new_entity = tiles["__e"].to_numpy().astype(np.int64)
+    new_tile = tiles["tile"].to_numpy().astype(np.int64)
+    base = first  # every kept tile is >= first
+    old_key = (old_entity << 32) | (old_rows["tile"] - base)
+    new_key = (new_entity << 32) | (new_tile - base)
+    keys = np.unique(np.concatenate([old_key, new_key]))
+    m = len(keys)
+    at_old, at_new = np.searchsorted(keys, old_key), np.searchsorted(keys, new_key)
+    old_cols, new_cols = _columns(old_rows, rec), _batch_columns(tiles, rec)
+    stored = {c: np.zeros(m, v.dtype) for c, v in old_cols.items()}
+    fresh = {c: np.zeros(m, v.dtype) for c, v in old_cols.items()}
+    for c in stored:
+        stored[c][at_old] = old_cols[c]
+        fresh[c][at_new] = new_cols[c]
+    has_old = np.zeros(m, bool)
+    has_old[at_old] = True
+    entity = keys >> 32
+    starts = np.flatnonzero(np.r_[True, entity[1:] != entity[:-1]])
+    ends = np.r_[starts[1:], m]
+    group_end = np.repeat(ends, ends - starts)
+    batch_suffix = suffix_merge(lay, fresh, group_end)
+    # the first stored row at or after each row, within its entity
+    nxt = np.minimum.accumulate(np.where(has_old, np.arange(m), m)[::-1])[::-1]
+    found = nxt < group_end
+    safe = np.where(found, nxt, 0)
+    old_at = {c: np.where(found, v[safe], np.zeros(1, v.dtype)) for c, v in stored.items()}
+    merged = merge_pairs(lay, old_at, batch_suffix)
+    out = np.zeros(m, row_dtype(rec))
+    out["tile"] = (keys & 0xFFFFFFFF) + base
+    _fill(out, rec, merged)
+    group_entity = entity[starts]
+    return group_entity, pk.Section([tags[e] for e in group_entity], starts, ends,
+                                    out["tile"].copy(), out.tobytes())
+
+
+def _lifetime(cod: Codec, blobs: Sequence[bytes | None], per: pl.DataFrame, tags: list[str],
+              newest: Any) -> Any:
+    """Lifetime values: stored record ⊕ the batch's per-entity partial; newest last values."""
+    import numpy as np
+
+    rec = cod.lifetime
+    assert rec is not None
+    n = len(blobs)
+    life_newest = np.full(n, NO_EVENT, np.int64)
+    items: list[list[Any]] = [[None] * n for _ in cod.lifetime_latest]
+    records = []
+    zero = bytes(rec.size)  # all-zero bytes: the partials of no events
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            records.append(zero)
+            continue
+        version, life_newest[i] = _HEAD.unpack_from(blob, 0)
+        if version != VERSION:
+            raise ValueError(f"online lifetime value of view {cod.view.name!r} has version "
+                             f"{version}, expected {VERSION} (re-materialize)")
+        records.append(blob[_HEAD.size:_HEAD.size + rec.size])
+        latest, _ = _decode_latest(cod.lifetime_latest, blob, _HEAD.size + rec.size)
+        for k, item in enumerate(latest):
+            items[k][i] = item
+    old = _columns(np.frombuffer(b"".join(records), rec.numpy_dtype()), rec)
+    merged = merge_pairs(cod.layout, old, _batch_columns(per, rec))
+    out = np.zeros(n, rec.numpy_dtype())
+    _fill(out, rec, merged)
+    latest = [_merge_latest(_old_latest(inp, items[k]), _batch_latest(inp, per))
+              for k, inp in enumerate(cod.lifetime_latest)]
+    life_newest = np.maximum(life_newest, newest)
+    index = np.arange(n)
+    return pk.join([pk.head_values(life_newest), pk.fixed(out.tobytes(), rec.size, n),
+                    *pk.latest_values(cod.lifetime_latest, _pack_latest(tags, life_newest, latest),
+                                      n, index)])
+
+
+def merge_batch(cod: Codec, tags: list[str], window: Sequence[bytes | None],
+                lifetime: Sequence[bytes | None] | None, rows: pl.DataFrame,
+                now_us: int) -> Merged:
+    """New online values of ``tags`` (stored values ``window``/``lifetime``, None where absent)
+    after the events ``rows``: projected rows of the view (``__e`` = index into ``tags``,
+    ``__ts``, ``__seq``, inputs), sorted by (``__ts``, ``__seq``), at least one per entity."""
+    import numpy as np
+    import polars as pl
+
+    n = len(tags)
+    lay = cod.layout
+    per = (rows.group_by("__e").agg([*partial_aggs(lay), pl.col("__ts").max().alias("__newest")])
+           .sort("__e"))
+    if per.height != n or not bool((per["__e"].to_numpy() == np.arange(n)).all()):
+        raise ValueError("merge_batch: every entity needs at least one row")
+    stored = _Stored(cod, window)
+    newest = np.maximum(stored.newest, per["__newest"].to_numpy())
+    placed = []
+    for k in range(len(cod.sections)):
+        entity, rows_k = stored.sections[k]
+        section = _section(cod, k, entity, rows_k, rows, tags, now_us)
+        if section is not None:
+            placed.append((k, section))
+    latest = None
+    if cod.latest:
+        latest = _pack_latest(tags, newest, [
+            _merge_latest(old, _batch_latest(inp, per))
+            for inp, old in zip(cod.latest, stored.latest, strict=True)])
+    index = np.arange(n)
+    blobs = pk.window_blobs(cod, n, placed, latest, index, newest)
+    expire = expire_at(cod.view, cod, placed, latest, index, n)
+    life = None if lifetime is None else _lifetime(cod, lifetime, per, tags, newest)
+    return Merged(blobs, expire, life, newest)
+
+
+__all__ = ["Merged", "merge_batch", "row_dtype"]
