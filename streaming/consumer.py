@@ -34,6 +34,7 @@ from features.online.redis_store import RedisOnline
 from features.windows import parse_duration
 from streaming.apply import OFFSET_BITS, ViewWriter
 from streaming.decode import NULL_TIME, Bad, Decoder, JsonDecoder
+from streaming.kafka_admin import ensure_topic
 from streaming.landing import OFFSET, PARTITION, Landing
 from streaming.metrics import StreamMetrics
 
@@ -114,6 +115,7 @@ class StreamConsumer:
             self.topics[name] = _Topic(name, writers, decoder(vs[0].source), landing)
         self.metrics = StreamMetrics(list(self.topics), [v.name for v in views])
         self._stop = False
+        self._assigned_at: float | None = None  # when we last got partitions
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -128,7 +130,7 @@ class StreamConsumer:
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
         from kafka.errors import KafkaError
 
-        topics = self.topics
+        topics, owner = self.topics, self
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
@@ -137,6 +139,8 @@ class StreamConsumer:
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("partitions assigned: %s", _tps(assigned))
+                if assigned:
+                    owner._assigned_at = time.monotonic()
                 for t in topics.values():  # another process may have landed meanwhile
                     if t.landing is not None:
                         t.landing.forget()
@@ -148,12 +152,15 @@ class StreamConsumer:
                 auto_offset_reset="earliest", max_poll_records=self.settings.max_batch_events,
                 fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
                 fetch_min_bytes=1, fetch_max_wait_ms=min(100, self.settings.max_batch_ms),
-                request_timeout_ms=30_000, session_timeout_ms=15_000,
+                request_timeout_ms=30_000, session_timeout_ms=10_000,
                 heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
                 client_id=f"tessera-stream-{self.group}")
             self._consumer.subscribe(list(self.topics), listener=Listener())
             self._producer = KafkaProducer(bootstrap_servers=servers, acks="all",
                                            linger_ms=5, retries=10)
+            for name in self.topics:  # never rely on the broker auto-creating it
+                ensure_topic(self.cfg.kafka.bootstrap_servers, name + self.settings.dlq_suffix,
+                             partitions=1)
         except KafkaError as e:
             raise StreamError(f"Kafka at {self.cfg.kafka.bootstrap_servers} is unreachable: "
                               f"{type(e).__name__}: {e}") from None
@@ -187,12 +194,13 @@ class StreamConsumer:
                     break
                 if max_events is not None and summary.events >= max_events:
                     break
-                if until_idle_s is not None and now - last_event >= until_idle_s:
-                    break
+                if (until_idle_s is not None and self._assigned_at is not None
+                        and now - max(last_event, self._assigned_at) >= until_idle_s):
+                    break  # idle once we hold partitions (a dead member's may take a while)
                 records = self._poll(max_events and max_events - summary.events)
                 if records:
-                    last_event = time.monotonic()
                     self._process(records, summary)
+                    last_event = time.monotonic()  # idle counts from the end of the work
                 if status is not None and time.monotonic() - last_status >= \
                         self.settings.status_every_s:
                     last_status = time.monotonic()

@@ -228,7 +228,8 @@ def stream_cmd(
     max_seconds: Annotated[float | None, typer.Option(min=0, help="Stop after this long.")]
     = None,
     until_idle: Annotated[float | None, typer.Option(
-        min=0, help="Stop once no event came for this many seconds.")] = None,
+        min=0, help="Stop once no event came for this many seconds (counted once the group "
+             "gave this process its partitions).")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (default kafka."
                                               "consumer_group, per view selection).")] = None,
     metrics_port: Annotated[int | None, typer.Option(

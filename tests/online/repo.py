@@ -7,10 +7,14 @@ never meet another test's.
 
 from __future__ import annotations
 
+import math
 import shutil
 import uuid
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import polars as pl
 
 from features.config import load_config
 from features.store import FeatureStore
@@ -52,3 +56,18 @@ def build(folder: Path, redis_url: str, **kwargs) -> FeatureStore:
     store = FeatureStore(config=cfg)
     run(cfg, list(store.definitions.views.values()), "polars", show_progress=False)
     return store
+
+
+def equal(function: str, a, b) -> bool:
+    """DESIGN.md's equality rule: exact, except floating sums, means and stddevs (1e-9)."""
+    if isinstance(a, float) and isinstance(b, float) and function in ("sum", "mean", "stddev"):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b and type(a) is type(b)
+
+
+def historical(store: FeatureStore, view: str, key: str, keys: list[int], at) -> dict:
+    feats = [f"{view}:{f.name}" for f in store.definitions.views[view].features]
+    rows = pl.DataFrame({key: keys, "event_ts": [at] * len(keys)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # today is not computed offline: read as no events
+        return store.get_historical_features(rows, feats, allow_uncovered=True).to_pydict()

@@ -3,8 +3,6 @@ feature of the example, with windows merged at request time; bad requests fail i
 
 from __future__ import annotations
 
-import math
-import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,14 +13,7 @@ from features.errors import OnlineRequestError
 from features.store import FeatureStore
 from features.windows import to_micros
 from pipelines.materialize import materialize
-from tests.online.repo import REPO_ROOT, build, today
-
-
-def equal(function: str, a, b) -> bool:
-    """DESIGN.md's equality rule: exact, except floating sums, means and stddevs (1e-9)."""
-    if isinstance(a, float) and isinstance(b, float) and function in ("sum", "mean", "stddev"):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b and type(a) is type(b)
+from tests.online.repo import REPO_ROOT, build, equal, historical, today
 
 
 def ids(store: FeatureStore, key: str, n: int = 150) -> list[int]:
@@ -32,14 +23,6 @@ def ids(store: FeatureStore, key: str, n: int = 150) -> list[int]:
     busiest = counts[key].head(n // 2).to_list()
     rest = counts[key].tail(n // 2).to_list()
     return busiest + rest + [424242424]  # and one never seen
-
-
-def historical(store: FeatureStore, view: str, key: str, keys: list[int], at) -> dict:
-    feats = [f"{view}:{f.name}" for f in store.definitions.views[view].features]
-    rows = pl.DataFrame({key: keys, "event_ts": [at] * len(keys)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # today is not computed offline: read as no events
-        return store.get_historical_features(rows, feats, allow_uncovered=True).to_pydict()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,173 @@
+"""``tessera stream`` on real Kafka and Redis: the streamed online state equals the batch result
+over the same events, whatever happens to the consumer (replays, kill -9, two processes, Redis
+restarts, SIGTERM)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from features.store import FeatureStore
+from features.windows import to_micros
+from streaming.consumer import StreamConsumer
+from tests.online.private_redis import PrivateRedis
+from tests.online.repo import today
+from tests.streaming.harness import StreamRepo
+
+AT = today() + timedelta(minutes=1)  # every generated event is before today's midnight
+
+
+def consume(repo: StreamRepo, group: str, **run) -> object:
+    consumer = StreamConsumer(repo.cfg, repo.views, group=group, clock=lambda: to_micros(AT))
+    return consumer.run(handle_signals=False, **{"until_idle_s": 3.0, **run})
+
+
+@pytest.fixture
+def small(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> StreamRepo:
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=20_000,
+                      stream="max_batch_events: 1500")
+    yield repo
+    repo.close()
+
+
+def test_streamed_online_values_equal_the_batch_result_for_every_feature(
+        small: StreamRepo) -> None:
+    small.produce()
+    summary = consume(small, "g1")
+    assert summary.events == 20_000 and summary.batches >= 10  # many merges, not one
+    assert summary.landed == 20_000 and summary.dead_letters == {}
+    assert small.mismatches(AT) == []
+
+
+def test_a_replay_applies_and_lands_nothing_twice(small: StreamRepo) -> None:
+    small.produce()
+    first = consume(small, "g1")
+    # another group reads the whole topic again: every event is already applied and landed
+    again = consume(small, "g2")
+    assert again.events == 20_000
+    assert sum(again.applied.values()) == 0 and again.skipped == 2 * 20_000
+    assert again.landed == 0
+    assert sum(first.applied.values()) == 2 * 20_000
+    assert small.mismatches(AT) == []
+
+
+def test_redis_restarted_mid_stream_loses_and_doubles_nothing(
+        tmp_path: Path, kafka_bootstrap: str) -> None:
+    redis = PrivateRedis(tmp_path / "redis")
+    redis.start()
+    repo = StreamRepo(tmp_path / "repo", redis.url, kafka_bootstrap, rows=40_000,
+                      stream="max_batch_events: 1000")
+    try:
+        repo.produce()
+        consumer = StreamConsumer(repo.cfg, repo.views, group="g", clock=lambda: to_micros(AT))
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(
+            s=consumer.run(handle_signals=False, until_idle_s=8.0)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while consumer.metrics.total_events < 8_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        redis.stop(save=True)  # mid-stream: the consumer retries with backoff meanwhile
+        time.sleep(2.0)
+        redis.start()
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        summary = result["s"]
+        assert summary.events >= 40_000  # some batches were read twice: retried
+        assert repo.mismatches(AT) == []
+    finally:
+        repo.close()
+        redis.stop(save=False)
+
+
+def test_kill_9_at_random_points_then_restart_gives_the_batch_result(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=200_000,
+                      stream="max_batch_events: 5000")
+    try:
+        repo.produce()
+        rng = random.Random(11)
+        kills = 0
+        for _ in range(5):
+            proc = repo.cli("--until-idle", "5")
+            time.sleep(rng.uniform(2.5, 6.0))  # import + some batches, cut anywhere
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL: no cleanup at all
+                kills += 1
+            proc.wait(timeout=30)
+        assert kills == 5, "each run must be killed mid-stream (make the topic bigger)"
+        final = repo.cli("--until-idle", "5")
+        assert final.wait(timeout=300) == 0
+        at = datetime.now(UTC)
+        assert repo.mismatches(at) == []
+        landed = sum(1 for _ in (repo.cfg.resolve(repo.cfg.offline.path) / "landed").rglob(
+            "*.parquet"))
+        assert landed > 0
+    finally:
+        repo.close()
+
+
+def test_two_consumer_processes_end_in_the_same_state_as_one(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=60_000,
+                      stream="max_batch_events: 2000")
+    try:
+        procs = [repo.cli("--until-idle", "20") for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # both joined the group before any event
+            logs = [p.read_text() for p in repo.folder.glob("stream-*.log")]
+            if sum("partitions assigned: t-" in log for log in logs) == 2:
+                break
+            time.sleep(0.2)
+        repo.produce()
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+        logs = [p.read_text() for p in repo.folder.glob("stream-*.log")]
+        assert all("streamed" in log for log in logs), logs
+        # both took part: each applied some events (the group split the 6 partitions)
+        assert all("applied: user_spend 0," not in log for log in logs), logs
+        assert repo.mismatches(datetime.now(UTC)) == []
+    finally:
+        repo.close()
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_0(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=100_000,
+                      stream="max_batch_events: 2000")
+    try:
+        repo.produce()
+        proc = repo.cli()
+        time.sleep(5.0)
+        assert proc.poll() is None, "still streaming (no bound given)"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        # what it committed was applied: a second run starts after it and applies the rest
+        final = repo.cli("--until-idle", "5")
+        assert final.wait(timeout=300) == 0
+        log = sorted(repo.folder.glob("stream-*.log"), key=lambda p: p.stat().st_mtime)[-1]
+        assert "already applied: 0;" in log.read_text()
+        assert repo.mismatches(datetime.now(UTC)) == []
+    finally:
+        repo.close()
+
+
+def test_online_reads_see_streamed_events_through_the_feature_store(
+        small: StreamRepo) -> None:
+    """A burst of events for one new user changes what get_online_features returns."""
+    import polars as pl
+
+    burst = small.events.head(5).with_columns(
+        pl.lit(77_000_001).alias("user_id"),
+        pl.Series("event_ts", [AT - timedelta(minutes=m) for m in (50, 40, 30, 20, 10)]))
+    small.produce(burst)
+    consume(small, "g")
+    store = FeatureStore(config=small.cfg)
+    got = store.get_online_features(["user_spend:txn_count_1h"], [{"user_id": 77_000_001}],
+                                    now=AT).to_dict()
+    assert got["txn_count_1h"] == [5]
