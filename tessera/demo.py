@@ -130,6 +130,13 @@ def run_pipeline(cfg: RepoConfig, console: Console) -> None:
     from tessera.commands import apply_repo, load_valid, render_runs
 
     console.rule("[bold]3. Data: seeded card transactions")
+    import shutil
+
+    from pipelines.sources import landing_root
+
+    # fresh data each run: events a previous demo streamed (and landed) are dropped too
+    for source in load_valid(cfg).sources.values():
+        shutil.rmtree(landing_root(cfg.resolve(cfg.offline.path), source), ignore_errors=True)
     today = datetime.now(UTC).date()
     start = today - timedelta(days=DEMO_DAYS)
     end = today + timedelta(days=1)  # today has no events yet: computed as empty, not unknown
@@ -280,6 +287,9 @@ def run_http(cfg: RepoConfig, console: Console, user: int) -> None:
     console.print(f"$ curl -s {url}/get-online-features -d '{json.dumps(body)}'",
                   markup=False, soft_wrap=True)
     console.print(json.dumps(answer), markup=False, soft_wrap=True)
+    from tessera.demo_stream import run_stream
+
+    run_stream(cfg, console, user)
 
 
 def _same(a: object, b: object) -> bool:
