@@ -34,6 +34,7 @@ from features.online.redis_store import RedisOnline
 from features.windows import parse_duration
 from streaming.apply import OFFSET_BITS, ViewWriter
 from streaming.decode import NULL_TIME, Bad, Decoder, JsonDecoder
+from streaming.fetcher import Fetcher
 from streaming.kafka_admin import ensure_topic
 from streaming.landing import OFFSET, PARTITION, Landing
 from streaming.metrics import StreamMetrics
@@ -115,7 +116,6 @@ class StreamConsumer:
             self.topics[name] = _Topic(name, writers, decoder(vs[0].source), landing)
         self.metrics = StreamMetrics(list(self.topics), [v.name for v in views])
         self._stop = False
-        self._assigned_at: float | None = None  # when we last got partitions
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -125,45 +125,57 @@ class StreamConsumer:
         """Finish the current batch, commit and return (the SIGTERM handler)."""
         self._stop = True
 
-    def _connect(self) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+    def _make_consumer(self, fetcher: Fetcher) -> Any:
+        """The KafkaConsumer, subscribed, its rebalances reported to ``fetcher``."""
+        from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
-        from kafka.errors import KafkaError
 
-        topics, owner = self.topics, self
+        topics = self.topics
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 if revoked:
                     log.info("partitions revoked: %s", _tps(revoked))
+                    fetcher.revoked()  # every handed-over batch written and committed first
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("partitions assigned: %s", _tps(assigned))
-                if assigned:
-                    owner._assigned_at = time.monotonic()
                 for t in topics.values():  # another process may have landed meanwhile
                     if t.landing is not None:
                         t.landing.forget()
+                if assigned:
+                    fetcher.assigned()
 
-        servers = self.cfg.kafka.bootstrap_servers.split(",")
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.cfg.kafka.bootstrap_servers.split(","), group_id=self.group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=self.settings.max_batch_events,
+            fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, fetch_min_bytes=1,
+            fetch_max_wait_ms=min(100, self.settings.max_batch_ms), request_timeout_ms=30_000,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            max_poll_interval_ms=300_000, client_id=f"tessera-stream-{self.group}")
+        consumer.subscribe(list(self.topics), listener=Listener())
+        return consumer
+
+    def _connect(self, limit: int | None) -> Fetcher:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        _warm_up()
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=servers, group_id=self.group, enable_auto_commit=False,
-                auto_offset_reset="earliest", max_poll_records=self.settings.max_batch_events,
-                fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
-                fetch_min_bytes=1, fetch_max_wait_ms=min(100, self.settings.max_batch_ms),
-                request_timeout_ms=30_000, session_timeout_ms=10_000,
-                heartbeat_interval_ms=3_000, max_poll_interval_ms=300_000,
-                client_id=f"tessera-stream-{self.group}")
-            self._consumer.subscribe(list(self.topics), listener=Listener())
-            self._producer = KafkaProducer(bootstrap_servers=servers, acks="all",
-                                           linger_ms=5, retries=10)
             for name in self.topics:  # never rely on the broker auto-creating it
                 ensure_topic(self.cfg.kafka.bootstrap_servers, name + self.settings.dlq_suffix,
                              partitions=1)
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.cfg.kafka.bootstrap_servers.split(","), acks="all",
+                linger_ms=5, retries=10)
+            fetcher = Fetcher(self._make_consumer, max_events=self.settings.max_batch_events,
+                              max_ms=self.settings.max_batch_ms, limit=limit)
         except KafkaError as e:
             raise StreamError(f"Kafka at {self.cfg.kafka.bootstrap_servers} is unreachable: "
                               f"{type(e).__name__}: {e}") from None
+        self._consumer = fetcher.consumer
+        return fetcher
 
     def close(self) -> None:
         for c in (self._consumer, self._producer):
@@ -180,54 +192,45 @@ class StreamConsumer:
             until_idle_s: float | None = None, status: Callable[[str], None] | None = None,
             handle_signals: bool = True) -> StreamSummary:
         """Consume until SIGTERM/SIGINT, or ``max_events`` / ``max_seconds`` / no new event
-        for ``until_idle_s`` (bounded runs for demos, tests and benchmarks)."""
+        for ``until_idle_s`` once partitions are assigned (bounded runs for demos, tests and
+        benchmarks)."""
         summary = StreamSummary()
         if handle_signals:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        self._connect()
+        fetcher = self._connect(max_events)
+        fetcher.start()
         began = last_event = last_status = time.monotonic()
         try:
             while not self._stop:
                 now = time.monotonic()
+                if fetcher.error is not None:
+                    raise StreamError(f"Kafka consumer failed: {type(fetcher.error).__name__}: "
+                                      f"{fetcher.error}") from fetcher.error
                 if max_seconds is not None and now - began >= max_seconds:
                     break
                 if max_events is not None and summary.events >= max_events:
                     break
-                if (until_idle_s is not None and self._assigned_at is not None
-                        and now - max(last_event, self._assigned_at) >= until_idle_s):
+                if (until_idle_s is not None and fetcher.assigned_at is not None
+                        and now - max(last_event, fetcher.assigned_at) >= until_idle_s):
                     break  # idle once we hold partitions (a dead member's may take a while)
-                records = self._poll(max_events and max_events - summary.events)
+                records = fetcher.take(timeout=0.05)
                 if records:
-                    self._process(records, summary)
+                    fetcher.done(self._process(records, summary))
                     last_event = time.monotonic()  # idle counts from the end of the work
                 if status is not None and time.monotonic() - last_status >= \
                         self.settings.status_every_s:
                     last_status = time.monotonic()
-                    status(self.metrics.status_line(self._consumer))
+                    status(self.metrics.status_line(fetcher.lag))
         finally:
+            fetcher.finish()
             summary.seconds = time.monotonic() - began
             self.close()
         return summary
 
-    def _poll(self, limit: int | None) -> dict[Any, list[Any]]:
-        """One micro-batch: poll until it is full or ``max_batch_ms`` has passed."""
-        most = self.settings.max_batch_events if not limit else min(
-            limit, self.settings.max_batch_events)
-        deadline = time.monotonic() + self.settings.max_batch_ms / 1000
-        out: dict[Any, list[Any]] = {}
-        count = 0
-        while count < most and not self._stop:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            got = self._consumer.poll(timeout_ms=int(left * 1000) + 1, max_records=most - count)
-            for tp, recs in got.items():
-                out.setdefault(tp, []).extend(recs)
-                count += len(recs)
-        return out
-
-    def _process(self, records: dict[Any, list[Any]], summary: StreamSummary) -> None:
+    def _process(self, records: dict[Any, list[Any]],
+                 summary: StreamSummary) -> dict[Any, int]:
+        """Apply one micro-batch; returns the offsets to commit."""
         by_topic: dict[str, list[Any]] = {}
         for tp, recs in records.items():
             by_topic.setdefault(tp.topic, []).extend(recs)
@@ -241,9 +244,9 @@ class StreamConsumer:
             self.metrics.events(name, len(recs))
             self.metrics.freshness(applied)
         self._dead_letters(dead, summary)
-        self._commit(records)
         summary.batches += 1
         self.metrics.batch(time.monotonic() - started)
+        return {tp: recs[-1].offset + 1 for tp, recs in records.items() if recs}
 
     def _apply(self, topic: _Topic, recs: list[Any],
                summary: StreamSummary) -> tuple[list[Bad], Any]:
@@ -314,19 +317,14 @@ class StreamConsumer:
             self.metrics.dead_letter(bad.reason)
         self._producer.flush(timeout=60)  # before the commit: a dead letter is never lost
 
-    def _commit(self, records: dict[Any, list[Any]]) -> None:
-        from kafka import OffsetAndMetadata
-        from kafka.errors import KafkaError
-
-        offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1)
-                   for tp, recs in records.items() if recs}
-        try:
-            self._consumer.commit(offsets)
-        except KafkaError as e:  # e.g. a rebalance took the partition: its next owner
-            # re-reads from the last commit, and the per-entity offsets skip what we applied
-            log.warning("offset commit failed (%s: %s); the events will be re-read and "
-                        "skipped as already applied", type(e).__name__, e)
-            self.metrics.retry("commit")
+def _warm_up() -> None:
+    """Import what the first batch needs before timing starts (a cold import of pandas, which
+    pyarrow pulls in, is ~2 s without bytecode caches)."""
+    import msgspec  # noqa: F401
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+    import polars  # noqa: F401
+    import pyarrow.compute  # noqa: F401
 
 
 def _tps(tps: Any) -> str:

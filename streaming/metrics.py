@@ -106,23 +106,15 @@ class StreamMetrics:
             self._window.popleft()
         return sum(n for _, n in self._window) / seconds
 
-    def lag(self, consumer: Any) -> int:
-        """Update the per-partition lag gauges; returns the total."""
-        total = 0
-        if consumer is None:
-            return 0
-        for tp in consumer.assignment():
-            end = consumer.highwater(tp)
-            if end is None:
-                continue
-            lag = max(end - consumer.position(tp), 0)
-            self._lag.labels(tp.topic, str(tp.partition)).set(lag)
-            total += lag
-        return total
+    def lag(self, lag: dict[tuple[str, int], int]) -> int:
+        """Set the per-partition lag gauges (end offset minus position); returns the total."""
+        for (topic, partition), n in lag.items():
+            self._lag.labels(topic, str(partition)).set(n)
+        return sum(lag.values())
 
-    def status_line(self, consumer: Any) -> str:
+    def status_line(self, lag: dict[tuple[str, int], int]) -> str:
         p99 = self.freshness_p(0.99)
         fresh = "n/a" if p99 is None else f"{p99:.2f} s"
         dead = sum(self.dead_by_reason.values())
         return (f"stream: {self.rate():,.0f} events/s · {self.total_events:,} events · "
-                f"lag {self.lag(consumer):,} · dead letters {dead:,} · freshness p99 {fresh}")
+                f"lag {self.lag(lag):,} · dead letters {dead:,} · freshness p99 {fresh}")

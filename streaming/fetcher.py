@@ -1,0 +1,165 @@
+"""The Kafka side of ``tessera stream`` on its own thread: poll the next micro-batch while the
+previous one is being applied.
+
+kafka-python decodes records in pure Python, about as much CPU as everything else a batch costs
+(decode, rules, merge, Redis). Polars, numpy and the Redis socket release the GIL, so polling on
+a second thread overlaps much of the two. The consumer object is used by this thread only (it
+is not thread-safe); the main thread hands back the offsets to commit once a batch is written,
+and the commit happens here, between two polls.
+
+Handing batches over must not let two processes land or apply one batch at once after a
+rebalance: when partitions are revoked (inside ``poll``, on this thread), the fetcher waits for
+every batch it handed over to be written and commits, before the group may give the partitions
+to another member.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("tessera.stream")
+
+
+class Fetcher(threading.Thread):
+    """Polls micro-batches into ``batches`` (at most one waiting); commits what ``done`` gets."""
+
+    def __init__(self, make_consumer: Callable[[Any], Any], *, max_events: int,
+                 max_ms: int, limit: int | None) -> None:
+        super().__init__(name="tessera-stream-fetcher", daemon=True)
+        self.batches: queue.Queue[dict[Any, list[Any]]] = queue.Queue(maxsize=1)
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.assigned_at: float | None = None
+        self.lag: dict[tuple[str, int], int] = {}
+        self._commits: queue.SimpleQueue[dict[Any, Any]] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._max_events, self._max_ms, self._limit = max_events, max_ms, limit
+        self._fetched = 0
+        self.consumer = make_consumer(self)
+
+    # --- called by the consumer's rebalance listener, on this thread, inside poll() --------
+
+    def revoked(self) -> None:
+        """Wait until every handed-over batch is written, then commit."""
+        with self._cond:
+            deadline = time.monotonic() + 240
+            while self._inflight and time.monotonic() < deadline:
+                if self.stopping.is_set():
+                    self._drop_waiting()
+                    if not self._inflight:
+                        break
+                self._cond.wait(0.1)
+        self.commit_pending()
+
+    def assigned(self) -> None:
+        self.assigned_at = time.monotonic()
+
+    # --- called by the main thread ----------------------------------------------------------
+
+    def done(self, offsets: dict[Any, Any]) -> None:
+        """A handed-over batch is written: commit ``offsets`` (TopicPartition → next offset)."""
+        self._commits.put(offsets)
+        with self._cond:
+            self._inflight -= 1
+            self._cond.notify_all()
+
+    def take(self, timeout: float) -> dict[Any, list[Any]] | None:
+        try:
+            return self.batches.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    # --- this thread ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self.commit_pending()
+                if self._limit is not None and self._fetched >= self._limit:
+                    time.sleep(0.05)
+                    continue
+                batch = self._poll()
+                if batch:
+                    with self._cond:
+                        self._inflight += 1
+                    while not self.stopping.is_set():
+                        try:
+                            self.batches.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                self._update_lag()
+        except BaseException as e:  # handed to the main thread, which raises it
+            self.error = e
+
+    def _poll(self) -> dict[Any, list[Any]]:
+        most = self._max_events
+        if self._limit is not None:
+            most = min(most, self._limit - self._fetched)
+        deadline = time.monotonic() + self._max_ms / 1000
+        out: dict[Any, list[Any]] = {}
+        count = 0
+        while count < most and not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self.consumer.poll(timeout_ms=int(left * 1000) + 1, max_records=most - count)
+            for tp, recs in got.items():
+                out.setdefault(tp, []).extend(recs)
+                count += len(recs)
+        self._fetched += count
+        return out
+
+    def commit_pending(self) -> None:
+        from kafka import OffsetAndMetadata
+        from kafka.errors import KafkaError
+
+        merged: dict[Any, int] = {}
+        while True:
+            try:
+                for tp, offset in self._commits.get_nowait().items():
+                    merged[tp] = max(merged.get(tp, 0), offset)
+            except queue.Empty:
+                break
+        if not merged:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()})
+        except KafkaError as e:  # e.g. a rebalance took the partition: its next owner
+            # re-reads from the last commit, and the per-entity offsets skip what we applied
+            log.warning("offset commit failed (%s: %s); the events will be re-read and "
+                        "skipped as already applied", type(e).__name__, e)
+
+    def _drop_waiting(self) -> None:
+        """Stopping: batches nobody will take are not written (nor committed)."""
+        while True:
+            try:
+                self.batches.get_nowait()
+                self._inflight -= 1
+            except queue.Empty:
+                return
+
+    def _update_lag(self) -> None:
+        lag = {}
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                lag[(tp.topic, tp.partition)] = max(end - self.consumer.position(tp), 0)
+        self.lag = lag
+
+    def finish(self) -> None:
+        """Stop polling, wait for the thread, commit what was written (main thread, after)."""
+        self.stopping.set()
+        with self._cond:
+            self._drop_waiting()
+        self.join(timeout=60)
+        self.commit_pending()
+
+
+__all__ = ["Fetcher"]
