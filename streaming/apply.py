@@ -99,8 +99,8 @@ class ViewWriter:
         return keep.drop("__null_key", "__late"), bad
 
     def rules(self, events: pl.DataFrame) -> tuple[pl.DataFrame, list[Bad]]:
-        """Projected rows (keys, ``__ts``, ``__seq``, inputs, ``__i``), and rows whose rules
-        failed. The batch is evaluated at once; only if that raises is it split row by row."""
+        """Projected rows (keys, ``__ts``, ``__seq``, inputs), and rows whose rules failed.
+        The batch is evaluated at once; only if that raises is it split row by row."""
         import polars as pl
 
         def run(frame: pl.DataFrame) -> pl.DataFrame:
@@ -108,7 +108,7 @@ class ViewWriter:
             return out.collect(engine="in-memory")
 
         try:
-            return _with_index(run(events), events), []
+            return run(events), []
         except Exception:  # an engine error on some row: find it, keep the others
             good, bad = [], []
             for k in range(events.height):
@@ -120,7 +120,7 @@ class ViewWriter:
                                    f"{type(e).__name__}: {str(e).splitlines()[0]}",
                                    self.view.name))
             frame = pl.concat(good) if good else run(events.clear())
-            return _with_index(frame.sort(["__ts", "__seq"]), events), bad
+            return frame.sort(["__ts", "__seq"]), bad
 
     def apply(self, rows: pl.DataFrame, now_us: int) -> ApplyResult:
         """Merge projected rows into Redis; retries entities another writer changed."""
@@ -145,8 +145,8 @@ class ViewWriter:
             index = {t: i for i, t in enumerate(live)}
             fresh = fresh.with_columns(
                 pl.col("__tag").replace_strict(index, return_dtype=pl.Int64).alias("__e"))
-            at = [unique.index(t) for t in live] if len(live) < len(unique) else list(
-                range(len(unique)))
+            where = {t: i for i, t in enumerate(unique)}
+            at = [where[t] for t in live]
             window = [stored.window[i] for i in at]
             life = None if self.cod.lifetime is None else [stored.lifetime[i] for i in at]
             merged = merge_batch(self.cod, live, window, life, fresh, now_us)
@@ -244,15 +244,6 @@ class _Stored:
     offsets: list[bytes | None]
     window: list[bytes | None]
     lifetime: list[bytes | None]
-
-
-def _with_index(projected: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
-    """Projected rows carry their message index (``__i``) back from the ``__seq`` they kept."""
-    import polars as pl
-
-    index = events.select("__seq", "__i")
-    return projected.join(index, on="__seq", how="left", maintain_order="left").with_columns(
-        pl.col("__i").cast(pl.Int64))
 
 
 def _iso(us: int) -> str:

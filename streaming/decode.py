@@ -93,15 +93,19 @@ class JsonDecoder:
         # a message holding two objects ("{..},{..}") or a newline would shift the rows
         if len(checked) != len(values) or lines.count(b"\n") != len(values) - 1:
             return None
-        schema = {n: (pl.String if d == "timestamp" else _pl_type(d))
-                  for n, d in self.source.schema.items()}
         try:
-            frame = pl.read_ndjson(io.BytesIO(lines), schema=schema)
+            frame = pl.read_ndjson(io.BytesIO(lines), schema=self._ndjson_schema())
         except Exception:  # Polars refusing what msgspec accepted: the careful path decides
             return None
         if frame.height != len(values):
             return None
         return frame.with_columns(pl.int_range(0, frame.height, dtype=pl.Int64).alias("__i"))
+
+    def _ndjson_schema(self) -> dict[str, Any]:
+        import polars as pl
+
+        return {n: (pl.String if d == "timestamp" else _pl_type(d))
+                for n, d in self.source.schema.items()}
 
     def _one_by_one(self, values: Sequence[bytes | None]) -> tuple[pl.DataFrame, list[Bad]]:
         import msgspec
@@ -147,6 +151,9 @@ class JsonDecoder:
             parsed = frame.with_columns(
                 pl.col(t).str.to_datetime(TIME_FORMAT, time_unit="us", time_zone="UTC",
                                           strict=False) for t in times)
+            if all(parsed[t].null_count() == frame[t].null_count() for t in times):
+                bad.sort(key=lambda b: b.index)
+                return parsed, bad  # every text was a time (the common case, one pass)
             failed = {t: parsed[t].is_null() & frame[t].is_not_null() for t in times}
             broken = pl.zeros(frame.height, pl.Boolean, eager=True)
             for t, f in failed.items():

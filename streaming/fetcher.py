@@ -7,6 +7,10 @@ a second thread overlaps much of the two. The consumer object is used by this th
 is not thread-safe); the main thread hands back the offsets to commit once a batch is written,
 and the commit happens here, between two polls.
 
+Batches are adaptive: while the main thread is busy, the next batch fills up to
+``max_batch_events`` or ``max_batch_ms``; when it is idle, it gets whatever the last poll brought
+at once, so a quiet stream is not held back by the batch window.
+
 Handing batches over must not let two processes land or apply one batch at once after a
 rebalance: when partitions are revoked (inside ``poll``, on this thread), the fetcher waits for
 every batch it handed over to be written and commits, before the group may give the partitions
@@ -33,6 +37,7 @@ class Fetcher(threading.Thread):
         super().__init__(name="tessera-stream-fetcher", daemon=True)
         self.batches: queue.Queue[dict[Any, list[Any]]] = queue.Queue(maxsize=1)
         self.stopping = threading.Event()
+        self.hungry = threading.Event()  # the main thread waits for a batch
         self.error: BaseException | None = None
         self.assigned_at: float | None = None
         self.lag: dict[tuple[str, int], int] = {}
@@ -50,10 +55,10 @@ class Fetcher(threading.Thread):
         with self._cond:
             deadline = time.monotonic() + 240
             while self._inflight and time.monotonic() < deadline:
-                if self.stopping.is_set():
+                if self.stopping.is_set():  # the main thread is done: nothing is in hand
                     self._drop_waiting()
-                    if not self._inflight:
-                        break
+                    self._inflight = 0
+                    break
                 self._cond.wait(0.1)
         self.commit_pending()
 
@@ -70,10 +75,13 @@ class Fetcher(threading.Thread):
             self._cond.notify_all()
 
     def take(self, timeout: float) -> dict[Any, list[Any]] | None:
+        self.hungry.set()
         try:
             return self.batches.get(timeout=timeout)
         except queue.Empty:
             return None
+        finally:
+            self.hungry.clear()
 
     # --- this thread ------------------------------------------------------------------------
 
@@ -88,12 +96,16 @@ class Fetcher(threading.Thread):
                 if batch:
                     with self._cond:
                         self._inflight += 1
-                    while not self.stopping.is_set():
+                    while True:
                         try:
                             self.batches.put(batch, timeout=0.1)
                             break
                         except queue.Full:
-                            continue
+                            if self.stopping.is_set():  # abandoned: neither written nor
+                                with self._cond:        # committed, read again later
+                                    self._inflight -= 1
+                                    self._cond.notify_all()
+                                break
                 self._update_lag()
         except BaseException as e:  # handed to the main thread, which raises it
             self.error = e
@@ -113,6 +125,9 @@ class Fetcher(threading.Thread):
             for tp, recs in got.items():
                 out.setdefault(tp, []).extend(recs)
                 count += len(recs)
+            if count and self.hungry.is_set() and self.batches.empty():
+                break  # adaptive: an idle applier gets what there is now (freshness); a
+                # busy one gets a fuller batch (throughput)
         self._fetched += count
         return out
 
