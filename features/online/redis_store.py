@@ -192,18 +192,18 @@ class RedisOnline:
             raise self._unavailable(e) from None
         return done
 
-    def call_many(self, commands: Sequence[Sequence[str | bytes]], *,
+    def call_many(self, commands: Sequence[Sequence[str | bytes] | bytes], *,
                   script: str | None = None) -> list[Any]:
-        """Run ``commands`` (argument lists) pipelined; their replies in order. With
-        ``script``, an ``EVALSHA`` of it answered ``NOSCRIPT`` (a restarted Redis forgot it)
-        loads the script and runs again."""
+        """Run ``commands`` (argument lists, or commands already packed as RESP bytes on a
+        single node) pipelined; their replies in order. With ``script``, an ``EVALSHA`` of it
+        answered ``NOSCRIPT`` (a restarted Redis forgot it) loads the script and runs again."""
         import redis
 
         if not commands:
             return []
         if self.cluster:
             return self._call_cluster(commands, script)
-        data = b"".join(_resp(c) for c in commands)
+        data = b"".join(c if isinstance(c, bytes) else _resp(c) for c in commands)
         pool = self.client.connection_pool
         try:
             conn = pool.get_connection()
@@ -235,7 +235,7 @@ class RedisOnline:
             pool.release(conn)
         raise AssertionError("unreachable")
 
-    def _call_cluster(self, commands: Sequence[Sequence[str | bytes]],
+    def _call_cluster(self, commands: Sequence[Sequence[str | bytes] | bytes],
                       script: str | None) -> list[Any]:
         import redis
 
