@@ -222,6 +222,7 @@ class StreamConsumer:
                 if records:
                     fetcher.done(self._process(records, summary))
                     last_event = time.monotonic()  # idle counts from the end of the work
+                self.metrics.lag(fetcher.lag)
                 if status is not None and time.monotonic() - last_status >= \
                         self.settings.status_every_s:
                     last_status = time.monotonic()

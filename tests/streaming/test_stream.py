@@ -171,3 +171,24 @@ def test_online_reads_see_streamed_events_through_the_feature_store(
     got = store.get_online_features(["user_spend:txn_count_1h"], [{"user_id": 77_000_001}],
                                     now=AT).to_dict()
     assert got["txn_count_1h"] == [5]
+
+
+def test_metrics_count_events_dead_letters_and_lag_over_http(small: StreamRepo) -> None:
+    import urllib.request
+
+    burst = small.events.head(40)
+    small.produce(burst)
+    small.produce_raw([b"not json"], [b"1"])
+    consumer = StreamConsumer(small.cfg, small.views, group="gm", clock=lambda: to_micros(AT))
+    port = consumer.metrics.serve(0)
+    lines: list[str] = []
+    consumer.settings = consumer.settings.model_copy(update={"status_every_s": 0.2})
+    summary = consumer.run(handle_signals=False, until_idle_s=2.0, status=lines.append)
+    assert summary.events == 41
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f'tessera_stream_events_total{{topic="{small.topic}"}} 41.0' in text
+    assert 'tessera_stream_applied_total{view="user_spend"} 40.0' in text
+    assert 'tessera_stream_dead_letters_total{reason="undecodable"} 1.0' in text
+    assert f'tessera_stream_lag{{partition="0",topic="{small.topic}"}} 0.0' in text
+    assert "tessera_stream_freshness_seconds_count" in text
+    assert lines and lines[-1].startswith("stream: ") and "dead letters 1" in lines[-1]
