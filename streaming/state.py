@@ -190,22 +190,33 @@ class _Stored:
             self.sections.append((entity, rows))
 
 
-def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, batch: pl.DataFrame,
+def _first_tile(cod: Codec, k: int, now_us: int) -> int:
+    """The oldest tile of section ``k`` still inside a window at ``now_us``."""
+    spec = cod.sections[k]
+    return now_us // spec.tile_us - spec.horizon + 1
+
+
+def _tiles_plan(cod: Codec, k: int, batch: pl.LazyFrame, now_us: int) -> pl.LazyFrame:
+    """The batch's partials per (entity, tile) of section ``k``, prepared by :func:`_plan`."""
+    import polars as pl
+
+    size = cod.sections[k].tile_us
+    aggs, prep = _plan(cod.view)
+    return (batch.filter(pl.col("__ts") >= _first_tile(cod, k, now_us) * size)
+            .with_columns((pl.col("__ts") // size).alias("tile"))
+            .group_by(["__e", "tile"]).agg(aggs).with_columns(prep).sort(["__e", "tile"]))
+
+
+def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, tiles: pl.DataFrame,
              tags: list[str], now_us: int) -> tuple[Any, pk.Section] | None:
     """One tile size: the merged suffix rows of every entity, as an online_pack Section."""
     import numpy as np
-    import polars as pl
 
     spec = cod.sections[k]
-    rec, lay, size = spec.record, cod.layout, spec.tile_us
-    first = now_us // size - spec.horizon + 1  # tiles before it are outside every window
+    rec, lay = spec.record, cod.layout
+    first = _first_tile(cod, k, now_us)  # tiles before it are outside every window
     keep = old_rows["tile"] >= first
     old_entity, old_rows = old_entity[keep], old_rows[keep]
-    tiles = (batch.lazy().filter(pl.col("__ts") >= first * size)
-             .with_columns((pl.col("__ts") // size).alias("tile"))
-             .group_by(["__e", "tile"]).agg(_plan(cod.view)[0]).with_columns(_plan(cod.view)[1])
-             .sort(["__e", "tile"])
-             .collect(engine="in-memory"))
     if not len(old_rows) and not tiles.height:
         return None
     new_entity = tiles["__e"].to_numpy().astype(np.int64)
@@ -291,8 +302,13 @@ def merge_batch(cod: Codec, tags: list[str], window: Sequence[bytes | None],
 
     n = len(tags)
     aggs, prep = _plan(cod.view)
-    per = (rows.lazy().group_by("__e").agg([*aggs, pl.col("__ts").max().alias("__newest")])
-           .with_columns(prep).sort("__e").collect(engine="in-memory"))
+    lazy = rows.lazy()
+    # one collect for every query of the batch: each Polars call has a fixed cost (~1 ms)
+    per, *tiles = pl.collect_all(
+        [lazy.group_by("__e").agg([*aggs, pl.col("__ts").max().alias("__newest")])
+         .with_columns(prep).sort("__e"),
+         *[_tiles_plan(cod, k, lazy, now_us) for k in range(len(cod.sections))]],
+        engine="in-memory")
     if per.height != n or not bool((per["__e"].to_numpy() == np.arange(n)).all()):
         raise ValueError("merge_batch: every entity needs at least one row")
     stored = _Stored(cod, window)
@@ -300,7 +316,7 @@ def merge_batch(cod: Codec, tags: list[str], window: Sequence[bytes | None],
     placed = []
     for k in range(len(cod.sections)):
         entity, rows_k = stored.sections[k]
-        section = _section(cod, k, entity, rows_k, rows, tags, now_us)
+        section = _section(cod, k, entity, rows_k, tiles[k], tags, now_us)
         if section is not None:
             placed.append((k, section))
     latest = None
