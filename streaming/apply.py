@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 OFFSET_BITS = 44  # stream seq = partition << 44 | offset: the (partition, offset) order
 CAS_SHA = hashlib.sha1(O.CAS_SCRIPT.encode()).hexdigest()
+CAS_MANY_SHA = hashlib.sha1(O.CAS_MANY_SCRIPT.encode()).hexdigest()
 MAX_CONFLICT_ROUNDS = 20
 
 
@@ -208,7 +209,8 @@ class ViewWriter:
 
     def _write(self, tags: Sequence[str], expected: Sequence[bytes | None],
                offsets: Sequence[bytes], merged: Any, now_us: int) -> list[bool]:
-        """One CAS script call per entity, pipelined; True where written."""
+        """Compare-and-set every entity's values and offsets (one script call per group of
+        entities on a single node, per entity on a cluster); True where written."""
         import numpy as np
 
         window = merged.window.to_pylist()
@@ -233,28 +235,41 @@ class ViewWriter:
                     args += [life[i], b"-1"]
                 commands.append(["EVALSHA", CAS_SHA, str(nkeys), o, w, *([lk] if life else []),
                                  *args])
-        else:  # RESP in one format per entity: the per-argument packing was a fifth of a batch
-            nargs = 3 + nkeys + 5 + (2 if life is not None else 0)
-            fmt = (b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$1\r\n%d\r\n"
-                   % (nargs, CAS_SHA.encode(), nkeys)) + b"$%d\r\n%b\r\n" * (nargs - 3)
-            head, tail = self.head.encode(), self.tail.encode()
-            commands = []
-            for i, tag in enumerate(tags):
-                w = head + tag.encode() + tail
-                o = w + b":O"
-                exp = expected[i] or b""
-                om, wm = b"%d" % offsets_ms[i], b"%d" % window_ms[i]
-                parts: list[Any] = [len(o), o, len(w), w]
-                if life is not None:
-                    lk = w + b":L"
-                    parts += [len(lk), lk]
-                parts += [len(exp), exp, len(offsets[i]), offsets[i], len(om), om,
-                          len(window[i]), window[i], len(wm), wm]
-                if life is not None:
-                    parts += [len(life[i]), life[i], 2, b"-1"]
-                commands.append(fmt % tuple(parts))
-        replies = self.online.call_many(commands, script=O.CAS_SCRIPT)
-        return [r == 1 for r in replies]
+            replies = self.online.call_many(commands, script=O.CAS_SCRIPT)
+            return [r == 1 for r in replies]
+        # single node: groups of entities per script call (one call per entity cost more than
+        # the merge), the RESP formatted once per entity
+        per = 2 * nkeys + 1
+        key_fmt = b"$%d\r\n%b\r\n" * nkeys
+        arg_fmt = b"$%d\r\n%b\r\n" * per
+        head, tail = self.head.encode(), self.tail.encode()
+        keys, args = [], []
+        for i, tag in enumerate(tags):
+            w = head + tag.encode() + tail
+            o = w + b":O"
+            exp = expected[i] or b""
+            om, wm = b"%d" % offsets_ms[i], b"%d" % window_ms[i]
+            if life is None:
+                keys.append(key_fmt % (len(o), o, len(w), w))
+                args.append(arg_fmt % (len(exp), exp, len(offsets[i]), offsets[i], len(om), om,
+                                       len(window[i]), window[i], len(wm), wm))
+            else:
+                lk = w + b":L"
+                keys.append(key_fmt % (len(o), o, len(w), w, len(lk), lk))
+                args.append(arg_fmt % (len(exp), exp, len(offsets[i]), offsets[i], len(om), om,
+                                       len(window[i]), window[i], len(wm), wm,
+                                       len(life[i]), life[i], 2, b"-1"))
+        packed = []
+        for lo in range(0, len(tags), O.GROUP):
+            m = len(keys[lo:lo + O.GROUP])
+            count = b"%d" % (m * nkeys)
+            packed.append(b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%b\r\n"
+                          % (3 + m * nkeys + 1 + m * per, CAS_MANY_SHA.encode(), len(count),
+                             count)
+                          + b"".join(keys[lo:lo + O.GROUP]) + b"$1\r\n%d\r\n" % nkeys
+                          + b"".join(args[lo:lo + O.GROUP]))
+        replies = self.online.call_many(packed, script=O.CAS_MANY_SCRIPT)
+        return [r == 1 for group in replies for r in group]
 
 
 @dataclass
