@@ -114,6 +114,11 @@ def changed_entities(reader: _Reader, days: Sequence[str]) -> Any:
 
 def entity_tags(columns: Sequence[Any]) -> list[str]:
     """:func:`features.online.keys.entity_tag` of many rows at once (Arrow key columns)."""
+    return entity_tag_array(columns).to_pylist()
+
+
+def entity_tag_array(columns: Sequence[Any]) -> Any:
+    """:func:`entity_tags` as an Arrow string array (no Python string per row)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -128,8 +133,8 @@ def entity_tags(columns: Sequence[Any]) -> list[str]:
         else:
             parts.append(pc.cast(column, pa.string()))
     if len(parts) == 1:
-        return parts[0].to_pylist()
-    return pc.binary_join_element_wise(*parts, ",").to_pylist()
+        return parts[0]
+    return pc.binary_join_element_wise(*parts, ",")
 
 
 def _groups(table: Any, keys: Sequence[str]) -> tuple[Any, list[str], Any, Any]:

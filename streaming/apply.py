@@ -26,7 +26,7 @@ from features.online import keys as K
 from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
 from pipelines.engine_polars import project
-from pipelines.materialize import entity_tags
+from pipelines.materialize import entity_tag_array
 from streaming import offsets as O
 from streaming.decode import NULL_KEY, RULE_ERROR, TOO_LATE, Bad
 from streaming.state import merge_batch
@@ -136,10 +136,10 @@ class ViewWriter:
         result = ApplyResult()
         if not rows.height:
             return result
-        number: dict[str, int] = {}
-        entity = np.fromiter((number.setdefault(t, len(number)) for t in entity_tags(
-            [rows[k].to_arrow() for k in self.view.join_keys])), np.int64, rows.height)
-        tags = list(number)
+        coded = entity_tag_array([rows[k].to_arrow() for k in self.view.join_keys]
+                                 ).dictionary_encode()  # numbers in C, a string per entity
+        entity = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        tags = coded.dictionary.to_pylist()
         seq = rows["__seq"].to_numpy()
         part, offset = seq >> OFFSET_BITS, seq & ((1 << OFFSET_BITS) - 1)
         pending = np.arange(len(tags))  # entities still to write
