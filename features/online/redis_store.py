@@ -247,9 +247,7 @@ class RedisOnline:
                 except redis.exceptions.NoScriptError:
                     if script is None:
                         raise
-                    # EVALSHA numkeys key...: load on the node of the first key
-                    node = self.client.get_node_from_key(c[3])
-                    self.client.script_load(script, target_nodes=node)
+                    self.client.script_load(script)  # on every primary
                     out.append(self.client.execute_command(*c))
         except self._errors as e:
             raise self._unavailable(e) from None

@@ -30,8 +30,9 @@ VIEW_KEYS = (("user_spend", "user_id"), ("merchant_activity", "merchant_id"))
 
 class StreamRepo:
     def __init__(self, folder: Path, redis_url: str, bootstrap: str, *, rows: int = 20_000,
-                 days: int = 10, partitions: int = 6, stream: str = "") -> None:
-        make_repo(folder, redis_url, rows=rows, days=days)
+                 days: int = 10, partitions: int = 6, stream: str = "",
+                 cluster: bool = False) -> None:
+        make_repo(folder, redis_url, rows=rows, days=days, cluster=cluster)
         self.folder = folder
         self.bootstrap = bootstrap
         self.topic = f"t-{uuid.uuid4().hex[:10]}"
