@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         event_order,
         generated_events,
         produce,
-        resolve_stream,
     )
+    from streaming.produce_cmd import resolve_stream
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)

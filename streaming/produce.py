@@ -1,9 +1,9 @@
 """Writing a source's events to its Kafka topic: the producing side of streaming.
 
-``tessera produce`` (:func:`produce_cli`) takes events from a Parquet file or folder or from
-the example generator (:mod:`pipelines.datagen`), puts them in event-time order, encodes each
-as one JSON object (:func:`encode_events`) and writes them to the source's topic with a
-message key per entity (:func:`produce`), optionally paced to a rate. The streaming consumer
+``tessera produce`` (:func:`streaming.produce_cmd.produce_cli`) takes events from a Parquet
+file or folder or from the example generator (:mod:`streaming.events`), puts them in event-time
+order, encodes each as one JSON object (:func:`encode_events`) and writes them to the source's
+topic with a message key per entity (:func:`produce`, here), optionally paced to a rate. The streaming consumer
 (``tessera stream``) reads them back; tests and benchmarks use the same functions.
 
 The wire format, one Kafka message per event:
@@ -36,21 +36,27 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from features.errors import TesseraError
+from streaming.events import (
+    DEFAULT_DAYS,
+    TIMESTAMP_FORMAT,
+    ProduceError,
+    ProduceWarning,
+    _first_line,
+    conform,
+    encode_events,
+    encode_keys,
+    event_order,
+    generated_events,
+    read_events_file,
+)
 
 if TYPE_CHECKING:
-    import polars as pl
 
-    from features.config import RepoConfig
-    from features.definitions import Source
-    from features.repo import Definitions
+    pass
 
 __all__ = [
     "DEFAULT_DAYS",
@@ -66,16 +72,11 @@ __all__ = [
     "event_order",
     "generated_events",
     "produce",
-    "produce_cli",
     "read_events_file",
-    "resolve_stream",
 ]
 
-#: How a ``timestamp`` field is written: ISO-8601, UTC, microseconds, ``Z``.
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 DEFAULT_PARTITIONS = 6
 DEFAULT_EVENTS = 100_000
-DEFAULT_DAYS = 7
 #: Pacing: the token bucket is topped up every slice and holds at most BURST_S of tokens.
 SLICE_S = 0.01
 BURST_S = 0.1
@@ -84,14 +85,6 @@ _UNPACED_CHUNK = 2048
 #: Seconds for Kafka to acknowledge what is still buffered at the end.
 FLUSH_TIMEOUT_S = 60.0
 _KAFKA_TIMEOUT_MS = 10_000
-
-
-class ProduceError(TesseraError):
-    """Events could not be read, encoded or written to Kafka; the message says which and why."""
-
-
-class ProduceWarning(UserWarning):
-    """Events were produced, but something about them deserves a look (e.g. NaN as null)."""
 
 
 @dataclass(frozen=True)
@@ -128,291 +121,6 @@ class ProduceSummary:
             line += (f"; stopped by --max-seconds {self.max_seconds:g} after {self.sent:,} of "
                      f"{self.requested:,}")
         return line
-
-
-# --- reading and encoding -------------------------------------------------------------------
-
-
-def _pl_type(kind: str) -> pl.DataType:
-    import polars as pl
-
-    return {"int64": pl.Int64(), "float64": pl.Float64(), "bool": pl.Boolean(),
-            "string": pl.String(), "timestamp": pl.Datetime("us", "UTC")}[kind]
-
-
-def _cast(name: str, kind: str, got: pl.DataType) -> pl.Expr | None:
-    """The expression giving column ``name`` its schema type, or None when it cannot.
-
-    The same widenings as the batch engines: any integer to int64, any number to float64,
-    categoricals to string, a naive datetime read as UTC, an aware one converted to UTC, a date
-    as its UTC midnight, every datetime at microsecond precision.
-    """
-    import polars as pl
-
-    col = pl.col(name)
-    if got == pl.Null:  # a column of nulls only
-        return col.cast(_pl_type(kind))
-    if kind == "int64" and got.is_integer():
-        return col.cast(pl.Int64)
-    if kind == "float64" and got.is_numeric():
-        return col.cast(pl.Float64)
-    if kind == "bool" and got == pl.Boolean:
-        return col
-    if kind == "string" and (got == pl.String or isinstance(got, pl.Categorical | pl.Enum)):
-        return col.cast(pl.String)
-    if kind == "timestamp" and isinstance(got, pl.Datetime):
-        utc = (col.dt.replace_time_zone("UTC") if got.time_zone is None
-               else col.dt.convert_time_zone("UTC"))
-        return utc.dt.cast_time_unit("us")
-    if kind == "timestamp" and got == pl.Date:
-        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-    return None
-
-
-def conform(df: pl.DataFrame, source: Source, where: str = "the events") -> pl.DataFrame:
-    """The source schema's columns of ``df``, in schema order, each of its schema type.
-
-    Extra columns are dropped. ``where`` names the data in errors (``"file 'x.parquet'"``).
-
-    Raises:
-        ProduceError: a schema column is missing, or its type cannot become the schema's.
-    """
-    import polars as pl
-
-    missing = [name for name in source.schema if name not in df.columns]
-    if missing:
-        raise ProduceError(
-            f"{where} has no {_columns(missing)} of source {source.name!r} "
-            f"(it has: {', '.join(df.columns) or 'no columns'})")
-    exprs = []
-    for name, kind in source.schema.items():
-        expr = _cast(name, kind, df.schema[name])
-        if expr is None:
-            raise ProduceError(f"{where}: column {name!r} is {df.schema[name]}, but source "
-                               f"{source.name!r} declares it {kind}")
-        exprs.append(expr.alias(name))
-    try:
-        return df.select(exprs)
-    except pl.exceptions.PolarsError as e:  # e.g. a UInt64 beyond the int64 range
-        raise ProduceError(f"{where}: cannot convert to the schema of source "
-                           f"{source.name!r}: {_first_line(e)}") from None
-
-
-def _columns(names: Sequence[str]) -> str:
-    """``column 'a'`` or ``columns 'a', 'b'``."""
-    return ("column " if len(names) == 1 else "columns ") + ", ".join(map(repr, names))
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def encode_events(df: pl.DataFrame, source: Source) -> list[bytes]:
-    """One UTF-8 JSON object per row of ``df``: the source schema's fields (module docstring).
-
-    Vectorised (Polars writes the JSON): about half a million events per second on one core.
-    Non-finite floats (NaN, ±inf), which JSON cannot hold, become ``null`` with a
-    :class:`ProduceWarning` saying how many and where.
-
-    Raises:
-        ProduceError: ``df`` lacks a schema column or has one of an incompatible type.
-    """
-    import io
-
-    import polars as pl
-
-    frame = conform(df, source)
-    floats = [name for name, kind in source.schema.items() if kind == "float64"]
-    if floats and frame.height:
-        bad = frame.select([(~pl.col(c).is_finite()).sum().alias(c) for c in floats]).row(0)
-        found = {c: n for c, n in zip(floats, bad, strict=True) if n}
-        if found:
-            where = ", ".join(f"{n:,} in {c!r}" for c, n in found.items())
-            warnings.warn(f"{sum(found.values()):,} NaN or infinite values ({where}) are sent "
-                          f"as JSON null: JSON has no such numbers", ProduceWarning,
-                          stacklevel=2)
-    stamps = [name for name, kind in source.schema.items() if kind == "timestamp"]
-    if stamps:
-        frame = frame.with_columns(pl.col(stamps).dt.strftime(TIMESTAMP_FORMAT))
-    if not frame.height:
-        return []
-    buffer = io.BytesIO()
-    frame.write_ndjson(buffer)
-    lines = buffer.getvalue().split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    if len(lines) != frame.height:  # a raw newline inside a value would break this: never
-        raise ProduceError(f"encoding gave {len(lines)} lines for {frame.height} events")
-    return lines
-
-
-def encode_keys(df: pl.DataFrame, field: str) -> list[bytes | None]:
-    """Each row's message key: the value of ``field`` as text, UTF-8 (None where null).
-
-    Raises:
-        ProduceError: ``field`` is not a column, or neither an integer nor a string column.
-    """
-    import polars as pl
-
-    if field not in df.columns:
-        raise ProduceError(f"key field {field!r} is not a column of the events "
-                           f"(columns: {', '.join(df.columns)})")
-    column = df.get_column(field)
-    if not (column.dtype.is_integer() or column.dtype == pl.String
-            or isinstance(column.dtype, pl.Categorical | pl.Enum)):
-        raise ProduceError(f"key field {field!r} is {column.dtype}: expected an integer or a "
-                           f"string column (an entity join key)")
-    return column.cast(pl.String).cast(pl.Binary).to_list()
-
-
-def event_order(df: pl.DataFrame, timestamp_field: str) -> pl.DataFrame:
-    """``df`` sorted by event time, stably: ties keep their order (the source order).
-
-    A row with a null event time stays right after the row it followed (leading ones first),
-    the way such a row would arrive in a live stream.
-    """
-    import polars as pl
-
-    key = pl.col(timestamp_field).forward_fill()
-    return df.sort(key, nulls_last=False, maintain_order=True, multithreaded=True)
-
-
-def read_events_file(path: Path | str, source: Source) -> pl.DataFrame:
-    """The events of a Parquet file, or of every ``*.parquet`` below a folder, conformed.
-
-    Files of a folder are read in lexicographic path order (the source order); names starting
-    with ``.`` or ``_`` are skipped, like the batch source reader does. Hive partition folders
-    (``date=…``) add no column.
-
-    Raises:
-        ProduceError: no such file, nothing to read, a file Polars cannot read as Parquet, or a
-            file lacking a schema column (the message names the file and the column).
-    """
-    import polars as pl
-
-    root = Path(path)
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*.parquet")
-                       if not any(part.startswith((".", "_"))
-                                  for part in p.relative_to(root).parts))
-        if not files:
-            raise ProduceError(f"--file {str(root)!r}: the folder holds no *.parquet file")
-    elif root.is_file():
-        files = [root]
-    else:
-        raise ProduceError(f"--file {str(root)!r}: no such file or folder")
-    frames = []
-    for file in files:
-        where = f"file {str(file)!r}"
-        try:
-            columns = pl.read_parquet_schema(file)
-        except Exception as e:  # polars raises ComputeError/OSError on what is not Parquet
-            raise ProduceError(f"{where}: cannot read it as Parquet ({_first_line(e)})") from None
-        missing = [name for name in source.schema if name not in columns]
-        if missing:
-            raise ProduceError(f"{where} has no {_columns(missing)} of source "
-                               f"{source.name!r} (it has: {', '.join(columns)})")
-        try:
-            frame = pl.read_parquet(file, columns=list(source.schema), hive_partitioning=False)
-        except Exception as e:
-            raise ProduceError(f"{where}: cannot read it as Parquet ({_first_line(e)})") from None
-        frames.append(conform(frame, source, where))
-    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-
-
-def generated_events(events: int, *, days: int = DEFAULT_DAYS, seed: int = 7,
-                     start: datetime | None = None, malformed_rate: float = 0.0,
-                     now: datetime | None = None) -> pl.DataFrame:
-    """``events`` generated card transactions over the ``days`` before ``now`` (or from
-    ``start``), in the generator's order: event time, faulty rows where they were made.
-
-    The generator's malformed rows (``malformed_rate``) are kept: a stream has them too.
-    """
-    from pipelines.datagen import GenSpec, generate
-
-    if events < 1:
-        raise ProduceError(f"--events: expected a whole number >= 1, got {events!r}")
-    if days < 1:
-        raise ProduceError(f"--days: expected a whole number >= 1, got {days!r}")
-    if not 0 <= seed < 2**63:
-        raise ProduceError(f"--seed: expected a whole number in [0, 2**63), got {seed!r}")
-    if not 0 <= malformed_rate <= 1:  # also refuses NaN
-        raise ProduceError(f"--malformed-rate: expected a fraction in [0, 1], got "
-                           f"{malformed_rate!r}")
-    if start is None:
-        start = (now or datetime.now(UTC)) - timedelta(days=days)
-    try:
-        spec = GenSpec(rows=events, start=start, days=days, seed=seed,
-                       malformed_rate=malformed_rate)
-    except ValueError as e:
-        raise ProduceError(str(e)) from None
-    return generate(spec).rechunk()
-
-
-# --- choosing the stream --------------------------------------------------------------------
-
-
-def resolve_stream(defs: Definitions, topic: str | None = None, source: str | None = None,
-                   key: str | None = None) -> tuple[Source, str, str]:
-    """The source, topic and key field ``tessera produce`` writes with.
-
-    - the source: the one named; else the one whose ``kafka_topic`` is ``topic``; else the one
-      the feature views stream from (several: name one). A ``topic`` no source declares takes
-      the events of the repo's only streaming source (e.g. a scratch topic).
-    - the topic: ``topic``, else the source's ``kafka_topic``.
-    - the key: ``key``, else the first join key of the first feature view reading the source.
-
-    Raises:
-        ProduceError: nothing to choose from, an ambiguous choice, or an unknown name.
-    """
-    views = list(defs.views.values())
-    streamed: list[Source] = []
-    for s in [v.source for v in views] + list(defs.sources.values()):
-        if s.kafka_topic and all(s is not t for t in streamed):
-            streamed.append(s)
-    chosen: Source | None = None
-    if source is not None:
-        sources = {s.name: s for s in [v.source for v in views] + list(defs.sources.values())}
-        if source not in sources:
-            raise ProduceError(f"--source: no source {source!r} (defined: "
-                               f"{', '.join(sorted(sources)) or 'none'})")
-        chosen = sources[source]
-    elif topic is not None:
-        matching = [s for s in streamed if s.kafka_topic == topic]
-        if len(matching) == 1 or (not matching and len(streamed) == 1):
-            chosen = (matching or streamed)[0]
-        elif matching:
-            raise ProduceError(f"--topic {topic!r}: sources {', '.join(s.name for s in matching)}"
-                               f" all use it; choose one with --source")
-        else:
-            raise ProduceError(f"--topic {topic!r}: no source uses it, and the repo has "
-                               f"{len(streamed)} streaming sources; choose one with --source")
-    else:
-        read = [s for s in streamed if any(v.source is s for v in views)]
-        candidates = read or streamed
-        if not candidates:
-            raise ProduceError("no source has a kafka_topic: give one to a Source "
-                               "(kafka_topic=...) or pass --topic and --source")
-        if len(candidates) > 1:
-            raise ProduceError("feature views stream from several topics ("
-                               + ", ".join(f"{s.kafka_topic} ({s.name})" for s in candidates)
-                               + "); choose one with --topic or --source")
-        chosen = candidates[0]
-    out_topic = topic or chosen.kafka_topic
-    if not out_topic:
-        raise ProduceError(f"source {chosen.name!r} has no kafka_topic; pass --topic")
-    if key is None:
-        readers = [v for v in views if v.source is chosen
-                   or (v.source.kafka_topic and v.source.kafka_topic == chosen.kafka_topic)]
-        if not readers:
-            raise ProduceError(f"no feature view reads source {chosen.name!r}, so there is no "
-                               f"join key to use as message key; pass --key")
-        key = readers[0].join_keys[0]
-    if key not in chosen.schema:
-        raise ProduceError(f"--key {key!r} is not a field of source {chosen.name!r} "
-                           f"(fields: {', '.join(chosen.schema)})")
-    return chosen, out_topic, key
 
 
 # --- sending --------------------------------------------------------------------------------
@@ -590,80 +298,3 @@ def _send_all(producer: object, topic: str, payloads: Sequence[bytes],
     return i, time.perf_counter() - t0
 
 
-# --- the command ----------------------------------------------------------------------------
-
-
-def _parse_start(value: datetime | date | str | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    try:
-        return datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ProduceError(f"--start: expected an ISO date or datetime like 2026-01-05 or "
-                           f"2026-01-05T12:00:00Z, got {value!r}") from None
-
-
-def produce_cli(cfg: RepoConfig, defs: Definitions, *, events: int | None = None,
-                file: Path | str | None = None, rate: float | None = None,
-                topic: str | None = None, source: str | None = None, key: str | None = None,
-                partitions: int | None = None, max_seconds: float | None = None,
-                seed: int = 7, days: int = DEFAULT_DAYS,
-                start: datetime | date | str | None = None, malformed_rate: float = 0.0,
-                progress: bool = True) -> ProduceSummary:
-    """Everything ``tessera produce`` does: choose the stream, get the events, write them.
-
-    The events come from ``file`` (a Parquet file or folder with the source's columns) or from
-    the example generator: ``events`` card transactions over the ``days`` before now (or from
-    ``start``), with ``malformed_rate`` faulty rows kept in. Neither given: 100,000 generated.
-    They are sent in event-time order (:func:`event_order`), keyed by ``key``, to ``topic``,
-    created with ``partitions`` partitions (6) when it does not exist.
-
-    Raises:
-        ProduceError: a bad option, unreadable events, or events Kafka did not acknowledge.
-        KafkaAdminError: the topic cannot be created.
-        KafkaUnavailableError: Kafka does not answer at ``kafka.bootstrap_servers``.
-    """
-    from streaming.kafka_admin import check_topic_name, ensure_topic
-
-    if events is not None and file is not None:
-        raise ProduceError("give --events (generated events) or --file, not both")
-    if partitions is not None and partitions < 1:
-        raise ProduceError(f"--partitions: expected a whole number >= 1, got {partitions!r}")
-    chosen, out_topic, key_field = resolve_stream(defs, topic, source, key)
-    check_topic_name(out_topic)
-    bootstrap = cfg.kafka.bootstrap_servers
-    if file is not None:
-        frame = read_events_file(file, chosen)
-    else:
-        _check_generator_fits(chosen)
-        frame = conform(generated_events(events if events is not None else DEFAULT_EVENTS,
-                                         days=days, seed=seed, start=_parse_start(start),
-                                         malformed_rate=malformed_rate), chosen)
-    frame = event_order(frame, chosen.timestamp_field)
-    payloads = encode_events(frame, chosen)
-    keys = encode_keys(frame, key_field)
-    del frame
-    count = ensure_topic(bootstrap, out_topic, partitions or DEFAULT_PARTITIONS)
-    if partitions is not None and count != partitions:
-        warnings.warn(f"topic {out_topic!r} already exists with {count} partitions; "
-                      f"--partitions {partitions} is ignored (an existing topic is never "
-                      f"changed)", ProduceWarning, stacklevel=2)
-    return produce(bootstrap, out_topic, payloads, keys, rate=rate, max_seconds=max_seconds,
-                   progress=progress)
-
-
-def _check_generator_fits(source: Source) -> None:
-    """The generator makes card transactions: refuse a source it cannot fill."""
-    from pipelines.datagen import SCHEMA
-
-    kinds = {"Int64": "int64", "Float64": "float64", "Boolean": "bool", "String": "string"}
-    made = {name: "timestamp" if dtype.is_temporal() else kinds[str(dtype)]
-            for name, dtype in SCHEMA.items()}
-    wrong = [f"{name} ({kind})" for name, kind in source.schema.items()
-             if made.get(name) != kind]
-    if wrong:
-        raise ProduceError(f"the generator makes card transactions ({', '.join(made)}), "
-                           f"which lack field(s) {', '.join(wrong)} of source "
-                           f"{source.name!r}: give the events with --file")

@@ -160,7 +160,7 @@ def produce_events(cfg: RepoConfig, console: Console, *, events: int | None,
                    max_seconds: float | None, seed: int, days: int, start: str | None,
                    malformed_rate: float) -> ProduceSummary:
     """``tessera produce``: generated (or a file's) events into the source's Kafka topic."""
-    from streaming.produce import produce_cli
+    from streaming.produce_cmd import produce_cli
 
     summary = produce_cli(cfg, load_valid(cfg), events=events, file=file, rate=rate,
                           topic=topic, source=source, key=key, partitions=partitions,

@@ -44,10 +44,9 @@ from streaming.produce import (
     event_order,
     generated_events,
     produce,
-    produce_cli,
     read_events_file,
-    resolve_stream,
 )
+from streaming.produce_cmd import produce_cli, resolve_stream
 from tests.conftest import REPO_ROOT
 
 SOURCE = Source(
