@@ -5,49 +5,69 @@
   Redis / already applied (a replay);
 - ``tessera_stream_dead_letters_total{reason}``;
 - ``tessera_stream_lag{topic,partition}``: the partition's end offset minus our position;
-- ``tessera_stream_freshness_seconds``: event time to visible online (histogram of a sample
-  of each batch's events);
-- ``tessera_stream_batch_seconds``, ``tessera_stream_retries_total{what}``.
+- ``tessera_stream_freshness_seconds``: event time to visible online, every applied event and
+  view (histogram);
+- ``tessera_stream_batch_seconds`` (histogram), ``tessera_stream_retries_total{what}``.
 
-Metrics live in a registry of their own (not the process-global one), served on
-``127.0.0.1:<stream.metrics_port>`` when that is set.
+The numbers are plain counters of this object, exposed by a collector of its own in a registry
+of its own, served on ``127.0.0.1:<stream.metrics_port>`` when that is set. Not
+prometheus_client's metric classes: once anything in the process (Feast does) sets
+``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is imported, those keep their values in
+files shared by every instance and process, and one consumer would report another's counts.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-FRESHNESS_SAMPLE = 256
 FRESHNESS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 60.0)
+BATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Histogram:
+    """Bucket counts of many observations at once (numpy), cumulative on export."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        import numpy as np
+
+        self.bounds = bounds
+        self.counts = np.zeros(len(bounds) + 1, np.int64)  # last: above every bound
+        self.sum = 0.0
+
+    def observe(self, values: Any) -> None:
+        import numpy as np
+
+        values = np.asarray(values, np.float64)
+        self.counts += np.bincount(np.searchsorted(self.bounds, values, side="left"),
+                                   minlength=len(self.counts))
+        self.sum += float(values.sum())
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative = self.counts.cumsum()
+        return [*((repr(b), float(c)) for b, c in zip(self.bounds, cumulative, strict=False)),
+                ("+Inf", float(cumulative[-1]))]
 
 
 class StreamMetrics:
     def __init__(self, topics: list[str], views: list[str]) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry
 
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self._events = Counter("tessera_stream_events", "Events consumed", ["topic"], registry=r)
-        self._applied = Counter("tessera_stream_applied", "Events merged into Redis", ["view"],
-                                registry=r)
-        self._skipped = Counter("tessera_stream_skipped", "Events already applied (replays)",
-                                ["view"], registry=r)
-        self._dead = Counter("tessera_stream_dead_letters", "Dead letters by reason",
-                             ["reason"], registry=r)
-        self._lag = Gauge("tessera_stream_lag", "End offset minus position",
-                          ["topic", "partition"], registry=r)
-        self._fresh = Histogram("tessera_stream_freshness_seconds",
-                                "Event time to visible online", buckets=FRESHNESS_BUCKETS,
-                                registry=r)
-        self._batch = Histogram("tessera_stream_batch_seconds", "Time to process a batch",
-                                registry=r)
-        self._retries = Counter("tessera_stream_retries", "Retried steps", ["what"], registry=r)
+        self.events_by_topic = dict.fromkeys(topics, 0)
+        self.applied_by_view = dict.fromkeys(views, 0)
+        self.skipped_by_view = dict.fromkeys(views, 0)
+        self.dead_by_reason: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.lags: dict[tuple[str, int], int] = {}
+        self._fresh = _Histogram(FRESHNESS_BUCKETS)
+        self._batch = _Histogram(BATCH_BUCKETS)
         self._window: deque[tuple[float, int]] = deque()  # (time, events) for the rate
         self._fresh_recent: deque[tuple[float, Any]] = deque()
-        self.dead_by_reason: dict[str, int] = {}
         self.total_events = 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
 
     def serve(self, port: int) -> int:
         """Serve ``/metrics`` on 127.0.0.1:``port`` (0: a free one); returns the port."""
@@ -56,38 +76,42 @@ class StreamMetrics:
         server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
         return int(server.server_port)
 
+    # --- what the consumer reports ---------------------------------------------------------
+
     def events(self, topic: str, n: int) -> None:
-        self._events.labels(topic).inc(n)
+        self.events_by_topic[topic] = self.events_by_topic.get(topic, 0) + n
         self.total_events += n
         self._window.append((time.monotonic(), n))
 
     def applied(self, view: str, applied: int, skipped: int) -> None:
-        self._applied.labels(view).inc(applied)
-        self._skipped.labels(view).inc(skipped)
+        self.applied_by_view[view] = self.applied_by_view.get(view, 0) + applied
+        self.skipped_by_view[view] = self.skipped_by_view.get(view, 0) + skipped
 
     def dead_letter(self, reason: str) -> None:
-        self._dead.labels(reason).inc()
         self.dead_by_reason[reason] = self.dead_by_reason.get(reason, 0) + 1
 
     def retry(self, what: str) -> None:
-        self._retries.labels(what).inc()
+        self.retries[what] = self.retries.get(what, 0) + 1
 
     def batch(self, seconds: float) -> None:
-        self._batch.observe(seconds)
+        self._batch.observe([seconds])
 
     def freshness(self, lag_us: Any) -> None:
-        """Per applied event: microseconds from its event time to visible online. The
-        histogram observes an even sample of at most ``FRESHNESS_SAMPLE`` events per batch
-        (one ``observe`` costs ~1 µs); the terminal's p99 uses every event."""
+        """Per applied event and view: microseconds from its event time to visible online."""
         import numpy as np
 
         if not len(lag_us):
             return
         seconds = np.asarray(lag_us, np.float64) / 1e6
-        step = max(1, len(seconds) // FRESHNESS_SAMPLE)
-        for x in seconds[::step].tolist():
-            self._fresh.observe(x)
+        self._fresh.observe(seconds)
         self._fresh_recent.append((time.monotonic(), seconds))
+
+    def lag(self, lag: dict[tuple[str, int], int]) -> int:
+        """Keep the per-partition lag (end offset minus position); returns the total."""
+        self.lags.update(lag)
+        return sum(lag.values())
+
+    # --- what a person or Prometheus reads --------------------------------------------------
 
     def freshness_p(self, q: float, seconds: float = 30.0) -> float | None:
         """The ``q`` quantile of freshness over the last ``seconds`` (None: no events)."""
@@ -106,15 +130,44 @@ class StreamMetrics:
             self._window.popleft()
         return sum(n for _, n in self._window) / seconds
 
-    def lag(self, lag: dict[tuple[str, int], int]) -> int:
-        """Set the per-partition lag gauges (end offset minus position); returns the total."""
-        for (topic, partition), n in lag.items():
-            self._lag.labels(topic, str(partition)).set(n)
-        return sum(lag.values())
-
     def status_line(self, lag: dict[tuple[str, int], int]) -> str:
         p99 = self.freshness_p(0.99)
         fresh = "n/a" if p99 is None else f"{p99:.2f} s"
         dead = sum(self.dead_by_reason.values())
         return (f"stream: {self.rate():,.0f} events/s · {self.total_events:,} events · "
                 f"lag {self.lag(lag):,} · dead letters {dead:,} · freshness p99 {fresh}")
+
+    def collect(self) -> Iterator[Any]:
+        """The prometheus_client collector protocol."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        def counter(name: str, doc: str, label: str, values: dict[str, int]) -> Any:
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            return family
+
+        yield counter("tessera_stream_events", "Events consumed", "topic", self.events_by_topic)
+        yield counter("tessera_stream_applied", "Events merged into Redis", "view",
+                      self.applied_by_view)
+        yield counter("tessera_stream_skipped", "Events already applied (replays)", "view",
+                      self.skipped_by_view)
+        yield counter("tessera_stream_dead_letters", "Dead letters by reason", "reason",
+                      self.dead_by_reason)
+        yield counter("tessera_stream_retries", "Retried steps", "what", self.retries)
+        lag = GaugeMetricFamily("tessera_stream_lag", "End offset minus position",
+                                labels=["topic", "partition"])
+        for (topic, partition), value in sorted(self.lags.items()):
+            lag.add_metric([topic, str(partition)], value)
+        yield lag
+        for name, doc, hist in (
+                ("tessera_stream_freshness_seconds", "Event time to visible online",
+                 self._fresh),
+                ("tessera_stream_batch_seconds", "Time to process a batch", self._batch)):
+            family = HistogramMetricFamily(name, doc)
+            family.add_metric([], hist.buckets(), sum_value=hist.sum)
+            yield family
