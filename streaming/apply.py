@@ -167,12 +167,12 @@ class ViewWriter:
             np.maximum.at(high, (entity[mask], part[mask]), offset[mask])
             at = np.searchsorted(pending, live)  # where each live entity is in `stored`
             live_tags = [tags[e] for e in live]
-            offsets = []
-            for e in live.tolist():
-                mine = dict(decoded[e])
-                for p in np.flatnonzero(high[e] > done[e]).tolist():
-                    mine[p] = int(high[e, p])
-                offsets.append(O.encode(self.topic, mine))
+            mine = {e: dict(decoded[e]) for e in live.tolist()}
+            moved_e, moved_p = np.nonzero(high > done)  # (entity, partition) pairs advanced
+            for e, p, o in zip(moved_e.tolist(), moved_p.tolist(),
+                               high[moved_e, moved_p].tolist(), strict=True):
+                mine[e][p] = o
+            offsets = [O.encode(self.topic, mine[e]) for e in live.tolist()]
             life = (None if self.cod.lifetime is None
                     else [stored.lifetime[i] for i in at.tolist()])
             merged = merge_batch(self.cod, live_tags, [stored.window[i] for i in at.tolist()],

@@ -122,6 +122,8 @@ class Fetcher(threading.Thread):
             if left <= 0:
                 break
             got = self.consumer.poll(timeout_ms=int(left * 1000) + 1, max_records=most - count)
+            if not got and not self.consumer.assignment():
+                time.sleep(min(0.05, max(left, 0)))  # poll returns at once without partitions
             for tp, recs in got.items():
                 out.setdefault(tp, []).extend(recs)
                 count += len(recs)
