@@ -155,10 +155,7 @@ class StreamConsumer:
             fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, fetch_min_bytes=1,
             fetch_max_wait_ms=min(100, self.settings.max_batch_ms), request_timeout_ms=30_000,
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
-            max_poll_interval_ms=300_000, client_id=f"tessera-stream-{self.group}",
-            # a topic created just before we subscribed may have no partitions in our first
-            # metadata: refresh often, or the group waits 5 minutes to assign them
-            metadata_max_age_ms=5_000)
+            max_poll_interval_ms=300_000, client_id=f"tessera-stream-{self.group}")
         consumer.subscribe(list(self.topics), listener=Listener())
         return consumer
 
