@@ -77,14 +77,9 @@ def plain_consume(bootstrap: str, topic: str, expected: int, *, timeout_s: float
 def main(argv: list[str] | None = None) -> None:
     from features.config import load_config
     from features.repo import load_definitions
+    from streaming.events import encode_events, encode_keys, event_order, generated_events
     from streaming.kafka_admin import delete_topic, end_offsets, ensure_topic
-    from streaming.produce import (
-        encode_events,
-        encode_keys,
-        event_order,
-        generated_events,
-        produce,
-    )
+    from streaming.produce import produce
     from streaming.produce_cmd import resolve_stream
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -322,7 +322,7 @@ def freshness(repo: Any, events: Any, rate: float, seconds: float) -> dict[str, 
     import numpy as np
     import polars as pl
 
-    from streaming import produce as P
+    from streaming import events as E
     from streaming.consumer import StreamConsumer
 
     n = int(rate * seconds)
@@ -367,7 +367,7 @@ def freshness(repo: Any, events: Any, rate: float, seconds: float) -> dict[str, 
     ts = pl.Series("event_ts", start_us + (np.arange(n) * (1e6 / rate)).astype(np.int64))
     frame = frame.with_columns(ts.cast(pl.Datetime("us", "UTC")))
     src = views[0].source
-    payloads, keys = P.encode_events(frame, src), P.encode_keys(frame, "user_id")
+    payloads, keys = E.encode_events(frame, src), E.encode_keys(frame, "user_id")
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     producer = ctx.Process(target=_produce_at, args=(repo.bootstrap, repo.topic, payloads, keys,

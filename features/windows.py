@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from features.errors import DefinitionError
 
@@ -54,6 +54,23 @@ def format_duration(us: int) -> str:
 def tile_index(t_us: int, tile_us: int) -> int:
     """Index of the epoch-aligned tile holding instant ``t_us``."""
     return t_us // tile_us
+
+
+def parse_instant(value: datetime | date | str | None) -> datetime | None:
+    """A datetime from a datetime, a date (its UTC midnight) or ISO text (None stays None).
+
+    Raises:
+        ValueError: text that is no ISO date or datetime; callers add which option it was.
+    """
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"expected an ISO date or datetime like 2026-01-05 or "
+                         f"2026-01-05T12:00:00Z, got {value!r}") from None
 
 
 def to_micros(t: datetime) -> int:

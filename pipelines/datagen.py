@@ -32,6 +32,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.windows import parse_instant
 from pipelines import _datagen_events as ev
 from pipelines import _datagen_model as model
 from pipelines.errors import PipelineError
@@ -332,16 +333,10 @@ class GenerateArgumentError(PipelineError, ValueError):
 
 
 def _parse_ts(value: datetime | date | str | None, name: str) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     try:
-        return datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise GenerateArgumentError(
-            f"{name}: expected an ISO date or datetime like 2025-01-06 or "
-            f"2025-01-27T00:00:00Z, got {value!r}") from None
+        return parse_instant(value)
+    except ValueError as e:
+        raise GenerateArgumentError(f"{name}: {e}") from None
 
 
 def _check_args(rows: int, out: Path, start: datetime, days: int, seed: int,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from features.definitions import FeatureView
@@ -46,7 +46,6 @@ class ApplyResult:
     skipped: int = 0  # events already applied (a replay)
     entities: int = 0  # entities written
     conflicts: int = 0  # compare-and-set retries
-    bad: list[Bad] = field(default_factory=list)
 
 
 def retention_us(view: FeatureView) -> int | None:

@@ -26,7 +26,8 @@ polars, kafka-python and rich are imported inside the functions, so importing th
 cheap (the CLI imports it).
 
 Example:
-    >>> from streaming.produce import encode_events, produce
+    >>> from streaming.events import encode_events
+    >>> from streaming.produce import produce
     >>> payloads = encode_events(df, transactions)                    # doctest: +SKIP
     >>> keys = [str(u).encode() for u in df["user_id"]]               # doctest: +SKIP
     >>> produce("127.0.0.1:9392", "transactions", payloads, keys, rate=1000)  # doctest: +SKIP
@@ -38,42 +39,10 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from streaming.events import (
-    DEFAULT_DAYS,
-    TIMESTAMP_FORMAT,
-    ProduceError,
-    ProduceWarning,
-    _first_line,
-    conform,
-    encode_events,
-    encode_keys,
-    event_order,
-    generated_events,
-    read_events_file,
-)
+from streaming.events import ProduceError, _first_line
 
-if TYPE_CHECKING:
-
-    pass
-
-__all__ = [
-    "DEFAULT_DAYS",
-    "DEFAULT_EVENTS",
-    "DEFAULT_PARTITIONS",
-    "TIMESTAMP_FORMAT",
-    "ProduceError",
-    "ProduceSummary",
-    "ProduceWarning",
-    "conform",
-    "encode_events",
-    "encode_keys",
-    "event_order",
-    "generated_events",
-    "produce",
-    "read_events_file",
-]
+__all__ = ["DEFAULT_EVENTS", "DEFAULT_PARTITIONS", "ProduceSummary", "produce"]
 
 DEFAULT_PARTITIONS = 6
 DEFAULT_EVENTS = 100_000

@@ -7,10 +7,11 @@ them in event-time order and sends them with :func:`streaming.produce.produce`.
 from __future__ import annotations
 
 import warnings
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from features.windows import parse_instant
 from streaming.events import (
     DEFAULT_DAYS,
     ProduceError,
@@ -99,15 +100,10 @@ def resolve_stream(defs: Definitions, topic: str | None = None, source: str | No
 
 
 def _parse_start(value: datetime | date | str | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     try:
-        return datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ProduceError(f"--start: expected an ISO date or datetime like 2026-01-05 or "
-                           f"2026-01-05T12:00:00Z, got {value!r}") from None
+        return parse_instant(value)
+    except ValueError as e:
+        raise ProduceError(f"--start: {e}") from None
 
 
 def produce_cli(cfg: RepoConfig, defs: Definitions, *, events: int | None = None,

@@ -21,6 +21,7 @@ def run_stream(cfg: RepoConfig, console: Console, user: int) -> None:
     from rich.table import Table
 
     from features.store import FeatureStore
+    from streaming import events as E
     from streaming import kafka_admin
     from streaming import produce as P
     from streaming.consumer import StreamConsumer, group_id
@@ -51,8 +52,8 @@ def run_stream(cfg: RepoConfig, console: Console, user: int) -> None:
         "event_ts": [now - timedelta(seconds=50 - 10 * i) for i in range(BURST)],
     })
     kafka_admin.ensure_topic(cfg.kafka.bootstrap_servers, topic)
-    sent = P.produce(cfg.kafka.bootstrap_servers, topic, P.encode_events(burst, source),
-                     P.encode_keys(burst, "user_id"))
+    sent = P.produce(cfg.kafka.bootstrap_servers, topic, E.encode_events(burst, source),
+                     E.encode_keys(burst, "user_id"))
     console.print(f"$ tessera produce ...   {sent.format()}", markup=False, soft_wrap=True)
     consumer = StreamConsumer(cfg, views, group=group_id(cfg, views, True))
     summary = consumer.run(until_idle_s=2.0, max_seconds=120, handle_signals=False)

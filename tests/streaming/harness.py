@@ -21,6 +21,7 @@ import polars as pl
 from features.config import RepoConfig, load_config
 from features.store import FeatureStore
 from pipelines.batch import run
+from streaming import events as E
 from streaming import kafka_admin as A
 from streaming import produce as P
 from tests.online.repo import REPO_ROOT, equal, historical, make_repo
@@ -44,7 +45,7 @@ class StreamRepo:
                           + (f"stream: {{{stream}}}\n" if stream else ""))
         shutil.move(str(folder / "data"), str(folder / "gen"))
         files = sorted(glob.glob(str(folder / "gen" / "**" / "*.parquet"), recursive=True))
-        self.events = P.event_order(pl.concat([pl.read_parquet(f) for f in files],
+        self.events = E.event_order(pl.concat([pl.read_parquet(f) for f in files],
                                               how="vertical_relaxed"), "event_ts")
         A.ensure_topic(bootstrap, self.topic, partitions)
 
@@ -59,8 +60,8 @@ class StreamRepo:
     def produce(self, events: pl.DataFrame | None = None) -> int:
         events = self.events if events is None else events
         src = self.views[0].source
-        P.produce(self.bootstrap, self.topic, P.encode_events(events, src),
-                  P.encode_keys(events, "user_id"))
+        P.produce(self.bootstrap, self.topic, E.encode_events(events, src),
+                  E.encode_keys(events, "user_id"))
         return events.height
 
     def produce_raw(self, payloads: list[bytes], keys: list[bytes | None]) -> None:

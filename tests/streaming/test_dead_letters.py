@@ -31,7 +31,7 @@ def repo(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> StreamRepo:
 def event(repo: StreamRepo, user: int, **change: object) -> dict:
     row = repo.events.head(1).with_columns(
         pl.lit(user).alias("user_id"), pl.lit(AT - timedelta(hours=2)).alias("event_ts"))
-    from streaming.produce import encode_events
+    from streaming.events import encode_events
 
     out = json.loads(encode_events(row, repo.views[0].source)[0])
     out.update(change)

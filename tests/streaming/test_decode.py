@@ -11,7 +11,7 @@ import pytest
 
 from features.repo import load_definitions
 from streaming.decode import JsonDecoder
-from streaming.produce import encode_events, generated_events
+from streaming.events import encode_events, generated_events
 from tests.conftest import REPO_ROOT
 
 

@@ -28,6 +28,15 @@ from features.definitions import Source
 from features.repo import load_definitions
 from streaming import kafka_admin
 from streaming import produce as produce_mod
+from streaming.events import (
+    ProduceError,
+    ProduceWarning,
+    encode_events,
+    encode_keys,
+    event_order,
+    generated_events,
+    read_events_file,
+)
 from streaming.kafka_admin import (
     KafkaAdminError,
     KafkaUnavailableError,
@@ -36,16 +45,7 @@ from streaming.kafka_admin import (
     ensure_topic,
     refuse_auto_create,
 )
-from streaming.produce import (
-    ProduceError,
-    ProduceWarning,
-    encode_events,
-    encode_keys,
-    event_order,
-    generated_events,
-    produce,
-    read_events_file,
-)
+from streaming.produce import produce
 from streaming.produce_cmd import produce_cli, resolve_stream
 from tests.conftest import REPO_ROOT
 
