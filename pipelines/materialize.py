@@ -258,7 +258,11 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     project = cfg.project
     state_key = K.state_key(project, view.name, fp)
     state_text = online.get_text(state_key)
-    before = json.loads(state_text)["partitions"] if state_text else None
+    state = json.loads(state_text) if state_text else None
+    before = state["partitions"] if state else None
+    # Values are exact for reads at or after the latest instant any run pruned tiles at
+    # (pipelines.consistency reads it): the max of every run's now.
+    at_us = max(now_us, (state or {}).get("at_us", now_us))
     forced: set[str] = set()
     if start is not None or end is not None:
         first = _as_day(start, "--start") if start is not None else date.min
@@ -279,7 +283,8 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
         entities = changed_entities(_Reader(view, base, manifest, None), summary.days)
         if entities is None or entities.num_rows == 0:
             online.set_text(state_key, json.dumps({"version": manifest.version,
-                                                   "partitions": manifest.partitions}))
+                                                   "partitions": manifest.partitions,
+                                                   "at_us": at_us}))
             summary.seconds = time.perf_counter() - started
             return summary
     elif forced:
@@ -294,7 +299,7 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                 if t not in have]
     written, deleted = _write(online, project, view, fp, cod, values, gone, now_us, progress)
     online.set_text(state_key, json.dumps({"version": manifest.version,
-                                           "partitions": manifest.partitions}))
+                                           "partitions": manifest.partitions, "at_us": at_us}))
     summary.entities = values.entities
     summary.keys_written, summary.keys_deleted = written, deleted
     summary.seconds = time.perf_counter() - started
