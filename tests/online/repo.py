@@ -7,7 +7,6 @@ never meet another test's.
 
 from __future__ import annotations
 
-import math
 import shutil
 import uuid
 import warnings
@@ -19,6 +18,7 @@ import polars as pl
 from features.config import load_config
 from features.store import FeatureStore
 from pipelines.batch import run
+from pipelines.consistency import equal as equal  # DESIGN.md's rule; tests import it here
 from pipelines.datagen import GenSpec, write_parquet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,13 +56,6 @@ def build(folder: Path, redis_url: str, **kwargs) -> FeatureStore:
     store = FeatureStore(config=cfg)
     run(cfg, list(store.definitions.views.values()), "polars", show_progress=False)
     return store
-
-
-def equal(function: str, a, b) -> bool:
-    """DESIGN.md's equality rule: exact, except floating sums, means and stddevs (1e-9)."""
-    if isinstance(a, float) and isinstance(b, float) and function in ("sum", "mean", "stddev"):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b and type(a) is type(b)
 
 
 def historical(store: FeatureStore, view: str, key: str, keys: list[int], at) -> dict:
