@@ -323,6 +323,24 @@ def serve_cmd(
           console=_error_console())
 
 
+@app.command("check-consistency")
+@_friendly
+def check_consistency_cmd(
+    view: Annotated[list[str] | None, typer.Option("--view", help="Only this view (repeat).")]
+    = None,
+    sample: Annotated[int, typer.Option(min=1, help="Entity keys per view (plus two never "
+                                        "seen), each read at 6 instants.")] = 200,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same keys and instants "
+                                             "(default: random, printed).")] = None,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Compare online (Redis) and offline (tiles) values at sampled keys and instants; exit 1
+    on any difference, 2 when a view could not be checked."""
+    from pipelines.consistency import check_repo
+
+    raise typer.Exit(check_repo(_config(repo), _console(), view, sample, seed))
+
+
 @app.command("demo")
 @_friendly
 def demo(repo: RepoOpt = DEFAULT_REPO) -> None:
