@@ -226,7 +226,7 @@ def check_consistency(store: FeatureStore, views: Sequence[str] | None = None, *
     """
     import numpy as np
 
-    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
     rng = np.random.default_rng(seed)
     since_us = since if since is None or isinstance(since, int) else to_micros(since)
     checks = [check_view(store, v, sample=sample, rng=rng, instants=instants, since_us=since_us)
