@@ -47,6 +47,11 @@ class OfflineConfig(_Model):
 
     type: Literal["parquet"] = "parquet"
     path: Path = Field(Path(".tessera/offline"), description="Root folder of the Parquet tiles.")
+    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+                              description="DuckDB's memory limit for exports and reads; past "
+                                          "it DuckDB spills to spill_path.")
+    spill_path: Path = Field(Path(".tessera/spill"),
+                             description="Where DuckDB spills what does not fit in memory.")
 
 
 class OnlineConfig(_Model):

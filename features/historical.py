@@ -4,18 +4,22 @@ Given feature views and rows of (entity keys, timestamp) — in any order, with 
 :func:`get_historical_features` returns every feature's value at each row's timestamp, exactly as
 DESIGN.md defines it, from the tiles either batch engine wrote:
 
-- a windowed feature at ``t`` merges the stored tiles ``i(t) - w/s < i < i(t)`` (the tail) with
-  the exact layer's instants in ``[i(t)·s, t]`` (the current tile, exactly up to ``t``);
+- a windowed feature at ``t`` merges the events of the key with ``i(e) > i(t) - w/s`` and
+  ``e <= t``: counts, sums, means and standard deviations as differences of running partials
+  over the exact layer read with ASOF joins, min and max from the tail tiles plus the current
+  tile's exact instants (see :mod:`features.pit_sql`);
 - a plain feature is the latest non-null value among the instants in ``[t - ttl, t]``;
 - nothing after ``t`` is ever read, so no value from the future leaks.
 
 A read over days the view's current rules never computed is an error (:class:`UncoveredError`)
 unless ``allow_uncovered``: "never computed" must not read like "no activity".
 
-DuckDB runs it as one SQL statement over the Parquet files the newest manifests list, so inputs
-larger than memory still work. The merge and finalize rules are the SQL spelling of
-:func:`features.tiles.merge` and :func:`features.tiles.finalize`. Floating sums are ordered
-aggregates, so reading the same state twice gives the same bits whatever DuckDB's threads do.
+DuckDB runs it as one SQL statement over the Parquet files the manifests list, out of core (a
+memory limit and a spill folder can be set), so inputs larger than memory still work. Integer
+results are exact; floating sums, means and standard deviations agree with
+:func:`features.tiles.merge` and :func:`features.tiles.finalize` within DESIGN.md's relative
+1e-9, and reading the same state twice gives the same bits (every running sum has a total
+order).
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from features import entity_rows as er
 from features import offline_store
 from features.definitions import Feature, FeatureView
 from features.errors import OfflineStoreError, UncoveredError
-from features.sql import file_list as _files_sql
+from features.pit_sql import floor_sql, view_plan
 from features.sql import quote as _q
-from features.tiles import EXACT_TILE_US, Input, Layout, layout
-from features.windows import US_PER_UNIT, Window
+from features.tiles import EXACT_TILE_US, layout
+from features.windows import US_PER_UNIT
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,114 +69,6 @@ class _Names:
     def t(self) -> str:
         return f"{self.prefix}_t"
 
-    @property
-    def layer(self) -> str:
-        return f"{self.prefix}_layer"
-
-    def mean(self, k: int) -> str:
-        return f"{self.prefix}_mean{k}"
-
-
-def _floor(expr: str, size: int) -> str:
-    """floor(expr / size) on BIGINTs (DuckDB's ``//`` truncates toward zero)."""
-    return f"(({expr}) - ((({expr}) % {size}) + {size}) % {size}) // {size}"
-
-
-def _order(n: _Names, *columns: str) -> str:
-    """A total order of a request's partial rows: rows that tie hold equal values."""
-    return " ORDER BY " + ", ".join([f"p.{_q(n.layer)}", "p.tile", *(f"p.{c}" for c in columns)])
-
-
-def _merge_selects(lay: Layout, features: Sequence[Feature], n: _Names) -> list[str]:
-    """Aggregates over partial rows (alias ``p``) giving each feature's merged value."""
-    out = []
-    for f in features:
-        inp = lay.input_of(f)
-        name = _q(f.name)
-        if inp is None:
-            out.append(f"sum(p.n)::BIGINT AS {name}")
-            continue
-        c, s, q = inp.column("c"), inp.column("s"), inp.column("q")
-        fn = f.function
-        if fn == "count":
-            out.append(f"sum(p.{c})::BIGINT AS {name}")
-        elif fn == "sum" and inp.dtype == "int64":
-            out.append(f"sum(p.{s})::BIGINT AS {name}")
-        elif fn == "sum":
-            out.append(f"sum(p.{s}{_order(n, s)})::DOUBLE AS {name}")
-        elif fn == "mean":
-            out.append(f"sum(p.{s}::DOUBLE{_order(n, s)}) / nullif(sum(p.{c}), 0) AS {name}")
-        elif fn == "stddev":
-            dev = (f"CASE WHEN p.{c} > 0 THEN p.{c} * power(p.{s}::DOUBLE / p.{c} - "
-                   f"p.{_q(n.mean(inp.index))}, 2) ELSE 0 END")
-            m2 = f"sum(p.{q}{_order(n, s, q)}) + sum({dev}{_order(n, s, q)})"
-            out.append(f"CASE WHEN sum(p.{c}) >= 2 THEN sqrt(greatest({m2}, 0) / "
-                       f"(sum(p.{c}) - 1)) END AS {name}")
-        elif fn == "min":
-            out.append(f"min(p.{inp.column('lo')}) AS {name}")
-        elif fn == "max":
-            out.append(f"max(p.{inp.column('hi')}) AS {name}")
-        else:
-            out.append(_last_sql(inp, name))
-    return out
-
-
-def _last_sql(inp: Input, name: str) -> str:
-    value, at, seq = inp.column("l"), inp.column("lt"), inp.column("ls")
-    return (f"arg_max(p.{value}, {{'t': p.{at}, 'q': p.{seq}}}) FILTER (WHERE p.{value} IS NOT NULL) "
-            f"AS {name}")
-
-
-def _mean_columns(lay: Layout, features: Sequence[Feature], n: _Names) -> str:
-    """Window columns with each stddev input's grand mean, for the two-pass M2 merge."""
-    cols = []
-    inputs = {lay.input_of(f) for f in features if f.function == "stddev"}
-    for inp in sorted((i for i in inputs if i is not None), key=lambda i: i.index):
-        c, s = inp.column("c"), inp.column("s")
-        frame = (f"PARTITION BY {_q(n.rid)} ORDER BY {_q(n.layer)}, tile, {s} "
-                 f"ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING")
-        cols.append(f", sum({s}::DOUBLE) OVER ({frame}) / nullif(sum({c}) OVER ({frame}), 0) "
-                    f"AS {_q(n.mean(inp.index))}")
-    return "".join(cols)
-
-
-def _key_join(view: FeatureView) -> str:
-    return " AND ".join(f"p.{_q(k)} = r.{_q(k)}" for k in view.join_keys)
-
-
-def _window_cte(view: FeatureView, lay: Layout, window: Window, features: Sequence[Feature],
-                tile_files: list[str], exact_files: list[str], n: _Names) -> str:
-    size = window.tile_us
-    t = f"r.{_q(n.t)}"
-    ti = _floor(t, size)
-    parts = []
-    if tile_files:
-        lower = "" if window.tiles is None else f" AND p.tile > {ti} - {window.tiles}"
-        parts.append(f"SELECT r.{_q(n.rid)}, 0 AS {_q(n.layer)}, p.* FROM req r JOIN "
-                     f"read_parquet({_files_sql(tile_files)}) p "
-                     f"ON {_key_join(view)} AND p.tile < {ti}{lower}")
-    if exact_files:
-        parts.append(f"SELECT r.{_q(n.rid)}, 1 AS {_q(n.layer)}, p.* FROM req r JOIN "
-                     f"read_parquet({_files_sql(exact_files)}) p "
-                     f"ON {_key_join(view)} AND p.tile >= ({ti}) * {size} AND p.tile <= {t}")
-    if not parts:
-        return ""
-    union = " UNION ALL BY NAME ".join(parts)
-    selects = ", ".join(_merge_selects(lay, features, n))
-    return (f"SELECT p.{_q(n.rid)}, {selects} FROM (SELECT *{_mean_columns(lay, features, n)} "
-            f"FROM ({union})) p GROUP BY p.{_q(n.rid)}")
-
-
-def _plain_cte(view: FeatureView, lay: Layout, features: Sequence[Feature], ttl_us: int | None,
-               exact_files: list[str], n: _Names) -> str:
-    if not exact_files:
-        return ""
-    t = f"r.{_q(n.t)}"
-    lower = "" if ttl_us is None else f" AND p.tile >= {t} - {ttl_us}"
-    selects = ", ".join(_last_sql(lay.input_of(f), _q(f.name)) for f in features)  # type: ignore[arg-type]
-    return (f"SELECT r.{_q(n.rid)}, {selects} FROM req r JOIN read_parquet("
-            f"{_files_sql(exact_files)}) p ON {_key_join(view)} AND p.tile <= {t}{lower} "
-            f"GROUP BY r.{_q(n.rid)}")
 
 
 def _empty_value(view: FeatureView, f: Feature, column: str) -> str:
@@ -196,7 +92,7 @@ def _need_start_sql(view: FeatureView, features: Sequence[Feature], t: str) -> s
             return None
         else:
             s = f.window.tile_us
-            starts.append(f"({_floor(t, s)} - {f.window.tiles - 1}) * {s}")
+            starts.append(f"({floor_sql(t, s)} - {f.window.tiles - 1}) * {s}")
     return f"least({', '.join(starts)})" if len(starts) > 1 else starts[0]
 
 
@@ -215,7 +111,7 @@ def check_coverage(con: Any, view: FeatureView, features: Sequence[Feature],
     if start is None:  # lifetime: every day up to t, from the source's very first event
         start = str((date.min - epoch).days * DAY_US)
     con.execute(f"CREATE OR REPLACE TEMP TABLE need AS SELECT {_q(n.rid)} AS rid, "
-                f"{_floor(start, DAY_US)} AS lo, {_floor(t, DAY_US)} AS hi FROM req")
+                f"{floor_sql(start, DAY_US)} AS lo, {floor_sql(t, DAY_US)} AS hi FROM req")
     lo, hi, total = _one(con, "SELECT min(lo), max(hi), count(*) FROM need")
     if hi is None:
         return
@@ -245,6 +141,46 @@ def check_coverage(con: Any, view: FeatureView, features: Sequence[Feature],
     warnings.warn(message, stacklevel=3)
 
 
+@dataclass
+class PointInTimeRead:
+    """A planned point-in-time read: one DuckDB statement and what it reads.
+
+    ``sql`` yields the entity rows in their order with one column per feature; run it with
+    :meth:`to_arrow` or write it straight to Parquet with :meth:`to_parquet` (out of core).
+    """
+
+    con: Any
+    sql: str
+    manifests: dict[str, offline_store.Manifest]  # view name -> the version read
+    rows: int
+    time_range_us: tuple[int, int] | None  # the entity rows' first and last instant
+    outputs: list[tuple[FeatureView, Feature, str]]  # (view, feature, output column)
+
+    def to_arrow(self) -> pa.Table:
+        return self._run(lambda: self.con.sql(self.sql).to_arrow_table())
+
+    def to_parquet(self, path: Path) -> None:
+        """Write the result to ``path`` (DuckDB's writer; deterministic for the same inputs)."""
+        target = str(path).replace("'", "''")
+        self._run(lambda: self.con.execute(
+            f"COPY ({self.sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd, "
+            f"ROW_GROUP_SIZE 122880)"))
+
+    def _run(self, fn: Any) -> Any:
+        import duckdb
+
+        try:
+            return fn()
+        except duckdb.IOException as e:
+            first = str(e).splitlines()[0]
+            if "No space left" in first or "temp" in first.lower():
+                raise OfflineStoreError(f"the point-in-time read could not spill to disk: "
+                                        f"{first}") from None
+            raise OfflineStoreError(f"offline files listed by a manifest could not be read "
+                                    f"(removed by a writer while this read ran?): "
+                                    f"{first}") from None
+
+
 def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path,
                             *, timestamp_field: str = "event_ts",
                             full_feature_names: bool = False,
@@ -271,19 +207,39 @@ def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offl
         UncoveredError: rows need days never computed (and ``allow_uncovered`` is False).
         EntityRowsError: the entity rows are malformed (named column, expected type).
     """
+    return plan_read(views, entity_rows, offline_path, timestamp_field=timestamp_field,
+                     full_feature_names=full_feature_names,
+                     allow_uncovered=allow_uncovered).to_arrow()
+
+
+def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path, *,
+              timestamp_field: str = "event_ts", full_feature_names: bool = False,
+              allow_uncovered: bool = False, versions: dict[str, int] | None = None,
+              only: Sequence[tuple[str, str]] | None = None,
+              memory_limit: str | None = None, temp_directory: Path | None = None,
+              ) -> PointInTimeRead:
+    """Check the rows, pick each view's manifest (the newest, or ``versions[view]``), plan SQL.
+
+    ``only`` lists the (view, feature) pairs to compute, in output order (default: every
+    feature of every view, in definition order).
+
+    ``memory_limit`` and ``temp_directory`` bound DuckDB: past the limit it spills there.
+    """
     import duckdb
     import pyarrow as pa
 
     outputs: list[tuple[FeatureView, Feature, str]] = []
     seen: set[str] = set()
-    for view in views:
-        for f in view.features:
-            out = f"{view.name}__{f.name}" if full_feature_names else f.name
-            if out in seen:
-                raise OfflineStoreError(f"feature name {out!r} appears in two views; pass "
-                                        f"full_feature_names=True")
-            seen.add(out)
-            outputs.append((view, f, out))
+    by_name = {v.name: v for v in views}
+    pairs = ([(v, f) for v in views for f in v.features] if only is None
+             else [(by_name[v], by_name[v].feature(f)) for v, f in only])
+    for view, f in pairs:
+        out = f"{view.name}__{f.name}" if full_feature_names else f.name
+        if out in seen:
+            raise OfflineStoreError(f"feature name {out!r} appears twice; pass "
+                                    f"full_feature_names=True")
+        seen.add(out)
+        outputs.append((view, f, out))
     keys = {k: (e.dtype, f"feature view {v.name!r}")
             for v in views for e, k in zip(v.entities, v.join_keys, strict=True)}
     rows = er.check(entity_rows, timestamp_field=timestamp_field, keys=keys,
@@ -292,57 +248,54 @@ def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offl
     table = rows.table.append_column(n.rid, pa.array(range(rows.table.num_rows), pa.int64()))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if temp_directory is not None:
+        temp_directory.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{str(temp_directory).replace(chr(39), chr(39) * 2)}'")
+    con.execute("SET preserve_insertion_order = true")
     con.register("req_in", table)
     con.register("req_t", pa.table({n.rid: table.column(n.rid), n.t: rows.times_us}))
     key_cols = "".join(f", i.{_q(k)}" for k in keys)
     con.execute(f"CREATE TEMP TABLE req AS SELECT t.*{key_cols} FROM req_t t "
                 f"JOIN req_in i USING ({_q(n.rid)})")
-    ctes, columns = [], []
+    lo, hi = _one(con, f"SELECT min({_q(n.t)}), max({_q(n.t)}) FROM req")
+    ctes: list[str] = []
+    columns: list[tuple[str, str | None, str]] = []
+    manifests: dict[str, offline_store.Manifest] = {}
     for view in views:
         lay = layout(view)
-        manifest = offline_store.latest(offline_path, view.name, view.fingerprint())
+        if versions is not None and view.name in versions:
+            manifest = offline_store.at_version(offline_path, view.name, view.fingerprint(),
+                                                versions[view.name])
+        else:
+            manifest = offline_store.latest(offline_path, view.name, view.fingerprint())
         if manifest is None:
             raise OfflineStoreError(
                 f"feature view {view.name!r}: nothing in the offline store at {offline_path} "
                 f"for its current rules (fingerprint {view.fingerprint()[:16]}); run "
                 f"`tessera run --view {view.name}` first")
-        check_coverage(con, view, view.features, manifest, n, allow_uncovered=allow_uncovered)
+        manifests[view.name] = manifest
+        wanted = [f for v, f, _ in outputs if v is view]
+        check_coverage(con, view, wanted, manifest, n, allow_uncovered=allow_uncovered)
         base = offline_store.view_dir(offline_path, view.name, view.fingerprint())
         files = {size: [str(base / f) for f in manifest.files(size)]
                  for size in (EXACT_TILE_US, *view.tile_sizes())}
-        groups: list[tuple[str, str, list[Feature]]] = []
-        by_ttl: dict[int | None, list[Feature]] = {}
-        for f in view.features:
-            if f.plain:
-                by_ttl.setdefault(view.feature_ttl_us(f), []).append(f)
-        for i, (ttl, feats) in enumerate(by_ttl.items()):
-            groups.append((f"{n.prefix}_{view.name}_ttl{i}",
-                           _plain_cte(view, lay, feats, ttl, files[EXACT_TILE_US], n), feats))
-        for i, window in enumerate(view.windows()):
-            feats = [f for f in view.features if f.window == window]
-            groups.append((f"{n.prefix}_{view.name}_w{i}", _window_cte(
-                view, lay, window, feats, files[window.tile_us], files[EXACT_TILE_US], n),
-                feats))
-        by_feature: dict[str, tuple[str | None, str]] = {}
-        for cte_name, sql, feats in groups:
-            alias = _q(cte_name)
-            if sql:
-                ctes.append(f"{alias} AS ({sql})")
-            for f in feats:
-                out = f"{view.name}__{f.name}" if full_feature_names else f.name
-                column = f"{alias}.{_q(f.name)}" if sql else "NULL"
-                typed = (f"CAST({_empty_value(view, f, column)} AS "
-                         f"{_SQL_TYPES[view.output_dtype(f)]})")
-                by_feature[f.name] = (alias if sql else None, f"{typed} AS {_q(out)}")
-        columns += [by_feature[f.name] for f in view.features]  # in definition order
+        plan = view_plan(view, lay, wanted, files, EXACT_TILE_US, n.prefix, n.rid, n.t)
+        ctes += [f"{_q(name)} AS {'MATERIALIZED ' if name in plan.shared else ''}({sql})"
+                 for name, sql in plan.ctes]
+        for f in wanted:
+            alias, column = plan.columns[f.name]
+            out = f"{view.name}__{f.name}" if full_feature_names else f.name
+            typed = f"CAST({_empty_value(view, f, column)} AS {_SQL_TYPES[view.output_dtype(f)]})"
+            columns.append((out, _q(alias) if alias and column != "NULL" else None,
+                            f"{typed} AS {_q(out)}"))
+    order = {out: i for i, (_, _, out) in enumerate(outputs)}
+    columns.sort(key=lambda c: order[c[0]])
     joins = "".join(f" LEFT JOIN {alias} USING ({_q(n.rid)})"
-                    for alias in dict.fromkeys(a for a, _ in columns if a))
-    select = ", ".join([f"req_in.* EXCLUDE ({_q(n.rid)})"] + [c for _, c in columns])
+                    for alias in dict.fromkeys(a for _, a, _ in columns if a))
+    select = ", ".join([f"req_in.* EXCLUDE ({_q(n.rid)})"] + [c for _, _, c in columns])
     with_clause = ("WITH " + ", ".join(ctes) + " ") if ctes else ""
     sql = f"{with_clause}SELECT {select} FROM req_in{joins} ORDER BY req_in.{_q(n.rid)}"
-    try:
-        return con.sql(sql).to_arrow_table()
-    except duckdb.IOException as e:
-        raise OfflineStoreError(f"offline files listed by a manifest could not be read (removed "
-                                f"by a writer while this read ran?): "
-                                f"{str(e).splitlines()[0]}") from None
+    return PointInTimeRead(con, sql, manifests, table.num_rows,
+                           None if lo is None else (int(lo), int(hi)), outputs)

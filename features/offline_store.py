@@ -215,6 +215,20 @@ def latest(root: Path, view: str, fingerprint: str) -> Manifest | None:
     raise OfflineStoreError(f"{folder}: manifests keep changing under the reader")
 
 
+def at_version(root: Path, view: str, fingerprint: str, version: int) -> Manifest:
+    """A given manifest version (what an export read), or a clear error if it was collected."""
+    path = view_dir(root, view, fingerprint) / "_manifest" / f"{version:010d}.json"
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        newest = latest(root, view, fingerprint)
+        raise OfflineStoreError(
+            f"feature view {view!r}: offline manifest version {version} (fingerprint "
+            f"{fingerprint[:16]}) is gone from {path.parent} (garbage-collected; the newest is "
+            f"{'none' if newest is None else newest.version}); the exact inputs cannot be "
+            f"read again") from None
+
+
 def _read(path: Path) -> Manifest:
     try:
         data = json.loads(path.read_text())

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from features.online.redis_store import RedisOnline
+    from pipelines.export import RetrievalJob
 
 _ARROW_TYPES = {"int64": "int64", "float64": "float64", "bool": "bool_", "string": "string"}
 _PLAN_CACHE_SIZE = 256
@@ -164,20 +165,25 @@ class FeatureStore:
     def get_historical_features(self, entity_df: Any, features: Sequence[str] | None = None, *,
                                 feature_service: str | None = None,
                                 full_feature_names: bool = False,
-                                allow_uncovered: bool = False) -> pa.Table:
-        """Point-in-time values of the features' views at each entity row's timestamp."""
-        from features.historical import get_historical_features
+                                allow_uncovered: bool = False,
+                                timestamp_field: str = "event_ts") -> RetrievalJob:
+        """Point-in-time values of the features at each entity row's timestamp (a training set).
 
-        pairs = resolve(self.definitions, features, feature_service)
-        views = list({v.name: v for v, _ in pairs}.values())
-        wanted = [f"{v.name}__{f.name}" if full_feature_names else f.name for v, f in pairs]
-        table = get_historical_features(views, entity_df,
-                                        self.config.resolve(self.config.offline.path),
-                                        full_feature_names=full_feature_names,
-                                        allow_uncovered=allow_uncovered)
-        extra = {f"{v.name}__{f.name}" if full_feature_names else f.name
-                 for v in views for f in v.features} - set(wanted)
-        return table.drop_columns([c for c in table.column_names if c in extra])
+        Args:
+            entity_df: join keys, ``timestamp_field`` and any label columns (all kept, in
+                order): a pandas/Polars DataFrame, a pyarrow Table, or a Parquet/CSV path.
+            features: ``["view:feature", ...]``; or give ``feature_service``.
+
+        Returns:
+            A job: ``to_df()``, ``to_arrow()``, or ``to_parquet(path)`` (out of core, with a
+            manifest beside the file). Nothing is computed until one is called.
+        """
+        from pipelines.export import RetrievalJob
+
+        return RetrievalJob.plan(self.config, self.definitions, entity_df, features=features,
+                                 feature_service=feature_service,
+                                 full_feature_names=full_feature_names,
+                                 allow_uncovered=allow_uncovered, timestamp_field=timestamp_field)
 
     def close(self) -> None:
         if self._online is not None:

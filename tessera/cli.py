@@ -217,6 +217,38 @@ def materialize_cmd(
     materialize_repo(_config(repo), _console(), start, end, view)
 
 
+@app.command("export")
+@_friendly
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", help="The training set to write (Parquet); its "
+                                      "manifest goes beside it as NAME.manifest.json.")],
+    entities: Annotated[Path | None, typer.Option(
+        "--entities", help="Entity rows (Parquet or CSV): join keys, a timestamp and any label "
+        "columns, all kept in order.")] = None,
+    features: Annotated[str | None, typer.Option(
+        "--features", help="view:feature,view:feature,...")] = None,
+    feature_service: Annotated[str | None, typer.Option("--feature-service")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="Re-run the export this manifest describes (same rows, features "
+        "and offline versions): the same bytes.")] = None,
+    timestamp_field: Annotated[str, typer.Option(help="The entity rows' time column.")]
+    = "event_ts",
+    full_feature_names: Annotated[bool, typer.Option(help="Name columns view__feature.")]
+    = False,
+    allow_uncovered: Annotated[bool, typer.Option(
+        help="Read days never computed as empty (with a warning) instead of failing.")] = False,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Write a point-in-time-correct training set and its manifest."""
+    from tessera.commands import export_training_set
+
+    export_training_set(_config(repo), _console(), out=out, entities=entities,
+                        features=features, feature_service=feature_service, manifest=manifest,
+                        timestamp_field=timestamp_field, full_feature_names=full_feature_names,
+                        allow_uncovered=allow_uncovered, command=" ".join(["tessera",
+                                                                          *sys.argv[1:]]))
+
+
 @app.command("stream")
 @_friendly
 def stream_cmd(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from features.config import RepoConfig
     from features.repo import Definitions
     from pipelines.batch import RunSummary
+    from pipelines.export import ExportSummary
     from pipelines.materialize import MaterializeSummary
     from streaming.consumer import StreamSummary
     from streaming.produce import ProduceSummary
@@ -90,6 +91,39 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
                       f"{m.rate:,.0f}")
     console.print(table)
     return summaries
+
+
+def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
+                        entities: Path | None, features: str | None,
+                        feature_service: str | None, manifest: Path | None,
+                        timestamp_field: str, full_feature_names: bool, allow_uncovered: bool,
+                        command: str) -> ExportSummary:
+    """``tessera export``: a training set and its manifest (or a manifest's export again)."""
+    from pipelines.export import ExportError, RetrievalJob, reproduce
+
+    defs = load_valid(cfg)
+    if manifest is not None:
+        if entities is not None or features or feature_service:
+            raise ExportError("--manifest gives the entity rows and features; do not also pass "
+                              "--entities, --features or --feature-service")
+        job = reproduce(cfg, defs, manifest)
+    else:
+        if entities is None:
+            raise ExportError("--entities is required (or --manifest to re-run an export)")
+        if not entities.exists():
+            raise ExportError(f"--entities {str(entities)!r}: no such file")
+        refs = None if features is None else [r.strip() for r in features.split(",") if r.strip()]
+        job = RetrievalJob.plan(cfg, defs, entities, features=refs,
+                                feature_service=feature_service,
+                                full_feature_names=full_feature_names,
+                                allow_uncovered=allow_uncovered, timestamp_field=timestamp_field)
+    with console.status(f"exporting {job.read.rows:,} rows × {len(job.refs)} features"):
+        summary = job.to_parquet(out, command=command)
+    nulls = sum(summary.nulls.values())
+    console.print(f"wrote {summary.out} ({summary.rows:,} rows, {summary.features} features, "
+                  f"{nulls:,} null values) in {summary.seconds:.1f} s")
+    console.print(f"manifest: {summary.manifest}")
+    return summary
 
 
 def stream_repo(cfg: RepoConfig, console: Console, views: list[str] | None, *,
