@@ -56,17 +56,30 @@ def _keys(view: FeatureView, a: str, b: str) -> str:
     return " AND ".join(f"{a}.{_q(k)} = {b}.{_q(k)}" for k in view.join_keys)
 
 
-def _stddev_inputs(lay: Layout, features: Sequence[Feature]) -> list[Input]:
-    found = {lay.input_of(f) for f in features if f.function == "stddev"}
-    return sorted((i for i in found if i is not None), key=lambda i: i.index)
+# Running sums of doubles are split into an exact fixed-point part (HUGEINT multiples of 2^-32)
+# and a tiny remainder, so a window's sum, the difference of two running sums, keeps ~1 ulp
+# however large the key's history has grown (a plain double difference loses eps·|history|).
+_SCALE = "4294967296.0"  # 2^32
+_FIXED_MAX = "9.2e18"  # |x| below 2^63: x·2^32 < 2^95, and 2^32 rows of it fit a HUGEINT
 
 
-def _prefix_sql(view: FeatureView, lay: Layout, features: Sequence[Feature],
+def _split(expr: str, name: str) -> list[str]:
+    """Per-row columns ``f<name>`` (exact fixed-point part) and ``r<name>`` (the remainder)."""
+    fixed = (f"CASE WHEN abs({expr}) < {_FIXED_MAX} THEN round(({expr}) * {_SCALE})::HUGEINT "
+             f"ELSE 0::HUGEINT END")
+    return [f"{fixed} AS f{name}", f"({expr}) - ({fixed})::DOUBLE / {_SCALE} AS r{name}"]
+
+
+NEEDS = {"count": {"c"}, "sum": {"s"}, "mean": {"c", "s"}, "stddev": {"c", "d", "e"},
+         "min": {"lo"}, "max": {"hi"}, "last": {"l"}}  # running partials each function reads
+
+
+def _prefix_sql(view: FeatureView, lay: Layout, wanted: dict[int, set[str]],
                 exact_files: list[str]) -> str:
     """Running partials over each key's instants (the ``pre`` table)."""
     keys = ", ".join(_q(k) for k in view.join_keys)
     frame = f"OVER (PARTITION BY {keys} ORDER BY tile ROWS UNBOUNDED PRECEDING)"
-    stds = _stddev_inputs(lay, features)
+    stds = [i for i in lay.inputs if "d" in wanted.get(i.index, ())]
     inner = f"SELECT * FROM read_parquet({_files_sql(exact_files)}, hive_partitioning = false)"
     if stds:  # the key's reference K: its first mean in time (deterministic, near its values)
         refs = ", ".join(
@@ -75,27 +88,25 @@ def _prefix_sql(view: FeatureView, lay: Layout, features: Sequence[Feature],
             f"UNBOUNDED FOLLOWING) AS k{i.index}" for i in stds)
         inner = f"SELECT *, {refs} FROM ({inner})"
     cols = [f"sum(n) {frame} AS pn"]
-    wanted: dict[int, set[str]] = {}
-    for f in features:
-        inp = lay.input_of(f)
-        if inp is None:
-            continue
-        need = wanted.setdefault(inp.index, set())
-        need.update({"count": {"c"}, "sum": {"s"}, "mean": {"c", "s"},
-                     "stddev": {"c", "d", "e"}, "min": {"lo"}, "max": {"hi"},
-                     "last": {"l"}}[f.function])
+    per_row: list[str] = []
     for inp in lay.inputs:
         need = wanted.get(inp.index, set())
-        c, s, q = inp.column("c"), inp.column("s"), inp.column("q")
+        c, s, q, i = inp.column("c"), inp.column("s"), inp.column("q"), inp.index
+        exact_ints = inp.dtype in ("int64", "bool")
         if "c" in need:
             cols.append(f"sum({c}) {frame} AS p{c}")
-        if "s" in need:
+        if "s" in need and exact_ints:
             cols.append(f"sum({s}) {frame} AS p{s}")
+        elif "s" in need:
+            per_row += _split(f"coalesce({s}, 0.0)", s)
+            cols += [f"sum(f{s}) {frame} AS pf{s}", f"sum(r{s}) {frame} AS pr{s}"]
         if "d" in need:
-            dev = f"({s}::DOUBLE - {c} * k{inp.index})"
-            cols.append(f"coalesce(sum({dev}) {frame}, 0.0) AS pd{inp.index}")
-            cols.append(f"coalesce(sum(CASE WHEN {c} > 0 THEN {q} + {dev} * {dev} / {c} "
-                        f"ELSE 0 END) {frame}, 0.0) AS pe{inp.index}")
+            dev = f"coalesce({s}::DOUBLE - {c} * k{i}, 0.0)"
+            per_row += _split(dev, f"d{i}")
+            per_row += _split(f"CASE WHEN {c} > 0 THEN {q} + {dev} * {dev} / {c} ELSE 0.0 END",
+                              f"e{i}")
+            cols += [f"sum(fd{i}) {frame} AS pfd{i}", f"sum(rd{i}) {frame} AS prd{i}",
+                     f"sum(fe{i}) {frame} AS pfe{i}", f"sum(re{i}) {frame} AS pre{i}"]
         if "lo" in need:
             cols.append(f"min({inp.column('lo')}) {frame} AS p{inp.column('lo')}")
         if "hi" in need:
@@ -105,6 +116,8 @@ def _prefix_sql(view: FeatureView, lay: Layout, features: Sequence[Feature],
             cols.append(f"last_value({value} IGNORE NULLS) {frame} AS p{value}")
             cols.append(f"last_value(CASE WHEN {value} IS NOT NULL THEN tile END IGNORE NULLS) "
                         f"{frame} AS pt{value}")
+    if per_row:
+        inner = f"SELECT *, {', '.join(per_row)} FROM ({inner})"
     return f"SELECT {keys}, tile AS at, {', '.join(cols)} FROM ({inner})"
 
 
@@ -112,6 +125,12 @@ def _diff(end: str, start: str | None, column: str) -> str:
     if start is None:
         return f"coalesce({end}.{column}, 0)"
     return f"(coalesce({end}.{column}, 0) - coalesce({start}.{column}, 0))"
+
+
+def _split_diff(end: str, start: str | None, name: str) -> str:
+    """A window's double sum from the split running sums ``pf<name>`` and ``pr<name>``."""
+    return (f"({_diff(end, start, f'pf{name}')}::DOUBLE / {_SCALE} + "
+            f"{_diff(end, start, f'pr{name}')})")
 
 
 def _value(view: FeatureView, lay: Layout, f: Feature, end: str, start: str | None,
@@ -124,13 +143,15 @@ def _value(view: FeatureView, lay: Layout, f: Feature, end: str, start: str | No
     c, s = inp.column("c"), inp.column("s")
     if fn == "count":
         return _diff(end, start, f"p{c}")
+    total = (_diff(end, start, f"p{s}") if inp.dtype in ("int64", "bool")
+             else _split_diff(end, start, s))
     if fn == "sum":
-        return _diff(end, start, f"p{s}")
+        return total
     if fn == "mean":
-        return f"({_diff(end, start, f'p{s}')})::DOUBLE / nullif({_diff(end, start, f'p{c}')}, 0)"
+        return f"({total})::DOUBLE / nullif({_diff(end, start, f'p{c}')}, 0)"
     if fn == "stddev":
         n = _diff(end, start, f"p{c}")
-        d, e = _diff(end, start, f"pd{inp.index}"), _diff(end, start, f"pe{inp.index}")
+        d, e = _split_diff(end, start, f"d{inp.index}"), _split_diff(end, start, f"e{inp.index}")
         return (f"CASE WHEN {n} >= 2 THEN sqrt(greatest({e} - ({d}) * ({d}) / {n}, 0) / "
                 f"({n} - 1)) END")
     if fn in ("min", "max"):  # lifetime only: windowed ones come from the tiles
@@ -141,43 +162,69 @@ def _value(view: FeatureView, lay: Layout, f: Feature, end: str, start: str | No
     return f"CASE WHEN {end}.pt{value} >= {lower} THEN {end}.p{value} END"
 
 
-def _extreme_sql(view: FeatureView, lay: Layout, window: Window, features: Sequence[Feature],
-                 tile_files: list[str], exact_files: list[str], rid: str, t: str) -> str:
-    """Windowed min/max: the tail tiles and the current tile's exact instants.
+def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequence[Feature],
+               tile_files: list[str], exact_files: list[str], rid: str, t: str,
+               run: str | None) -> str:
+    """Windowed min, max and stddev: the tail tiles and the current tile's exact instants.
 
     Each join has an equality on a time bucket besides the key, so a row meets only the key's
-    partials near its instant, never the key's whole history: the current tile's instants share
-    its tile index; the tail tiles lie in the window-long buckets of its first and last tile.
+    partials near its instant (at most ``w/s - 1`` tiles), never its whole history: the current
+    tile's instants share its tile index; the tail tiles lie in the window-long buckets of its
+    first and last tile. A stddev merges the partials' M2 about the window's mean (from the
+    running sums, exact to an ulp): ``Σ M2ᵢ + Σ cᵢ (meanᵢ − mean)²``, nonnegative terms summed in
+    a total order, so nothing cancels and the same state gives the same bits.
     """
     size, k = window.tile_us, window.tiles
     ti = floor_sql(f"r.{_q(t)}", size)
-    picked = sorted({lay.input_of(f).column("lo" if f.function == "min" else "hi")  # type: ignore[union-attr]
-                     for f in features})
+    kinds = {"min": ("lo",), "max": ("hi",), "stddev": ("c", "s", "q")}
+    cols = sorted({inp.column(kind) for f in features if (inp := lay.input_of(f)) is not None
+                   for kind in kinds[f.function]})
     keys = ", ".join(f"p.{_q(c)}" for c in view.join_keys)
+    values = ", ".join(f"p.{c}" for c in cols)
     parts = []
     if tile_files:
-        read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', k)} AS bucket, "  # type: ignore[arg-type]
-                f"{', '.join(f'p.{c}' for c in picked)} FROM read_parquet("
-                f"{_files_sql(tile_files)}, hive_partitioning = false) p")
+        read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', k)} AS bucket, {values} "  # type: ignore[arg-type]
+                f"FROM read_parquet({_files_sql(tile_files)}, hive_partitioning = false) p")
         req = (f"SELECT r.*, unnest(list_distinct([{floor_sql(f'{ti} - 1', k)}, "  # type: ignore[arg-type]
                f"{floor_sql(f'{ti} - {k - 1}', k)}])) AS bucket FROM req r")  # type: ignore[operator]
-        parts.append(f"SELECT r.{_q(rid)}, {', '.join(f'p.{c}' for c in picked)} FROM ({req}) r "
+        parts.append(f"SELECT r.{_q(rid)}, 0 AS layer, p.tile, {values} FROM ({req}) r "
                      f"JOIN ({read}) p ON {_keys(view, 'p', 'r')} AND p.bucket = r.bucket "
                      f"AND p.tile < {ti} AND p.tile > {ti} - {k}")
     if exact_files:
-        read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', size)} AS bucket, "
-                f"{', '.join(f'p.{c}' for c in picked)} FROM read_parquet("
-                f"{_files_sql(exact_files)}, hive_partitioning = false) p")
-        parts.append(f"SELECT r.{_q(rid)}, {', '.join(f'p.{c}' for c in picked)} FROM req r "
+        read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', size)} AS bucket, {values} "
+                f"FROM read_parquet({_files_sql(exact_files)}, hive_partitioning = false) p")
+        parts.append(f"SELECT r.{_q(rid)}, 1 AS layer, p.tile, {values} FROM req r "
                      f"JOIN ({read}) p ON {_keys(view, 'p', 'r')} AND p.bucket = {ti} "
                      f"AND p.tile <= r.{_q(t)}")
     if not parts:
         return ""
-    aggs = ", ".join(
-        f"{f.function}(p.{lay.input_of(f).column('lo' if f.function == 'min' else 'hi')}) "  # type: ignore[union-attr]
-        f"AS {_q(f.name)}" for f in features)
-    return (f"SELECT p.{_q(rid)}, {aggs} FROM ({' UNION ALL '.join(parts)}) p "
-            f"GROUP BY p.{_q(rid)}")
+    aggs = []
+    for f in features:
+        inp = lay.input_of(f)
+        assert inp is not None
+        if f.function in ("min", "max"):
+            column = inp.column("lo" if f.function == "min" else "hi")
+            aggs.append(f"{f.function}(p.{column}) AS {_q(f.name)}")
+            continue
+        n, mean = f"any_value(m.{_q(_helper(window, inp, 'n'))})", f"m.{_q(_helper(window, inp, 'm'))}"
+        c, s, q = (f"p.{inp.column(x)}" for x in ("c", "s", "q"))
+        term = (f"CASE WHEN {c} > 0 THEN {q} + {c} * power({s}::DOUBLE / {c} - {mean}, 2) "
+                f"ELSE 0.0 END")
+        order = f"ORDER BY p.layer, p.tile, {c}, {s}, {q}"
+        aggs.append(f"CASE WHEN {n} >= 2 THEN sqrt(greatest(sum({term} {order}), 0) / "
+                    f"({n} - 1)) END AS {_q(f.name)}")
+    join = "" if run is None else f" LEFT JOIN {_q(run)} m USING ({_q(rid)})"
+    return (f"SELECT p.{_q(rid)}, {', '.join(aggs)} FROM ({' UNION ALL '.join(parts)}) p"
+            f"{join} GROUP BY p.{_q(rid)}")
+
+
+def _helper(window: Window, inp: Input, what: str) -> str:
+    """A running-CTE column a tiled stddev reads: the window's count or mean of an input."""
+    return f"__{what}_{window.name}_{inp.index}"
+
+
+def _bounded(f: Feature) -> bool:
+    return f.window is not None and f.window.tiles is not None
 
 
 def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
@@ -187,19 +234,30 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
     exact = files[exact_size]
     ctes: list[tuple[str, str]] = []
     columns: dict[str, tuple[str, str]] = {}
-    extremes = [f for f in features if f.function in ("min", "max") and f.window is not None
-                and f.window.tiles is not None]
-    running = [f for f in features if f not in extremes]
-    if running and exact:
+    tiled = [f for f in features if f.function in ("min", "max", "stddev") and _bounded(f)]
+    running = [f for f in features if f not in tiled]
+    wanted: dict[int, set[str]] = {}
+    helpers: dict[tuple[Window, Input], None] = {}
+    for f in features:
+        inp = lay.input_of(f)
+        if inp is None or (f.function in ("min", "max") and f in tiled):
+            continue
+        if f in tiled:  # stddev: the window's count and mean come from the running sums
+            wanted.setdefault(inp.index, set()).update({"c", "s"})
+            helpers[(f.window, inp)] = None  # type: ignore[index]
+        else:
+            wanted.setdefault(inp.index, set()).update(NEEDS[f.function])
+    run: str | None = None
+    if (running or helpers) and exact:
         pre = f"{prefix}_{view.name}_pre"
-        ctes.append((pre, _prefix_sql(view, lay, running, exact)))
+        ctes.append((pre, _prefix_sql(view, lay, wanted, exact)))
         joins = [f"ASOF LEFT JOIN {_q(pre)} e ON {_keys(view, 'e', 'r')} AND e.at <= r.{_q(t)}"]
         starts: dict[Window, str] = {}
-        for f in running:
-            if f.window is not None and f.window.tiles is not None and f.window not in starts:
+        for w in [f.window for f in running if _bounded(f)] + [w for w, _ in helpers]:
+            if w is not None and w not in starts:
                 alias = f"b{len(starts)}"
-                starts[f.window] = alias
-                point = window_start_sql(f"r.{_q(t)}", f.window)
+                starts[w] = alias
+                point = window_start_sql(f"r.{_q(t)}", w)
                 joins.append(f"ASOF LEFT JOIN {_q(pre)} {alias} ON {_keys(view, alias, 'r')} "
                              f"AND {alias}.at < {point}")
         values = []
@@ -214,16 +272,23 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
                 sql = _value(view, lay, f, "e", starts[f.window],
                              window_start_sql(f"r.{_q(t)}", f.window))
             values.append(f"{sql} AS {_q(f.name)}")
-        name = f"{prefix}_{view.name}_run"
-        ctes.append((name, f"SELECT r.{_q(rid)}, {', '.join(values)} FROM req r "
-                           f"{' '.join(joins)}"))
+        for w, inp in helpers:
+            n = _diff("e", starts[w], f"p{inp.column('c')}")
+            total = (_diff("e", starts[w], f"p{inp.column('s')}")
+                     if inp.dtype in ("int64", "bool") else _split_diff("e", starts[w],
+                                                                        inp.column("s")))
+            values.append(f"{n} AS {_q(_helper(w, inp, 'n'))}")
+            values.append(f"({total})::DOUBLE / nullif({n}, 0) AS {_q(_helper(w, inp, 'm'))}")
+        run = f"{prefix}_{view.name}_run"
+        ctes.append((run, f"SELECT r.{_q(rid)}, {', '.join(values)} FROM req r "
+                          f"{' '.join(joins)}"))
         for f in running:
-            columns[f.name] = (name, f"{_q(name)}.{_q(f.name)}")
+            columns[f.name] = (run, f"{_q(run)}.{_q(f.name)}")
     by_window: dict[Window, list[Feature]] = {}
-    for f in extremes:
+    for f in tiled:
         by_window.setdefault(f.window, []).append(f)  # type: ignore[arg-type]
     for i, (window, feats) in enumerate(by_window.items()):
-        sql = _extreme_sql(view, lay, window, feats, files[window.tile_us], exact, rid, t)
+        sql = _tiled_sql(view, lay, window, feats, files[window.tile_us], exact, rid, t, run)
         name = f"{prefix}_{view.name}_x{i}"
         if sql:
             ctes.append((name, sql))
@@ -232,4 +297,5 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
     for f in running:
         if f.name not in columns:  # no exact files at all
             columns[f.name] = ("", "NULL")
-    return ViewPlan(ctes, columns, frozenset(n for n, _ in ctes if n.endswith("_pre")))
+    shared = frozenset(n for n, _ in ctes if n.endswith(("_pre", "_run")))
+    return ViewPlan(ctes, columns, shared)

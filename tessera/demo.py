@@ -225,7 +225,7 @@ def run_online(cfg: RepoConfig, console: Console, defs: object) -> None:
     view = store.definitions.views["user_spend"]
     offline = store.get_historical_features(
         pl.DataFrame({"user_id": users, "event_ts": [now] * len(users)}),
-        [f"user_spend:{f.name}" for f in view.features]).to_pydict()
+        [f"user_spend:{f.name}" for f in view.features]).to_arrow().to_pydict()
     online = store.get_online_features([f"user_spend:{f.name}" for f in view.features],
                                        [{"user_id": u} for u in users], now=now).to_dict()
     same = all(_same(online[f.name][i], offline[f.name][i])

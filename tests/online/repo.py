@@ -63,4 +63,5 @@ def historical(store: FeatureStore, view: str, key: str, keys: list[int], at) ->
     rows = pl.DataFrame({key: keys, "event_ts": [at] * len(keys)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # today is not computed offline: read as no events
-        return store.get_historical_features(rows, feats, allow_uncovered=True).to_pydict()
+        return store.get_historical_features(rows, feats,
+                                             allow_uncovered=True).to_arrow().to_pydict()
