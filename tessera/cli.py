@@ -245,8 +245,7 @@ def export_cmd(
     export_training_set(_config(repo), _console(), out=out, entities=entities,
                         features=features, feature_service=feature_service, manifest=manifest,
                         timestamp_field=timestamp_field, full_feature_names=full_feature_names,
-                        allow_uncovered=allow_uncovered, command=" ".join(["tessera",
-                                                                          *sys.argv[1:]]))
+                        allow_uncovered=allow_uncovered)
 
 
 @app.command("stream")

@@ -96,10 +96,20 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
 def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
                         entities: Path | None, features: str | None,
                         feature_service: str | None, manifest: Path | None,
-                        timestamp_field: str, full_feature_names: bool, allow_uncovered: bool,
-                        command: str) -> ExportSummary:
+                        timestamp_field: str, full_feature_names: bool,
+                        allow_uncovered: bool) -> ExportSummary:
     """``tessera export``: a training set and its manifest (or a manifest's export again)."""
+    import shlex
+
     from pipelines.export import ExportError, RetrievalJob, reproduce
+
+    given = {"--entities": entities, "--features": features,
+             "--feature-service": feature_service, "--manifest": manifest, "--out": out,
+             "--timestamp-field": None if timestamp_field == "event_ts" else timestamp_field}
+    command = shlex.join(["tessera", "export", *[x for k, v in given.items() if v is not None
+                                                 for x in (k, str(v))],
+                          *(["--full-feature-names"] if full_feature_names else []),
+                          *(["--allow-uncovered"] if allow_uncovered else [])])
 
     defs = load_valid(cfg)
     if manifest is not None:
