@@ -11,13 +11,16 @@ Steps, each shared in meaning with the Spark engine (:mod:`pipelines.engine_spar
 
 Partials are grouped by the UTC day of their events, so a run is processed in chunks of whole
 days (:func:`plan_chunks`) and each chunk's output is exactly what one pass over the whole range
-would write for those days. Memory is bounded by a chunk, not by the run, and progress is
-reported per day.
+would write for those days. Within a chunk, each (day, layer) is computed and written on its own
+(:func:`tile_frames`, :func:`write_tiles`), so memory is bounded by a chunk's events, not by the
+run nor by the number of layers, and progress is reported per day.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
@@ -183,40 +186,88 @@ def partial_aggs(lay: Layout) -> list[pl.Expr]:
     return aggs
 
 
-def tile_frames(view: FeatureView, projected: pl.DataFrame) -> dict[int, pl.DataFrame]:
-    """Partial rows per tile size (and the exact layer, ``EXACT_TILE_US``), keyed by size.
+def day_slices(projected: pl.DataFrame) -> Iterator[tuple[date, pl.DataFrame]]:
+    """Each UTC day's events of a projected frame sorted by time, as zero-copy slices."""
+    if projected.height == 0:
+        return
+    import polars as pl
 
-    Each row: join keys, ``tile`` (index), ``day`` (UTC date of its events), partials. A tile
-    that straddles midnight gives one row per day, so runs over whole days never overlap.
+    ts = projected["__ts"]
+    first, last = ts[0] // DAY_US, ts[-1] // DAY_US
+    midnights = pl.Series([d * DAY_US for d in range(first, last + 2)], dtype=pl.Int64)
+    bounds = ts.search_sorted(midnights, side="left").to_list()
+    for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        if hi > lo:
+            yield date(1970, 1, 1) + timedelta(days=first + k), projected.slice(lo, hi - lo)
+
+
+def tile_frames(view: FeatureView, projected: pl.DataFrame
+                ) -> Iterator[tuple[int, date, pl.DataFrame]]:
+    """Partial rows of one (tile size, day) at a time: ``(size, day, frame)``.
+
+    The exact layer has size ``EXACT_TILE_US``. Each row: join keys, ``tile`` (index), partials,
+    sorted by keys and tile. A tile that straddles midnight gives one row per day, so runs over
+    whole days never overlap.
+
+    ``projected`` is sorted by (event time, seq), so a day is one slice of it. The day's events
+    are sorted once by key (stably: within a key they stay in (time, seq) order, which ``last``
+    needs), after which every group of every layer is a run of consecutive rows: a group number
+    that grows at each change of key or tile is a sorted column, and Polars aggregates sorted
+    groups as slices instead of hashing. Frames are produced lazily, one at a time, so memory
+    holds one day's events and one layer of it on top of the projected chunk.
     """
     import polars as pl
 
-    lay = layout(view)
-    aggs = partial_aggs(lay)
-    lazy = projected.lazy().with_columns(
-        (pl.col("__ts") // DAY_US).cast(pl.Int32).cast(pl.Date).alias("day"))
+    keys = list(view.join_keys)
+    aggs = partial_aggs(layout(view))
     sizes = (EXACT_TILE_US, *view.tile_sizes())
-    plans = [
-        lazy.with_columns((pl.col("__ts") // size).alias("tile"))
-        .group_by([*view.join_keys, "tile", "day"]).agg(aggs)
-        .sort([*view.join_keys, "tile", "day"])
-        for size in sizes
-    ]
-    # The in-memory engine, not the streaming one: the streaming engine merges per-thread
-    # partial sums in scheduling order, so float sums would change in the last bits from one
-    # run to the next. Rerunning a day must give the same bits.
-    return dict(zip(sizes, pl.collect_all(plans, engine="in-memory"), strict=True))
+    for day, events in day_slices(projected):
+        by_key = events.sort(keys, maintain_order=True)
+        key_change = pl.lit(False)
+        for k in keys:
+            key_change |= pl.col(k) != pl.col(k).shift()
+        for size in sizes:
+            tile = pl.col("__ts") // size
+            change = key_change | (tile != tile.shift())
+            frame = (
+                by_key.lazy().with_columns(tile.alias("tile"))
+                .with_columns(change.fill_null(True).cum_sum().set_sorted().alias("__group"))
+                .group_by("__group", maintain_order=True)
+                .agg(*(pl.col(k).first() for k in keys), pl.col("tile").first(), *aggs)
+                .drop("__group")
+                # The in-memory engine, not the streaming one: the streaming engine merges
+                # per-thread partial sums in scheduling order, so float sums would change in the
+                # last bits from one run to the next. Rerunning a day must give the same bits.
+                .collect(engine="in-memory"))
+            yield size, day, frame
+            del frame
 
 
-def write_tiles(frames: dict[int, pl.DataFrame], out_dir: Path) -> int:
-    """Write ``out_dir/tile_us=<s>/day=<d>/part-0.parquet``; returns rows written."""
+def write_tiles(frames: Iterable[tuple[int, date, pl.DataFrame]], out_dir: Path) -> int:
+    """Write each ``(size, day, frame)`` to ``out_dir/tile_us=<size>/day=<day>/part-0.parquet``
+    as it comes; returns rows written.
+
+    A frame is written on a thread while the next one is computed (Polars releases the GIL in
+    both), and at most one write is pending, so memory holds two frames at most.
+    """
+    def write(size: int, day: date, frame: pl.DataFrame) -> int:
+        folder = out_dir / f"tile_us={size}" / f"day={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(folder / "part-0.parquet", statistics=True)
+        return frame.height
+
     written = 0
-    for size, frame in frames.items():
-        for (day,), part in frame.partition_by("day", as_dict=True).items():
-            folder = out_dir / f"tile_us={size}" / f"day={day.isoformat()}"
-            folder.mkdir(parents=True, exist_ok=True)
-            part.drop("day").write_parquet(folder / "part-0.parquet", statistics=True)
-            written += part.height
+    with ThreadPoolExecutor(1, thread_name_prefix="tessera-write") as pool:
+        pending: Future[int] | None = None
+        try:
+            for size, day, frame in frames:
+                if pending is not None:
+                    written += pending.result()
+                pending = pool.submit(write, size, day, frame)
+                del frame
+        finally:  # on an error, never leave a write running behind the caller's back
+            if pending is not None:
+                written += pending.result()
     return written
 
 
