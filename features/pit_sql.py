@@ -87,14 +87,14 @@ def _prefix_sql(view: FeatureView, lay: Layout, wanted: dict[int, set[str]],
             f"OVER (PARTITION BY {keys} ORDER BY tile ROWS BETWEEN UNBOUNDED PRECEDING AND "
             f"UNBOUNDED FOLLOWING) AS k{i.index}" for i in stds)
         inner = f"SELECT *, {refs} FROM ({inner})"
-    cols = [f"sum(n) {frame} AS pn"]
+    cols = [f"sum(n) {frame}::BIGINT AS pn"]
     per_row: list[str] = []
     for inp in lay.inputs:
         need = wanted.get(inp.index, set())
         c, s, q, i = inp.column("c"), inp.column("s"), inp.column("q"), inp.index
         exact_ints = inp.dtype in ("int64", "bool")
         if "c" in need:
-            cols.append(f"sum({c}) {frame} AS p{c}")
+            cols.append(f"sum({c}) {frame}::BIGINT AS p{c}")
         if "s" in need and exact_ints:
             cols.append(f"sum({s}) {frame} AS p{s}")
         elif "s" in need:
@@ -119,6 +119,22 @@ def _prefix_sql(view: FeatureView, lay: Layout, wanted: dict[int, set[str]],
     if per_row:
         inner = f"SELECT *, {', '.join(per_row)} FROM ({inner})"
     return f"SELECT {keys}, tile AS at, {', '.join(cols)} FROM ({inner})"
+
+
+def _exact_sum(term: str) -> str:
+    """``sum(term)`` that gives the same bits in any order: two exact fixed-point parts.
+
+    The part at 2^-32 and the remainder at 2^-96 are HUGEINT sums (associative, so DuckDB's
+    threads cannot change them); only what is below 2^-97 per term is dropped, and terms too
+    large for the fixed point (|x| ≥ 2^63) fall back to a plain double sum.
+    """
+    small = f"abs({term}) < {_FIXED_MAX}"
+    hi = f"CASE WHEN {small} THEN round(({term}) * {_SCALE})::HUGEINT ELSE 0::HUGEINT END"
+    rest = f"(({term}) - ({hi})::DOUBLE / {_SCALE})"
+    lo = f"CASE WHEN {small} THEN round({rest} * 79228162514264337593543950336.0)::HUGEINT END"
+    return (f"(sum({hi})::DOUBLE / {_SCALE} + coalesce(sum({lo}), 0)::DOUBLE / "
+            f"79228162514264337593543950336.0 + coalesce(sum(CASE WHEN NOT ({small}) THEN "
+            f"{term} END), 0.0))")
 
 
 def _diff(end: str, start: str | None, column: str) -> str:
@@ -210,8 +226,7 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
         c, s, q = (f"p.{inp.column(x)}" for x in ("c", "s", "q"))
         term = (f"CASE WHEN {c} > 0 THEN {q} + {c} * power({s}::DOUBLE / {c} - {mean}, 2) "
                 f"ELSE 0.0 END")
-        order = f"ORDER BY p.layer, p.tile, {c}, {s}, {q}"
-        aggs.append(f"CASE WHEN {n} >= 2 THEN sqrt(greatest(sum({term} {order}), 0) / "
+        aggs.append(f"CASE WHEN {n} >= 2 THEN sqrt(greatest({_exact_sum(term)}, 0) / "
                     f"({n} - 1)) END AS {_q(f.name)}")
     join = "" if run is None else f" LEFT JOIN {_q(run)} m USING ({_q(rid)})"
     return (f"SELECT p.{_q(rid)}, {', '.join(aggs)} FROM ({' UNION ALL '.join(parts)}) p"
@@ -252,14 +267,24 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
         pre = f"{prefix}_{view.name}_pre"
         ctes.append((pre, _prefix_sql(view, lay, wanted, exact)))
         joins = [f"ASOF LEFT JOIN {_q(pre)} e ON {_keys(view, 'e', 'r')} AND e.at <= r.{_q(t)}"]
+        windows = list(dict.fromkeys([f.window for f in running if _bounded(f)]
+                                     + [w for w, _ in helpers]))
         starts: dict[Window, str] = {}
-        for w in [f.window for f in running if _bounded(f)] + [w for w, _ in helpers]:
-            if w is not None and w not in starts:
-                alias = f"b{len(starts)}"
+        if windows:  # every window's start point, looked up in one ASOF join
+            keys = ", ".join(f"r.{_q(k)}" for k in view.join_keys)
+            points = " UNION ALL ".join(
+                f"SELECT r.{_q(rid)}, {i} AS which, {keys}, "
+                f"{window_start_sql(f'r.{_q(t)}', w)} AS point FROM req r"
+                for i, w in enumerate(windows))
+            found = f"{prefix}_{view.name}_starts"
+            ctes.append((found, f"SELECT s.{_q(rid)}, s.which, b.* EXCLUDE ({', '.join(_q(k) for k in view.join_keys)}) "
+                                f"FROM ({points}) s ASOF LEFT JOIN {_q(pre)} b ON "
+                                f"{_keys(view, 'b', 's')} AND b.at < s.point"))
+            for i, w in enumerate(windows):
+                alias = f"b{i}"
                 starts[w] = alias
-                point = window_start_sql(f"r.{_q(t)}", w)
-                joins.append(f"ASOF LEFT JOIN {_q(pre)} {alias} ON {_keys(view, alias, 'r')} "
-                             f"AND {alias}.at < {point}")
+                joins.append(f"LEFT JOIN {_q(found)} {alias} ON {alias}.{_q(rid)} = r.{_q(rid)} "
+                             f"AND {alias}.which = {i}")
         values = []
         for f in running:
             if f.window is None:  # plain: the latest non-null value within the TTL
@@ -297,5 +322,5 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
     for f in running:
         if f.name not in columns:  # no exact files at all
             columns[f.name] = ("", "NULL")
-    shared = frozenset(n for n, _ in ctes if n.endswith(("_pre", "_run")))
+    shared = frozenset(n for n, _ in ctes if n.endswith(("_pre", "_run", "_starts")))
     return ViewPlan(ctes, columns, shared)
