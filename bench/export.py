@@ -5,13 +5,18 @@ engine for one view with windows 1h, 1d, 7d, 30d and lifetime, each with count, 
 stddev, min, max and last of ``amount`` (35 features). Entity rows: ``--rows`` (user, instant)
 pairs, seeded; 2% of users never seen; instants uniform over the period; a label column kept.
 
-Runs, in one process, in this order:
+Runs, in one process, in this order (``--runs``):
 
-- ``baseline``: the best exact SQL I could write by hand for these features on the *raw* events
-  (no Tessera code): the events and the request rows in one table, one window aggregate per
-  feature over a per-row frame ``[tile-aligned window start, t]``;
-- ``tessera``: ``features.historical.get_historical_features`` on the offline tiles;
-- ``baseline`` again; the ratio is against the faster baseline run.
+- ``join``: hand-written exact SQL on the *raw* events (no Tessera code): each request row
+  joined with its key's events up to ``t``, one aggregate per feature with
+  ``FILTER (WHERE e.t >= window start)``. The fastest exact SQL I found;
+- ``frames``: the other natural spelling: events and request rows in one table, one window
+  aggregate per feature over a per-row frame ``[tile-aligned window start, t]``;
+- ``tessera``: ``features.historical.plan_read(...).to_arrow()`` on the offline tiles;
+- ``join`` again; the ratio is against the fastest baseline run.
+
+Every run has the same DuckDB memory limit (``--memory-limit``, 2GB: ``offline.memory_limit``'s
+default) and spill folder.
 
 It checks the values are identical (counts, min, max, last, integer sums) or within a relative
 1e-9 (float sums, means, stddev), and prints time and the process's peak RSS growth. Usage::
@@ -25,7 +30,7 @@ import argparse
 import resource
 import sys
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +55,7 @@ def bench_view(path: str):
     feats = []
     for fn in FUNCTIONS:
         make = getattr(agg, fn)
-        feats.append(make(windows=WINDOWS, name=f"n") if fn == "count" else
+        feats.append(make(windows=WINDOWS, name="n") if fn == "count" else
                      make(col("amount"), windows=WINDOWS, name=f"amount_{fn}"))
     return FeatureView(name="bench_user", entities=[Entity(name="user", join_key="user_id")],
                        source=src, features=feats)
@@ -97,7 +102,41 @@ def _tile_us(window: str) -> int:
     return US[window] // 60
 
 
-def baseline_sql(events_glob: str, entity_file: str) -> str:
+def _events_sql(events_glob: str) -> str:
+    return (f"SELECT user_id, epoch_us(event_ts) AS t, amount AS x, "
+            f"(f.fi::BIGINT << 32) + file_row_number AS seq "
+            f"FROM read_parquet('{events_glob}', file_row_number = true, filename = true) "
+            f"JOIN (SELECT file, row_number() OVER (ORDER BY file) AS fi "
+            f"FROM glob('{events_glob}')) f ON f.file = filename "
+            f"WHERE user_id IS NOT NULL AND event_ts IS NOT NULL")
+
+
+def join_sql(events_glob: str, entity_file: str) -> str:
+    """Hand-written: each row joined with its key's events up to t, FILTERed per window."""
+    cols = []
+    for w in WINDOWS:
+        if w == "lifetime":
+            filt = ""
+        else:
+            s, k = _tile_us(w), US[w] // _tile_us(w)
+            filt = f" FILTER (WHERE e.t >= (r.t - ((r.t % {s}) + {s}) % {s}) - {(k - 1) * s})"
+        cols += [f"count(e.x){filt} AS n_{w}", f"coalesce(sum(e.x){filt}, 0.0) AS amount_sum_{w}",
+                 f"avg(e.x){filt} AS amount_mean_{w}",
+                 f"stddev_samp(e.x){filt} AS amount_stddev_{w}",
+                 f"min(e.x){filt} AS amount_min_{w}", f"max(e.x){filt} AS amount_max_{w}",
+                 f"arg_max(e.x, {{'t': e.t, 'q': e.seq}}){filt} AS amount_last_{w}"]
+    return f"""
+    WITH req AS (SELECT row_number() OVER () - 1 AS rid, * FROM read_parquet('{entity_file}')),
+    r AS (SELECT rid, user_id, epoch_us(event_ts) AS t FROM req),
+    e AS ({_events_sql(events_glob)}),
+    a AS (SELECT r.rid, {", ".join(cols)} FROM r LEFT JOIN e ON e.user_id = r.user_id
+          AND e.t <= r.t GROUP BY r.rid)
+    SELECT req.* EXCLUDE (rid), a.* EXCLUDE (rid) FROM req LEFT JOIN a USING (rid)
+    ORDER BY req.rid
+    """
+
+
+def frames_sql(events_glob: str, entity_file: str) -> str:
     """Hand-written: one table of events and request rows, one framed window per feature."""
     cols = []
     for w in WINDOWS:
@@ -123,12 +162,7 @@ def baseline_sql(events_glob: str, entity_file: str) -> str:
     WITH req AS (
         SELECT row_number() OVER () - 1 AS rid, * FROM read_parquet('{entity_file}')),
     ev AS (
-        SELECT user_id, epoch_us(event_ts) AS t, amount AS x,
-               (f.fi::BIGINT << 32) + file_row_number AS seq, NULL::BIGINT AS rid
-        FROM read_parquet('{events_glob}', file_row_number = true, filename = true)
-             JOIN (SELECT file, row_number() OVER (ORDER BY file) AS fi
-                   FROM glob('{events_glob}')) f ON f.file = filename
-        WHERE user_id IS NOT NULL AND event_ts IS NOT NULL
+        SELECT *, NULL::BIGINT AS rid FROM ({_events_sql(events_glob)})
         UNION ALL
         SELECT user_id, epoch_us(event_ts), NULL, 9223372036854775807, rid FROM req),
     w AS (SELECT rid, {", ".join(cols)} FROM ev)
@@ -137,24 +171,41 @@ def baseline_sql(events_glob: str, entity_file: str) -> str:
     """
 
 
-def run_baseline(data: Path, entity_file: Path) -> tuple[float, object]:
+def _connect(memory_limit: str):
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{WORK / 'spill'}'")
+    return con
+
+
+def run_baseline(kind: str, data: Path, entity_file: Path, memory_limit: str,
+                 out: Path | None) -> tuple[float, object]:
+    con = _connect(memory_limit)
+    sql = (join_sql if kind == "join" else frames_sql)(
+        str(data / "transactions" / "*" / "*.parquet"), str(entity_file))
     began = time.perf_counter()
-    table = con.sql(baseline_sql(str(data / "transactions" / "*" / "*.parquet"),
-                                 str(entity_file))).to_arrow_table()
+    if out is not None:
+        con.execute(f"COPY ({sql}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+        return time.perf_counter() - began, None
+    table = con.sql(sql).to_arrow_table()
     return time.perf_counter() - began, table
 
 
-def run_tessera(data: Path, offline: Path, entity_file: Path) -> tuple[float, object]:
-    from features.historical import get_historical_features
+def run_tessera(data: Path, offline: Path, entity_file: Path, memory_limit: str,
+                out: Path | None) -> tuple[float, object]:
+    from features.historical import plan_read
 
     view = bench_view(str(data / "transactions"))
     began = time.perf_counter()
-    table = get_historical_features([view], str(entity_file), offline)
-    return time.perf_counter() - began, table
+    read = plan_read([view], str(entity_file), offline, memory_limit=memory_limit,
+                     temp_directory=WORK / "spill")
+    if out is not None:
+        read.to_parquet(out)
+        return time.perf_counter() - began, None
+    return time.perf_counter() - began, read.to_arrow()
 
 
 def compare(a, b) -> list[str]:
@@ -187,29 +238,39 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--runs", default="baseline,tessera,baseline")
+    parser.add_argument("--runs", default="join,frames,tessera,join")
+    parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--to-parquet", action="store_true",
+                        help="write each result to Parquet (out of core) instead of Arrow; "
+                             "values are then not compared")
     args = parser.parse_args()
     data, offline, entity_file = prepare(args.events, args.rows)
     results: dict[str, list[float]] = {}
     tables = {}
-    for run in args.runs.split(","):
+    for i, run in enumerate(args.runs.split(",")):
         before = rss_mb()
-        if run == "baseline":
-            seconds, table = run_baseline(data, entity_file)
+        out = WORK / f"out-{run}-{i}.parquet" if args.to_parquet else None
+        if run == "tessera":
+            seconds, table = run_tessera(data, offline, entity_file, args.memory_limit, out)
         else:
-            seconds, table = run_tessera(data, offline, entity_file)
+            seconds, table = run_baseline(run, data, entity_file, args.memory_limit, out)
         results.setdefault(run, []).append(seconds)
-        tables[run] = table
-        print(f"{run:9s} {seconds:7.2f} s  {table.num_rows:,} rows  peak RSS {rss_mb():,.0f} MB "
+        if table is not None:
+            tables[run] = table
+        print(f"{run:9s} {seconds:7.2f} s  {args.rows:,} rows  peak RSS {rss_mb():,.0f} MB "
               f"(+{rss_mb() - before:,.0f})", flush=True)
-    if "baseline" in tables and "tessera" in tables:
-        names = tables["tessera"].column_names
-        base = tables["baseline"].select(names)
-        bad = compare(tables["tessera"], base)
-        print("values: identical (1e-9 relative for float sums, means, stddev)" if not bad
-              else "values DIFFER: " + ", ".join(bad))
-        print(f"ratio tessera / best baseline: "
-              f"{min(results['tessera']) / min(results['baseline']):.2f}x")
+        del table
+    for run in (r for r in tables if r != "tessera"):
+        if "tessera" in tables:
+            names = tables["tessera"].column_names
+            bad = compare(tables["tessera"], tables[run].select(names))
+            print(f"values vs {run}: " + ("identical (1e-9 relative for float sums, means, "
+                                          "stddev)" if not bad else "DIFFER: " + ", ".join(bad)))
+    baselines = {r: min(v) for r, v in results.items() if r != "tessera"}
+    if baselines and "tessera" in results:
+        best = min(baselines, key=baselines.__getitem__)
+        print(f"ratio tessera / best baseline ({best}): "
+              f"{min(results['tessera']) / baselines[best]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def _split(expr: str, name: str) -> list[str]:
 
 
 NEEDS = {"count": {"c"}, "sum": {"s"}, "mean": {"c", "s"}, "stddev": {"c", "d", "e"},
-         "min": {"lo"}, "max": {"hi"}, "last": {"l"}}  # running partials each function reads
+         "min": {"lo"}, "max": {"hi"}}  # running partials each function reads
 
 
 def _prefix_sql(view: FeatureView, lay: Layout, wanted: dict[int, set[str]],
@@ -111,11 +111,6 @@ def _prefix_sql(view: FeatureView, lay: Layout, wanted: dict[int, set[str]],
             cols.append(f"min({inp.column('lo')}) {frame} AS p{inp.column('lo')}")
         if "hi" in need:
             cols.append(f"max({inp.column('hi')}) {frame} AS p{inp.column('hi')}")
-        if "l" in need:
-            value = inp.column("l")
-            cols.append(f"last_value({value} IGNORE NULLS) {frame} AS p{value}")
-            cols.append(f"last_value(CASE WHEN {value} IS NOT NULL THEN tile END IGNORE NULLS) "
-                        f"{frame} AS pt{value}")
     if per_row:
         inner = f"SELECT *, {', '.join(per_row)} FROM ({inner})"
     return f"SELECT {keys}, tile AS at, {', '.join(cols)} FROM ({inner})"
@@ -149,8 +144,7 @@ def _split_diff(end: str, start: str | None, name: str) -> str:
             f"{_diff(end, start, f'pr{name}')})")
 
 
-def _value(view: FeatureView, lay: Layout, f: Feature, end: str, start: str | None,
-           lower: str | None) -> str:
+def _value(lay: Layout, f: Feature, end: str, start: str | None) -> str:
     """One feature's value from the running partials at the end and before the start."""
     inp = lay.input_of(f)
     fn = f.function
@@ -170,12 +164,7 @@ def _value(view: FeatureView, lay: Layout, f: Feature, end: str, start: str | No
         d, e = _split_diff(end, start, f"d{inp.index}"), _split_diff(end, start, f"e{inp.index}")
         return (f"CASE WHEN {n} >= 2 THEN sqrt(greatest({e} - ({d}) * ({d}) / {n}, 0) / "
                 f"({n} - 1)) END")
-    if fn in ("min", "max"):  # lifetime only: windowed ones come from the tiles
-        return f"{end}.p{inp.column('lo' if fn == 'min' else 'hi')}"
-    value = inp.column("l")
-    if lower is None:
-        return f"{end}.p{value}"
-    return f"CASE WHEN {end}.pt{value} >= {lower} THEN {end}.p{value} END"
+    return f"{end}.p{inp.column('lo' if fn == 'min' else 'hi')}"  # lifetime min or max
 
 
 def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequence[Feature],
@@ -233,6 +222,17 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
             f"{join} GROUP BY p.{_q(rid)}")
 
 
+def _last_sql(view: FeatureView, inp: Input, exact_files: list[str], rid: str, t: str) -> str:
+    """The latest non-null value at or before ``t`` and its instant: one ASOF join over the
+    instants where the input is not null (``last`` of any window, and plain TTL features)."""
+    keys = ", ".join(_q(k) for k in view.join_keys)
+    value = inp.column("l")
+    rows = (f"SELECT {keys}, tile AS at, {value} FROM read_parquet({_files_sql(exact_files)}, "
+            f"hive_partitioning = false) WHERE {value} IS NOT NULL")
+    return (f"SELECT r.{_q(rid)}, r.{_q(t)}, e.at AS lt, e.{value} AS lv FROM req r "
+            f"ASOF LEFT JOIN ({rows}) e ON {_keys(view, 'e', 'r')} AND e.at <= r.{_q(t)}")
+
+
 def _helper(window: Window, inp: Input, what: str) -> str:
     """A running-CTE column a tiled stddev reads: the window's count or mean of an input."""
     return f"__{what}_{window.name}_{inp.index}"
@@ -250,12 +250,13 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
     ctes: list[tuple[str, str]] = []
     columns: dict[str, tuple[str, str]] = {}
     tiled = [f for f in features if f.function in ("min", "max", "stddev") and _bounded(f)]
-    running = [f for f in features if f not in tiled]
+    lasts = [f for f in features if f.function == "last"]
+    running = [f for f in features if f not in tiled and f not in lasts]
     wanted: dict[int, set[str]] = {}
     helpers: dict[tuple[Window, Input], None] = {}
     for f in features:
         inp = lay.input_of(f)
-        if inp is None or (f.function in ("min", "max") and f in tiled):
+        if inp is None or f in lasts or (f.function in ("min", "max") and f in tiled):
             continue
         if f in tiled:  # stddev: the window's count and mean come from the running sums
             wanted.setdefault(inp.index, set()).update({"c", "s"})
@@ -285,18 +286,8 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
                 starts[w] = alias
                 joins.append(f"LEFT JOIN {_q(found)} {alias} ON {alias}.{_q(rid)} = r.{_q(rid)} "
                              f"AND {alias}.which = {i}")
-        values = []
-        for f in running:
-            if f.window is None:  # plain: the latest non-null value within the TTL
-                ttl = view.feature_ttl_us(f)
-                lower = None if ttl is None else f"r.{_q(t)} - {ttl}"
-                sql = _value(view, lay, f, "e", None, lower)
-            elif f.window.tiles is None:  # lifetime
-                sql = _value(view, lay, f, "e", None, None)
-            else:
-                sql = _value(view, lay, f, "e", starts[f.window],
-                             window_start_sql(f"r.{_q(t)}", f.window))
-            values.append(f"{sql} AS {_q(f.name)}")
+        values = [f"{_value(lay, f, 'e', starts.get(f.window))} AS {_q(f.name)}"  # type: ignore[arg-type]
+                  for f in running]
         for w, inp in helpers:
             n = _diff("e", starts[w], f"p{inp.column('c')}")
             total = (_diff("e", starts[w], f"p{inp.column('s')}")
@@ -319,7 +310,24 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
             ctes.append((name, sql))
         for f in feats:
             columns[f.name] = (name, f"{_q(name)}.{_q(f.name)}" if sql else "NULL")
-    for f in running:
+    by_input: dict[int, list[Feature]] = {}
+    for f in lasts:
+        by_input.setdefault(lay.input_of(f).index, []).append(f)  # type: ignore[union-attr]
+    for index, feats in by_input.items() if exact else ():
+        name = f"{prefix}_{view.name}_last{index}"
+        ctes.append((name, _last_sql(view, lay.inputs[index], exact, rid, t)))
+        for f in feats:
+            if f.window is None:  # plain: the latest non-null value within the TTL
+                ttl = view.feature_ttl_us(f)
+                lower = None if ttl is None else f"{_q(name)}.{_q(t)} - {ttl}"
+            elif f.window.tiles is None:  # lifetime
+                lower = None
+            else:
+                lower = window_start_sql(f"{_q(name)}.{_q(t)}", f.window)
+            value = f"{_q(name)}.lv"
+            columns[f.name] = (name, value if lower is None
+                               else f"CASE WHEN {_q(name)}.lt >= {lower} THEN {value} END")
+    for f in features:
         if f.name not in columns:  # no exact files at all
             columns[f.name] = ("", "NULL")
     shared = frozenset(n for n, _ in ctes if n.endswith(("_pre", "_run", "_starts")))
