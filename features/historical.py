@@ -254,6 +254,7 @@ def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path
         temp_directory.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = '{str(temp_directory).replace(chr(39), chr(39) * 2)}'")
     con.execute("SET preserve_insertion_order = true")
+    con.execute("SET enable_progress_bar = false")  # callers show their own progress
     con.register("req_in", table)
     con.register("req_t", pa.table({n.rid: table.column(n.rid), n.t: rows.times_us}))
     key_cols = "".join(f", i.{_q(k)}" for k in keys)

@@ -287,8 +287,10 @@ def run_http(cfg: RepoConfig, console: Console, user: int) -> None:
     console.print(f"$ curl -s {url}/get-online-features -d '{json.dumps(body)}'",
                   markup=False, soft_wrap=True)
     console.print(json.dumps(answer), markup=False, soft_wrap=True)
+    from tessera.demo_export import run_export
     from tessera.demo_stream import run_stream
 
+    run_export(cfg, console)
     run_stream(cfg, console, user)
 
 

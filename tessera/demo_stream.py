@@ -27,7 +27,7 @@ def run_stream(cfg: RepoConfig, console: Console, user: int) -> None:
     from streaming.consumer import StreamConsumer, group_id
     from tessera.commands import load_valid
 
-    console.rule("[bold]10. tessera stream: live events through Kafka into the online values")
+    console.rule("[bold]11. tessera stream: live events through Kafka into the online values")
     defs = load_valid(cfg)
     views = [v for v in defs.views.values() if v.source.kafka_topic]
     source = views[0].source
