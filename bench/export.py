@@ -247,7 +247,7 @@ def main() -> None:
     data, offline, entity_file = prepare(args.events, args.rows)
     results: dict[str, list[float]] = {}
     tables = {}
-    for i, run in enumerate(args.runs.split(",")):
+    for i, run in enumerate(r for r in args.runs.split(",") if r):
         before = rss_mb()
         out = WORK / f"out-{run}-{i}.parquet" if args.to_parquet else None
         if run == "tessera":

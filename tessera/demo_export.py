@@ -55,7 +55,8 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
     table = Table(*(c.replace("user_spend__", "").replace("merchant_activity__", "m.")
                     for c in SHOWN))
     for r in train.head(3).iter_rows(named=True):
-        table.add_row(*(str(r[c]) if c != "event_ts" else r[c].strftime("%m-%d %H:%M:%S")
+        table.add_row(*(r[c].strftime("%m-%d %H:%M:%S") if c == "event_ts"
+                        else f"{r[c]:,.2f}" if isinstance(r[c], float) else str(r[c])
                         for c in SHOWN))
     console.print(table)
     import json
