@@ -266,6 +266,7 @@ def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path
     manifests: dict[str, offline_store.Manifest] = {}
     for view in views:
         lay = layout(view)
+        manifest: offline_store.Manifest | None
         if versions is not None and view.name in versions:
             manifest = offline_store.at_version(offline_path, view.name, view.fingerprint(),
                                                 versions[view.name])

@@ -180,6 +180,7 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
     a total order, so nothing cancels and the same state gives the same bits.
     """
     size, k = window.tile_us, window.tiles
+    assert k is not None  # bounded windows only
     ti = floor_sql(f"r.{_q(t)}", size)
     kinds = {"min": ("lo",), "max": ("hi",), "stddev": ("c", "s", "q")}
     cols = sorted({inp.column(kind) for f in features if (inp := lay.input_of(f)) is not None
@@ -188,10 +189,10 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
     values = ", ".join(f"p.{c}" for c in cols)
     parts = []
     if tile_files:
-        read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', k)} AS bucket, {values} "  # type: ignore[arg-type]
+        read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', k)} AS bucket, {values} "
                 f"FROM read_parquet({_files_sql(tile_files)}, hive_partitioning = false) p")
-        req = (f"SELECT r.*, unnest(list_distinct([{floor_sql(f'{ti} - 1', k)}, "  # type: ignore[arg-type]
-               f"{floor_sql(f'{ti} - {k - 1}', k)}])) AS bucket FROM req r")  # type: ignore[operator]
+        req = (f"SELECT r.*, unnest(list_distinct([{floor_sql(f'{ti} - 1', k)}, "
+               f"{floor_sql(f'{ti} - {k - 1}', k)}])) AS bucket FROM req r")
         parts.append(f"SELECT r.{_q(rid)}, 0 AS layer, p.tile, {values} FROM ({req}) r "
                      f"JOIN ({read}) p ON {_keys(view, 'p', 'r')} AND p.bucket = r.bucket "
                      f"AND p.tile < {ti} AND p.tile > {ti} - {k}")
@@ -268,7 +269,8 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
         pre = f"{prefix}_{view.name}_pre"
         ctes.append((pre, _prefix_sql(view, lay, wanted, exact)))
         joins = [f"ASOF LEFT JOIN {_q(pre)} e ON {_keys(view, 'e', 'r')} AND e.at <= r.{_q(t)}"]
-        windows = list(dict.fromkeys([f.window for f in running if _bounded(f)]
+        windows = list(dict.fromkeys([f.window for f in running if f.window is not None
+                                      and f.window.tiles is not None]
                                      + [w for w, _ in helpers]))
         starts: dict[Window, str] = {}
         if windows:  # every window's start point, looked up in one ASOF join
@@ -278,7 +280,8 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
                 f"{window_start_sql(f'r.{_q(t)}', w)} AS point FROM req r"
                 for i, w in enumerate(windows))
             found = f"{prefix}_{view.name}_starts"
-            ctes.append((found, f"SELECT s.{_q(rid)}, s.which, b.* EXCLUDE ({', '.join(_q(k) for k in view.join_keys)}) "
+            key_list = ", ".join(_q(k) for k in view.join_keys)
+            ctes.append((found, f"SELECT s.{_q(rid)}, s.which, b.* EXCLUDE ({key_list}) "
                                 f"FROM ({points}) s ASOF LEFT JOIN {_q(pre)} b ON "
                                 f"{_keys(view, 'b', 's')} AND b.at < s.point"))
             for i, w in enumerate(windows):
