@@ -205,7 +205,8 @@ def run_tessera(data: Path, offline: Path, entity_file: Path, memory_limit: str,
     if out is not None:
         read.to_parquet(out)
         return time.perf_counter() - began, None
-    return time.perf_counter() - began, read.to_arrow()
+    table = read.to_arrow()
+    return time.perf_counter() - began, table
 
 
 def compare(a, b) -> list[str]:
