@@ -171,7 +171,8 @@ class RetrievalJob:
             "features": [
                 {"ref": ref, "column": column, "view": view.name, "function": f.function,
                  "window": None if f.window is None else f.window.name,
-                 "dtype": view.output_dtype(f), "view_fingerprint": view.fingerprint(),
+                 "dtype": view.output_dtype(f), "fingerprint": view.feature_fingerprint(f),
+                 "view_fingerprint": view.fingerprint(),
                  "nulls": nulls.get(column, 0)}
                 for ref, (view, f, column) in zip(self.refs, read.outputs, strict=True)],
             "feature_service": self.feature_service,

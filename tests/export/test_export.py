@@ -92,7 +92,9 @@ def test_export_keeps_rows_labels_and_order_and_writes_a_complete_manifest(
     assert [f["ref"] for f in manifest["features"]] == refs
     views = store.definitions.views
     for f in manifest["features"]:
-        assert f["view_fingerprint"] == views[f["view"]].fingerprint()
+        view = views[f["view"]]
+        assert f["view_fingerprint"] == view.fingerprint()
+        assert f["fingerprint"] == view.feature_fingerprint(view.feature(f["ref"].split(":")[1]))
         assert f["nulls"] == train[f["column"]].null_count()
     for name, info in manifest["offline"]["views"].items():
         assert info["fingerprint"] == views[name].fingerprint()
