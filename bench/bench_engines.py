@@ -41,12 +41,10 @@ WINDOWS = ["1h", "1d", "7d"]
 
 
 def bench_view(path: str):
+    from example.card_features import transactions  # the generated events' schema
     from features import Entity, FeatureView, Source, agg, col
-    from pipelines.datagen import SCHEMA
 
-    types = {"Int64": "int64", "Float64": "float64", "String": "string", "Boolean": "bool"}
-    schema = {n: ("timestamp" if str(t).startswith("Datetime") else types[str(t)])
-              for n, t in SCHEMA.items()}
+    schema = transactions.schema
     src = Source(name="transactions", path=path, schema=schema, timestamp_field="event_ts")
     return FeatureView(
         name="bench_user", entities=[Entity(name="user", join_key="user_id")], source=src,

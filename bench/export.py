@@ -45,12 +45,10 @@ US = {"1h": 3_600_000_000, "1d": 86_400_000_000, "7d": 604_800_000_000,
 
 
 def bench_view(path: str):
+    from example.card_features import transactions  # the generated events' schema
     from features import Entity, FeatureView, Source, agg, col
-    from pipelines.datagen import SCHEMA
 
-    types = {"Int64": "int64", "Float64": "float64", "String": "string", "Boolean": "bool"}
-    schema = {n: ("timestamp" if str(t).startswith("Datetime") else types[str(t)])
-              for n, t in SCHEMA.items()}
+    schema = transactions.schema
     src = Source(name="transactions", path=path, schema=schema, timestamp_field="event_ts")
     feats = []
     for fn in FUNCTIONS:
@@ -111,20 +109,35 @@ def _events_sql(events_glob: str) -> str:
             f"WHERE user_id IS NOT NULL AND event_ts IS NOT NULL")
 
 
+def _start_sql(t: str, window: str) -> str:
+    """The first instant the window at ``t`` covers: the tile-aligned start."""
+    s, k = _tile_us(window), US[window] // _tile_us(window)
+    return f"(({t} - (({t} % {s}) + {s}) % {s}) - {(k - 1) * s})"
+
+
+def _aggregates(window: str, x: str, t: str, seq: str, where: str | None = None,
+                over: str = "") -> list[str]:
+    """The seven features of one window: each aggregate, FILTERed by ``where``, then ``over``."""
+    def agg(call: str, *conditions: str | None) -> str:
+        kept = [c for c in conditions if c]
+        return call + (f" FILTER (WHERE {' AND '.join(kept)})" if kept else "") + over
+
+    order = "{'t': " + t + ", 'q': " + seq + "}"  # latest by event time, then source order
+    return [f"{agg(f'count({x})', where)} AS n_{window}",
+            f"coalesce({agg(f'sum({x})', where)}, 0.0) AS amount_sum_{window}",
+            f"{agg(f'avg({x})', where)} AS amount_mean_{window}",
+            f"{agg(f'stddev_samp({x})', where)} AS amount_stddev_{window}",
+            f"{agg(f'min({x})', where)} AS amount_min_{window}",
+            f"{agg(f'max({x})', where)} AS amount_max_{window}",
+            f"{agg(f'arg_max({x}, {order})', f'{x} IS NOT NULL', where)} AS amount_last_{window}"]
+
+
 def join_sql(events_glob: str, entity_file: str) -> str:
     """Hand-written: each row joined with its key's events up to t, FILTERed per window."""
     cols = []
     for w in WINDOWS:
-        if w == "lifetime":
-            filt = ""
-        else:
-            s, k = _tile_us(w), US[w] // _tile_us(w)
-            filt = f" FILTER (WHERE e.t >= (r.t - ((r.t % {s}) + {s}) % {s}) - {(k - 1) * s})"
-        cols += [f"count(e.x){filt} AS n_{w}", f"coalesce(sum(e.x){filt}, 0.0) AS amount_sum_{w}",
-                 f"avg(e.x){filt} AS amount_mean_{w}",
-                 f"stddev_samp(e.x){filt} AS amount_stddev_{w}",
-                 f"min(e.x){filt} AS amount_min_{w}", f"max(e.x){filt} AS amount_max_{w}",
-                 f"arg_max(e.x, {{'t': e.t, 'q': e.seq}}){filt} AS amount_last_{w}"]
+        where = None if w == "lifetime" else f"e.t >= {_start_sql('r.t', w)}"
+        cols += _aggregates(w, "e.x", "e.t", "e.seq", where=where)
     return f"""
     WITH req AS (SELECT row_number() OVER () - 1 AS rid, * FROM read_parquet('{entity_file}')),
     r AS (SELECT rid, user_id, epoch_us(event_ts) AS t FROM req),
@@ -140,23 +153,9 @@ def frames_sql(events_glob: str, entity_file: str) -> str:
     """Hand-written: one table of events and request rows, one framed window per feature."""
     cols = []
     for w in WINDOWS:
-        if w == "lifetime":
-            frame = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
-        else:
-            s, k = _tile_us(w), US[w] // _tile_us(w)
-            start = f"((t - ((t % {s}) + {s}) % {s}) - {(k - 1) * s})"
-            frame = f"RANGE BETWEEN (t - {start}) PRECEDING AND CURRENT ROW"
-        over = f"OVER (PARTITION BY user_id ORDER BY t {frame})"
-        suffix = w
-        cols += [
-            f"count(x) {over} AS n_{suffix}",
-            f"coalesce(sum(x) {over}, 0.0) AS amount_sum_{suffix}",
-            f"avg(x) {over} AS amount_mean_{suffix}",
-            f"stddev_samp(x) {over} AS amount_stddev_{suffix}",
-            f"min(x) {over} AS amount_min_{suffix}",
-            f"max(x) {over} AS amount_max_{suffix}",
-            f"arg_max(x, {{'t': t, 'q': seq}}) FILTER (WHERE x IS NOT NULL) {over} AS amount_last_{suffix}",
-        ]
+        frame = ("RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW" if w == "lifetime" else
+                 f"RANGE BETWEEN (t - {_start_sql('t', w)}) PRECEDING AND CURRENT ROW")
+        cols += _aggregates(w, "x", "t", "seq", over=f" OVER (PARTITION BY user_id ORDER BY t {frame})")
     # count() counts events: x is never null for a raw event here (amount is always set)
     return f"""
     WITH req AS (

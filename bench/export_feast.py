@@ -46,6 +46,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,12 +73,10 @@ def paths(events: int, rows: int) -> dict[str, Path]:
 
 
 def bench_view(path: str):
+    from example.card_features import transactions  # the generated events' schema
     from features import Entity, FeatureView, Source, agg, col
-    from pipelines.datagen import SCHEMA
 
-    types = {"Int64": "int64", "Float64": "float64", "String": "string", "Boolean": "bool"}
-    schema = {n: ("timestamp" if str(t).startswith("Datetime") else types[str(t)])
-              for n, t in SCHEMA.items()}
+    schema = transactions.schema
     src = Source(name="transactions", path=path, schema=schema, timestamp_field="event_ts")
     return FeatureView(name=VIEW, entities=[Entity(name="user", join_key="user_id")],
                        source=src, ttl=f"{TTL_DAYS}d",
@@ -168,15 +167,22 @@ def run_tessera(p: dict[str, Path]) -> dict[str, float]:
     warm = pq.read_table(p["entities"]).slice(0, 1000)
     plan_read([view], warm, p["offline"], memory_limit="2GB",
               temp_directory=p["spill"]).to_arrow()
+    return timed(lambda: plan_read([view], str(p["entities"]), p["offline"], memory_limit="2GB",
+                                   temp_directory=p["spill"]), p["out_tessera"])
+
+
+def timed(plan: Any, out: Path) -> dict[str, float]:
+    """Time ``plan()`` (returns a job) and its ``to_arrow()``; write the result to ``out``."""
+    import pyarrow.parquet as pq
+
     before, cpu = rss_mb(), cpu_s()
     began = time.perf_counter()
-    job = plan_read([view], str(p["entities"]), p["offline"], memory_limit="2GB",
-                    temp_directory=p["spill"])
+    job = plan()
     planned = time.perf_counter() - began
     table = job.to_arrow()
     seconds = time.perf_counter() - began
     peak, cpu = rss_mb(), cpu_s() - cpu
-    pq.write_table(table, p["out_tessera"])
+    pq.write_table(table, out)
     return {"seconds": seconds, "cpu_s": cpu, "rss_mb": peak, "rss_before_mb": before,
             "rows": table.num_rows, "plan_s": planned}
 
@@ -216,17 +222,8 @@ def run_feast(p: dict[str, Path]) -> dict[str, float]:
     # Warm-up on 1,000 rows (not timed), as on Tessera's side: imports (ibis' DuckDB backend).
     store.get_historical_features(entity_df=entity_df.iloc[:1000],
                                   features=[f"{VIEW}:{f}" for f in FEATURES]).to_arrow()
-    before, cpu = rss_mb(), cpu_s()
-    began = time.perf_counter()
-    job = store.get_historical_features(entity_df=entity_df,
-                                        features=[f"{VIEW}:{f}" for f in FEATURES])
-    planned = time.perf_counter() - began
-    table = job.to_arrow()
-    seconds = time.perf_counter() - began
-    peak, cpu = rss_mb(), cpu_s() - cpu
-    pq.write_table(table, p["out_feast"])
-    return {"seconds": seconds, "cpu_s": cpu, "rss_mb": peak, "rss_before_mb": before,
-            "rows": table.num_rows, "plan_s": planned}
+    return timed(lambda: store.get_historical_features(
+        entity_df=entity_df, features=[f"{VIEW}:{f}" for f in FEATURES]), p["out_feast"])
 
 
 def one(con, sql: str) -> tuple:

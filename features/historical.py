@@ -70,7 +70,6 @@ class _Names:
         return f"{self.prefix}_t"
 
 
-
 def _empty_value(view: FeatureView, f: Feature, column: str) -> str:
     """Finalize: an empty window gives 0 for count and sum, null otherwise."""
     if f.function in ("count", "sum"):
@@ -262,10 +261,9 @@ def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path
                 f"JOIN req_in i USING ({_q(n.rid)})")
     lo, hi = _one(con, f"SELECT min({_q(n.t)}), max({_q(n.t)}) FROM req")
     ctes: list[str] = []
-    columns: list[tuple[str, str | None, str]] = []
+    columns: dict[str, tuple[str | None, str]] = {}  # output -> (CTE to join, select item)
     manifests: dict[str, offline_store.Manifest] = {}
     for view in views:
-        lay = layout(view)
         manifest: offline_store.Manifest | None
         if versions is not None and view.name in versions:
             manifest = offline_store.at_version(offline_path, view.name, view.fingerprint(),
@@ -278,25 +276,25 @@ def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path
                 f"for its current rules (fingerprint {view.fingerprint()[:16]}); run "
                 f"`tessera run --view {view.name}` first")
         manifests[view.name] = manifest
-        wanted = [f for v, f, _ in outputs if v is view]
-        check_coverage(con, view, wanted, manifest, n, allow_uncovered=allow_uncovered)
+        wanted = [(f, out) for v, f, out in outputs if v is view]
+        check_coverage(con, view, [f for f, _ in wanted], manifest, n,
+                       allow_uncovered=allow_uncovered)
         base = offline_store.view_dir(offline_path, view.name, view.fingerprint())
         files = {size: [str(base / f) for f in manifest.files(size)]
                  for size in (EXACT_TILE_US, *view.tile_sizes())}
-        plan = view_plan(view, lay, wanted, files, EXACT_TILE_US, n.prefix, n.rid, n.t)
+        plan = view_plan(view, layout(view), [f for f, _ in wanted], files, n.prefix, n.rid,
+                         n.t)
         ctes += [f"{_q(name)} AS {'MATERIALIZED ' if name in plan.shared else ''}({sql})"
                  for name, sql in plan.ctes]
-        for f in wanted:
+        for f, out in wanted:
             alias, column = plan.columns[f.name]
-            out = f"{view.name}__{f.name}" if full_feature_names else f.name
             typed = f"CAST({_empty_value(view, f, column)} AS {_SQL_TYPES[view.output_dtype(f)]})"
-            columns.append((out, _q(alias) if alias and column != "NULL" else None,
-                            f"{typed} AS {_q(out)}"))
-    order = {out: i for i, (_, _, out) in enumerate(outputs)}
-    columns.sort(key=lambda c: order[c[0]])
+            columns[out] = (_q(alias) if alias and column != "NULL" else None,
+                            f"{typed} AS {_q(out)}")
+    ordered = [columns[out] for _, _, out in outputs]  # the request's order
     joins = "".join(f" LEFT JOIN {alias} USING ({_q(n.rid)})"
-                    for alias in dict.fromkeys(a for _, a, _ in columns if a))
-    select = ", ".join([f"req_in.* EXCLUDE ({_q(n.rid)})"] + [c for _, _, c in columns])
+                    for alias in dict.fromkeys(a for a, _ in ordered if a))
+    select = ", ".join([f"req_in.* EXCLUDE ({_q(n.rid)})"] + [c for _, c in ordered])
     with_clause = ("WITH " + ", ".join(ctes) + " ") if ctes else ""
     sql = f"{with_clause}SELECT {select} FROM req_in{joins} ORDER BY req_in.{_q(n.rid)}"
     return PointInTimeRead(con, sql, manifests, table.num_rows,

@@ -1,23 +1,23 @@
-"""The point-in-time read as DuckDB SQL: prefix sums read with ASOF joins, bounded tile scans.
+"""The point-in-time read as DuckDB SQL: running sums read with ASOF joins, bounded tile scans.
 
 Per feature view, the exact layer (partials per key and instant) is turned into running
 partials in one window pass over each key's instants (``pre``):
 
-- running sums of ``n``, ``c``, ``s`` (integer sums stay exact in HUGEINT);
-- for stddev, running sums of the deviations from a per-key reference ``K`` (the key's first
-  mean): ``d = s − c·K`` and ``e = q + d²/c`` (each row's M2 about ``K``), so that
+- running sums of ``n`` and ``c``, and of ``s`` (integers exact in HUGEINT; doubles split into
+  an exact fixed-point part and a tiny remainder, so a difference keeps ~1 ulp);
+- for lifetime stddev, running sums of the deviations from a per-key reference ``K`` (the key's
+  first mean): ``d = s − c·K`` and ``e = q + d²/c`` (each row's M2 about ``K``), so that
   ``M2 = Δe − (Δd)²/Δc`` does not cancel the way ``Σx² − (Σx)²/n`` does for ``1e6 + 0.5``;
-- running min, max and the last non-null value with its instant, for lifetime and plain TTL
-  features.
+- running min and max, for lifetime.
 
-A request row at ``t`` then reads, with one ASOF join per distinct window start, the running
-values at ``t`` and just before its window's first instant ``a = (i(t) − w/s + 1)·s``: counts
-and sums are the difference, ``last`` is the running last if its instant is ``≥ a``. Nothing
-per row depends on the key's history length.
+A request row at ``t`` reads the running values at ``t`` (one ASOF join) and just before each
+window's first instant ``a = (i(t) − w/s + 1)·s`` (one ASOF join for all windows): counts, sums
+and means are the difference. Nothing per row depends on the key's history length.
 
-Windowed ``min`` and ``max`` cannot be subtracted: they merge the tail tiles
-``i(t) − w/s < i < i(t)`` of their tile layer and the exact instants of the current tile (at most
-``w/s − 1`` tiles a row, whatever the key's history).
+Windowed ``min``, ``max`` and ``stddev`` merge the tail tiles ``i(t) − w/s < i < i(t)`` of their
+tile layer and the exact instants of the current tile (at most ``w/s − 1`` tiles a row, whatever
+the key's history). ``last`` (plain TTL, windowed, lifetime) is one ASOF join over the instants
+where its input is not null.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from features.definitions import Feature, FeatureView
 from features.sql import file_list as _files_sql
 from features.sql import quote as _q
-from features.tiles import Input, Layout
+from features.tiles import EXACT_TILE_US, Input, Layout
 from features.windows import Window
 
 
@@ -61,6 +61,7 @@ def _keys(view: FeatureView, a: str, b: str) -> str:
 # however large the key's history has grown (a plain double difference loses eps·|history|).
 _SCALE = "4294967296.0"  # 2^32
 _FIXED_MAX = "9.2e18"  # |x| below 2^63: x·2^32 < 2^95, and 2^32 rows of it fit a HUGEINT
+_FINE_SCALE = "79228162514264337593543950336.0"  # 2^96: a remainder below 2^-32, exactly
 
 
 def _split(expr: str, name: str) -> list[str]:
@@ -126,10 +127,9 @@ def _exact_sum(term: str) -> str:
     small = f"abs({term}) < {_FIXED_MAX}"
     hi = f"CASE WHEN {small} THEN round(({term}) * {_SCALE})::HUGEINT ELSE 0::HUGEINT END"
     rest = f"(({term}) - ({hi})::DOUBLE / {_SCALE})"
-    lo = f"CASE WHEN {small} THEN round({rest} * 79228162514264337593543950336.0)::HUGEINT END"
-    return (f"(sum({hi})::DOUBLE / {_SCALE} + coalesce(sum({lo}), 0)::DOUBLE / "
-            f"79228162514264337593543950336.0 + coalesce(sum(CASE WHEN NOT ({small}) THEN "
-            f"{term} END), 0.0))")
+    lo = f"CASE WHEN {small} THEN round({rest} * {_FINE_SCALE})::HUGEINT END"
+    return (f"(sum({hi})::DOUBLE / {_SCALE} + coalesce(sum({lo}), 0)::DOUBLE / {_FINE_SCALE} + "
+            f"coalesce(sum(CASE WHEN NOT ({small}) THEN {term} END), 0.0))")
 
 
 def _diff(end: str, start: str | None, column: str) -> str:
@@ -144,17 +144,23 @@ def _split_diff(end: str, start: str | None, name: str) -> str:
             f"{_diff(end, start, f'pr{name}')})")
 
 
+def _window_sum(inp: Input, end: str, start: str | None) -> str:
+    """The sum of an input over a window (or up to ``end`` when ``start`` is None)."""
+    if inp.dtype in ("int64", "bool"):
+        return _diff(end, start, f"p{inp.column('s')}")
+    return _split_diff(end, start, inp.column("s"))
+
+
 def _value(lay: Layout, f: Feature, end: str, start: str | None) -> str:
     """One feature's value from the running partials at the end and before the start."""
     inp = lay.input_of(f)
     fn = f.function
     if inp is None:
         return _diff(end, start, "pn")
-    c, s = inp.column("c"), inp.column("s")
+    c = inp.column("c")
     if fn == "count":
         return _diff(end, start, f"p{c}")
-    total = (_diff(end, start, f"p{s}") if inp.dtype in ("int64", "bool")
-             else _split_diff(end, start, s))
+    total = _window_sum(inp, end, start)
     if fn == "sum":
         return total
     if fn == "mean":
@@ -176,8 +182,8 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
     partials near its instant (at most ``w/s - 1`` tiles), never its whole history: the current
     tile's instants share its tile index; the tail tiles lie in the window-long buckets of its
     first and last tile. A stddev merges the partials' M2 about the window's mean (from the
-    running sums, exact to an ulp): ``Σ M2ᵢ + Σ cᵢ (meanᵢ − mean)²``, nonnegative terms summed in
-    a total order, so nothing cancels and the same state gives the same bits.
+    running sums, exact to an ulp): ``Σ M2ᵢ + Σ cᵢ (meanᵢ − mean)²``, nonnegative terms summed
+    as exact fixed-point parts, so nothing cancels and the same state gives the same bits.
     """
     size, k = window.tile_us, window.tiles
     assert k is not None  # bounded windows only
@@ -193,13 +199,13 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
                 f"FROM read_parquet({_files_sql(tile_files)}, hive_partitioning = false) p")
         req = (f"SELECT r.*, unnest(list_distinct([{floor_sql(f'{ti} - 1', k)}, "
                f"{floor_sql(f'{ti} - {k - 1}', k)}])) AS bucket FROM req r")
-        parts.append(f"SELECT r.{_q(rid)}, 0 AS layer, p.tile, {values} FROM ({req}) r "
+        parts.append(f"SELECT r.{_q(rid)}, {values} FROM ({req}) r "
                      f"JOIN ({read}) p ON {_keys(view, 'p', 'r')} AND p.bucket = r.bucket "
                      f"AND p.tile < {ti} AND p.tile > {ti} - {k}")
     if exact_files:
         read = (f"SELECT {keys}, p.tile, {floor_sql('p.tile', size)} AS bucket, {values} "
                 f"FROM read_parquet({_files_sql(exact_files)}, hive_partitioning = false) p")
-        parts.append(f"SELECT r.{_q(rid)}, 1 AS layer, p.tile, {values} FROM req r "
+        parts.append(f"SELECT r.{_q(rid)}, {values} FROM req r "
                      f"JOIN ({read}) p ON {_keys(view, 'p', 'r')} AND p.bucket = {ti} "
                      f"AND p.tile <= r.{_q(t)}")
     if not parts:
@@ -212,7 +218,8 @@ def _tiled_sql(view: FeatureView, lay: Layout, window: Window, features: Sequenc
             column = inp.column("lo" if f.function == "min" else "hi")
             aggs.append(f"{f.function}(p.{column}) AS {_q(f.name)}")
             continue
-        n, mean = f"any_value(m.{_q(_helper(window, inp, 'n'))})", f"m.{_q(_helper(window, inp, 'm'))}"
+        n = f"any_value(m.{_q(_helper(window, inp, 'n'))})"
+        mean = f"m.{_q(_helper(window, inp, 'm'))}"
         c, s, q = (f"p.{inp.column(x)}" for x in ("c", "s", "q"))
         term = (f"CASE WHEN {c} > 0 THEN {q} + {c} * power({s}::DOUBLE / {c} - {mean}, 2) "
                 f"ELSE 0.0 END")
@@ -239,16 +246,21 @@ def _helper(window: Window, inp: Input, what: str) -> str:
     return f"__{what}_{window.name}_{inp.index}"
 
 
-def _bounded(f: Feature) -> bool:
-    return f.window is not None and f.window.tiles is not None
+def _bounded(f: Feature) -> Window | None:
+    """The feature's window if it is bounded (not lifetime, not a plain TTL feature)."""
+    return f.window if f.window is not None and f.window.tiles is not None else None
 
 
 def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
-              files: dict[int, list[str]], exact_size: int, prefix: str, rid: str,
-              t: str) -> ViewPlan:
-    """The CTEs and value expressions of ``features`` (of ``view``) at each request row."""
-    exact = files[exact_size]
+              files: dict[int, list[str]], prefix: str, rid: str, t: str) -> ViewPlan:
+    """The CTEs and value expressions of ``features`` (of ``view``) at each request row.
+
+    ``files`` maps each tile size (``EXACT_TILE_US`` for the exact layer) to its Parquet files;
+    ``req`` is the request table, with ``rid``, ``t`` (µs) and the join keys.
+    """
+    exact = files[EXACT_TILE_US]
     ctes: list[tuple[str, str]] = []
+    shared: set[str] = set()  # read more than once: materialized
     columns: dict[str, tuple[str, str]] = {}
     tiled = [f for f in features if f.function in ("min", "max", "stddev") and _bounded(f)]
     lasts = [f for f in features if f.function == "last"]
@@ -268,9 +280,9 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
     if (running or helpers) and exact:
         pre = f"{prefix}_{view.name}_pre"
         ctes.append((pre, _prefix_sql(view, lay, wanted, exact)))
+        shared.add(pre)
         joins = [f"ASOF LEFT JOIN {_q(pre)} e ON {_keys(view, 'e', 'r')} AND e.at <= r.{_q(t)}"]
-        windows = list(dict.fromkeys([f.window for f in running if f.window is not None
-                                      and f.window.tiles is not None]
+        windows = list(dict.fromkeys([w for f in running if (w := _bounded(f)) is not None]
                                      + [w for w, _ in helpers]))
         starts: dict[Window, str] = {}
         if windows:  # every window's start point, looked up in one ASOF join
@@ -284,6 +296,7 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
             ctes.append((found, f"SELECT s.{_q(rid)}, s.which, b.* EXCLUDE ({key_list}) "
                                 f"FROM ({points}) s ASOF LEFT JOIN {_q(pre)} b ON "
                                 f"{_keys(view, 'b', 's')} AND b.at < s.point"))
+            shared.add(found)
             for i, w in enumerate(windows):
                 alias = f"b{i}"
                 starts[w] = alias
@@ -293,14 +306,13 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
                   for f in running]
         for w, inp in helpers:
             n = _diff("e", starts[w], f"p{inp.column('c')}")
-            total = (_diff("e", starts[w], f"p{inp.column('s')}")
-                     if inp.dtype in ("int64", "bool") else _split_diff("e", starts[w],
-                                                                        inp.column("s")))
+            total = _window_sum(inp, "e", starts[w])
             values.append(f"{n} AS {_q(_helper(w, inp, 'n'))}")
             values.append(f"({total})::DOUBLE / nullif({n}, 0) AS {_q(_helper(w, inp, 'm'))}")
         run = f"{prefix}_{view.name}_run"
         ctes.append((run, f"SELECT r.{_q(rid)}, {', '.join(values)} FROM req r "
                           f"{' '.join(joins)}"))
+        shared.add(run)
         for f in running:
             columns[f.name] = (run, f"{_q(run)}.{_q(f.name)}")
     by_window: dict[Window, list[Feature]] = {}
@@ -333,5 +345,4 @@ def view_plan(view: FeatureView, lay: Layout, features: Sequence[Feature],
     for f in features:
         if f.name not in columns:  # no exact files at all
             columns[f.name] = ("", "NULL")
-    shared = frozenset(n for n, _ in ctes if n.endswith(("_pre", "_run", "_starts")))
-    return ViewPlan(ctes, columns, shared)
+    return ViewPlan(ctes, columns, frozenset(shared))

@@ -3,7 +3,8 @@
 ``tessera check-consistency`` samples entity keys from a view's offline tiles (recently active
 ones, any others, and a couple never seen) and instants, reads every feature online
 (:meth:`features.store.FeatureStore.get_online_features` with ``now=``, from Redis) and offline
-(:func:`features.historical.get_historical_features`, the point-in-time read of the tiles), and
+(:meth:`features.store.FeatureStore.get_historical_features`, the point-in-time read of the
+tiles), and
 counts, per feature, the pairs that differ by DESIGN.md's equality rule (:func:`equal`).
 
 Online values are exact only for instants at or after the newest event of the view (a newer
@@ -146,8 +147,6 @@ def check_view(store: FeatureStore, view: FeatureView, *, sample: int, rng: Any,
     import duckdb
     import pyarrow as pa
 
-    from features.historical import get_historical_features
-
     out = ViewCheck(view.name)
     cfg, fp = store.config, view.fingerprint()
     root = cfg.resolve(cfg.offline.path)
@@ -192,8 +191,8 @@ def check_view(store: FeatureStore, view: FeatureView, *, sample: int, rng: Any,
                                    pa.timestamp("us", tz="UTC"))})
     with warnings.catch_warnings():  # instants after the last computed day read as no events
         warnings.simplefilter("ignore")
-        offline = get_historical_features([view], rows, root, timestamp_field=_AT,
-                                          allow_uncovered=True).to_pydict()
+        offline = store.get_historical_features(rows, refs, timestamp_field=_AT,
+                                                allow_uncovered=True).to_arrow().to_pydict()
     where = [(key if len(key) > 1 else key[0], t) for t in out.instants for key in keys]
     for f in view.features:
         check = FeatureCheck(view.name, f.name, f.function)

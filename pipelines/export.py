@@ -33,6 +33,7 @@ from features.errors import OfflineStoreError
 from features.historical import PointInTimeRead, plan_read
 from features.online.request import resolve
 from features.repo import Definitions
+from features.sql import quote
 from features.windows import from_micros
 
 if TYPE_CHECKING:
@@ -84,7 +85,6 @@ class RetrievalJob:
 
     config: RepoConfig
     read: PointInTimeRead
-    refs: list[str]  # "view:feature", output order
     feature_service: str | None
     full_feature_names: bool
     allow_uncovered: bool
@@ -106,8 +106,13 @@ class RetrievalJob:
                          memory_limit=cfg.offline.memory_limit,
                          temp_directory=cfg.resolve(cfg.offline.spill_path))
         entities_file = Path(entity_rows).resolve() if isinstance(entity_rows, str | Path) else None
-        return cls(cfg, read, [f"{v.name}:{f.name}" for v, f in pairs], feature_service,
-                   full_feature_names, allow_uncovered, timestamp_field, entities_file)
+        return cls(cfg, read, feature_service, full_feature_names, allow_uncovered,
+                   timestamp_field, entities_file)
+
+    @property
+    def refs(self) -> list[str]:
+        """``view:feature`` of each output column, in order."""
+        return [f"{view.name}:{f.name}" for view, f, _ in self.read.outputs]
 
     def to_arrow(self) -> pa.Table:
         return self.read.to_arrow()
@@ -145,7 +150,7 @@ class RetrievalJob:
         cols = [out for _, _, out in self.read.outputs]
         if not cols:
             return {}
-        quoted = [f'"{c.replace(chr(34), chr(34) * 2)}"' for c in cols]
+        quoted = [quote(c) for c in cols]
         target = str(path).replace("'", "''")
         row = self.read.con.execute(
             f"SELECT {', '.join(f'count(*) - count({q})' for q in quoted)} "

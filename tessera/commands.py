@@ -96,9 +96,12 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
 def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
                         entities: Path | None, features: str | None,
                         feature_service: str | None, manifest: Path | None,
-                        timestamp_field: str, full_feature_names: bool,
-                        allow_uncovered: bool) -> ExportSummary:
-    """``tessera export``: a training set and its manifest (or a manifest's export again)."""
+                        timestamp_field: str = "event_ts", full_feature_names: bool = False,
+                        allow_uncovered: bool = False, echo: bool = False) -> ExportSummary:
+    """``tessera export``: a training set and its manifest (or a manifest's export again).
+
+    ``echo`` prints the equivalent command line first (the demo shows what it runs).
+    """
     import shlex
 
     from pipelines.export import ExportError, RetrievalJob, reproduce
@@ -110,7 +113,8 @@ def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
                                                  for x in (k, str(v))],
                           *(["--full-feature-names"] if full_feature_names else []),
                           *(["--allow-uncovered"] if allow_uncovered else [])])
-
+    if echo:
+        console.print(f"$ {command}", markup=False)
     defs = load_valid(cfg)
     if manifest is not None:
         if entities is not None or features or feature_service:

@@ -17,6 +17,7 @@ ROWS = 20_000
 
 def run_export(cfg: RepoConfig, console: Console) -> None:
     """Export ``ROWS`` labelled transactions with the fraud model's features, then check."""
+    import json
     from datetime import timedelta
     from pathlib import Path
 
@@ -25,8 +26,7 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
 
     from features.errors import TesseraError
     from pipelines.consistency import check_repo
-    from pipelines.export import RetrievalJob, reproduce
-    from tessera.commands import load_valid
+    from tessera.commands import export_training_set, load_valid
 
     console.rule("[bold]10. tessera export: a labelled training set, its manifest, a check")
     work = cfg.resolve(cfg.services.state_dir) / "demo"
@@ -41,16 +41,10 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
                     (pl.col("event_ts") - timedelta(microseconds=1)).alias("event_ts"),
                     "is_fraud"))
     rows.write_parquet(work / "labelled.parquet")
-    job = RetrievalJob.plan(cfg, defs, work / "labelled.parquet",
-                            feature_service="fraud_model_v1", full_feature_names=True)
     out = work / "train.parquet"
-    summary = job.to_parquet(out, command=f"tessera export --entities {work / 'labelled.parquet'}"
-                                          f" --feature-service fraud_model_v1 "
-                                          f"--full-feature-names --out {out}")
-    console.print(f"$ tessera export --entities {work / 'labelled.parquet'} --feature-service "
-                  f"fraud_model_v1 --full-feature-names --out {out}", markup=False)
-    console.print(f"wrote {summary.rows:,} rows × {summary.features} features in "
-                  f"{summary.seconds:.1f} s; labels and row order kept")
+    summary = export_training_set(cfg, console, out=out, entities=work / "labelled.parquet",
+                                  features=None, feature_service="fraud_model_v1",
+                                  manifest=None, full_feature_names=True, echo=True)
     train = pl.read_parquet(out)
     table = Table(*(c.replace("user_spend__", "").replace("merchant_activity__", "m.")
                     for c in SHOWN))
@@ -59,8 +53,6 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
                         else f"{r[c]:,.2f}" if isinstance(r[c], float) else str(r[c])
                         for c in SHOWN))
     console.print(table)
-    import json
-
     manifest = json.loads(summary.manifest.read_text())
     views = ", ".join(f"{name} v{info['manifest_version']} ({info['fingerprint'][:12]})"
                       for name, info in manifest["offline"]["views"].items())
@@ -71,10 +63,11 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
                   f"{manifest['time_range']['last'][:10]}; null values in "
                   f"{len(nulls)} features (empty windows), e.g. "
                   + ", ".join(f"{k.split('__')[1]} {v:,}" for k, v in list(nulls.items())[:3]))
-    again = reproduce(cfg, defs, summary.manifest).to_parquet(work / "again.parquet")
+    again = export_training_set(cfg, console, out=work / "again.parquet", entities=None,
+                                features=None, feature_service=None, manifest=summary.manifest,
+                                echo=True)
     same = again.out.read_bytes() == out.read_bytes()
-    console.print(f"$ tessera export --manifest {summary.manifest.name} --out again.parquet: "
-                  f"same bytes: [{'green' if same else 'red'}]{same}[/]")
+    console.print(f"same bytes as {out.name}: [{'green' if same else 'red'}]{same}[/]")
     console.print("$ tessera check-consistency --sample 50", markup=False)
     code = check_repo(cfg, console, None, sample=50, seed=7)
     if not same or code != 0:
