@@ -31,6 +31,13 @@ from pydantic import (
     field_validator,
 )
 
+from features.config_jobs import (
+    DriftConfig,
+    Schedule,
+    SchedulerConfig,
+    ServingLogConfig,
+    ValidationConfig,
+)
 from features.errors import ConfigError
 
 ENV_PREFIX = "TESSERA__"
@@ -151,22 +158,6 @@ class ServicesConfig(_Model):
     redis_cluster: RedisClusterServiceConfig = RedisClusterServiceConfig()
 
 
-class Schedule(_Model):
-    """A job run by ``tessera schedule`` on a cron expression (UTC)."""
-
-    name: str
-    cron: str
-    job: Literal["drift", "run"]
-    args: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, v: str) -> str:
-        if len(v.split()) != 5:
-            raise ValueError(f"expected a 5-field cron expression like '0 6 * * *', got {v!r}")
-        return v
-
-
 class ServeConfig(_Model):
     """``tessera serve``: the HTTP feature server (see docs/serving.md).
 
@@ -260,6 +251,10 @@ class RepoConfig(_Model):
     registry: RegistryConfig = RegistryConfig()
     services: ServicesConfig = ServicesConfig()
     schedules: list[Schedule] = Field(default_factory=list)
+    scheduler: SchedulerConfig = SchedulerConfig()
+    validation: ValidationConfig = ValidationConfig()
+    drift: DriftConfig = DriftConfig()
+    serving_log: ServingLogConfig = ServingLogConfig()
     serve: ServeConfig = ServeConfig()
     stream: StreamConfig = StreamConfig()
     root: Path = Field(Path("."), exclude=True, description="Folder of the file; set on load.")

@@ -58,6 +58,13 @@ def test_bad_redis_url_and_cron_are_explained(tmp_path: Path) -> None:
     assert "online.url: expected a redis://" in error_of(path)
     path = write(tmp_path, "project: shop\nschedules: [{name: a, cron: '* *', job: drift}]\n")
     assert "schedules.0.cron: expected a 5-field cron expression" in error_of(path)
+    # Five fields, but minute 61 does not exist: APScheduler's own parser says why, in one line.
+    path = write(tmp_path, "project: shop\nschedules: [{name: a, cron: '61 6 * * *', job: run}]\n")
+    msg = error_of(path)
+    assert len(msg.splitlines()) == 1
+    assert "schedules.0.cron: not a valid cron expression '61 6 * * *'" in msg
+    path = write(tmp_path, "project: shop\nschedules: [{name: a, cron: '0 6 * * *', job: train}]\n")
+    assert "schedules.0.job: Input should be 'drift', 'run' or 'materialize'" in error_of(path)
 
 
 def test_missing_project_and_missing_file(tmp_path: Path) -> None:

@@ -1,0 +1,83 @@
+"""The parts of ``feature_repo.yaml`` that configure checks and jobs rather than stores.
+
+``validation`` (the batch gate's quarantine), ``drift`` (reports and their threshold),
+``serving_log`` (the sampled log of online responses, the live distribution drift reads) and
+``schedules`` / ``scheduler`` (``tessera schedule``). Parsed into the same strict models as the
+rest of the file (see :mod:`features.config`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JOBS = ("drift", "run", "materialize")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ValidationConfig(_Model):
+    """The gate of ``tessera run`` and ``tessera stream`` (see docs/validation.md)."""
+
+    quarantine_path: Path = Field(Path(".tessera/quarantine"), description="Where a batch that "
+                                  "fails its expectations goes, with its validation result.")
+    examples: int = Field(5, ge=0, le=100, description="Failing values shown per expectation.")
+
+
+class DriftConfig(_Model):
+    """``tessera drift``: Evidently reports against a training reference (docs/drift.md)."""
+
+    reports_path: Path = Field(Path(".tessera/reports"), description="Where HTML and JSON "
+                               "reports are written.")
+    threshold: float = Field(0.5, ge=0, le=1, description="Share of drifted features at or "
+                             "above which the command exits non-zero.")
+    sample_rows: int = Field(100_000, ge=100, description="Rows per side at most; larger "
+                             "inputs are sampled uniformly with the seed.")
+    seed: int = Field(7, ge=0, description="Seed of the sample, so a report can be repeated.")
+
+
+class ServingLogConfig(_Model):
+    """A sampled log of online responses, written to the offline store in the background."""
+
+    enabled: bool = Field(True, description="Log a sample of get_online_features responses.")
+    sample_rate: float = Field(0.1, ge=0, le=1, description="Share of entity rows logged.")
+    path: Path = Field(Path(".tessera/serving_log"), description="Parquet folder of the log.")
+    flush_rows: int = Field(10_000, ge=1, description="Rows buffered before a file is written.")
+    flush_seconds: float = Field(5.0, gt=0, description="Longest time a row waits in memory.")
+    max_buffered_rows: int = Field(200_000, ge=1, description="Past this, new rows are dropped "
+                                   "(and counted) rather than slow the caller or grow memory.")
+
+
+class Schedule(_Model):
+    """A job run by ``tessera schedule`` on a cron expression (UTC)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    cron: str
+    job: Literal["drift", "run", "materialize"]
+    args: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"expected a 5-field cron expression like '0 6 * * *', got {v!r}")
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as e:
+            raise ValueError(f"not a valid cron expression {v!r}: {e}") from None
+        return v
+
+
+class SchedulerConfig(_Model):
+    """``tessera schedule``: where it keeps its history and lock."""
+
+    history_path: Path = Field(Path(".tessera/schedule"), description="Run history (JSON lines) "
+                               "and logs of each run.")
+    misfire_grace_seconds: int = Field(300, ge=1, description="A run this late (the machine "
+                                       "slept, the previous run overran) still starts.")
