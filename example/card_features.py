@@ -3,7 +3,18 @@
 Data: ``tessera generate`` writes ``data/transactions/date=YYYY-MM-DD/part-0000.parquet``.
 """
 
-from features import Entity, FeatureService, FeatureView, Source, agg, col, hour, lit, when
+from features import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Source,
+    agg,
+    col,
+    expect,
+    hour,
+    lit,
+    when,
+)
 
 user = Entity(name="user", join_key="user_id", description="A card holder.")
 merchant = Entity(name="merchant", join_key="merchant_id", description="A card acceptor.")
@@ -19,6 +30,16 @@ transactions = Source(
         "card_present": "bool", "mcc": "string", "is_fraud": "bool", "event_ts": "timestamp",
     },
     description="Authorised card transactions, one row each.",
+    # Checked by `tessera run` (a failing batch is quarantined, nothing published) and, the
+    # row-level ones, on every streamed event (failing events go to the dead-letter topic).
+    expectations=[
+        expect.not_null("transaction_id"),
+        expect.between("amount", min=0, max=1_000_000, strict_min=True),
+        expect.in_set("currency", ["EUR", "USD", "GBP", "CHF", "SEK", "PLN"]),
+        expect.in_set("channel", ["pos", "online", "atm", "contactless"]),
+        expect.unique("transaction_id"),
+        expect.fresh(max_age="2d", severity="warn"),  # the source still delivers
+    ],
 )
 
 # Rough EUR rates: a rule, so the same conversion runs in batch and streaming.

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from features import agg
+from features import agg, expect
 from features.definitions import Entity, Feature, FeatureService, FeatureView, Source
 from features.expr import (
     abs_,
@@ -31,6 +31,7 @@ from features.windows import Window
 
 __all__ = [
     "Entity", "Feature", "FeatureService", "FeatureView", "Source", "Window", "abs_", "agg",
-    "clip", "coalesce", "col", "day_of_month", "day_of_week", "epoch_seconds", "exp", "hour",
+    "clip", "coalesce", "col", "day_of_month", "day_of_week", "epoch_seconds", "exp", "expect",
+    "hour",
     "lit", "log", "log1p", "minute", "month", "round_", "sqrt", "when", "year",
 ]

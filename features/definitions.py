@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from features import expr as ex
 from features.errors import DefinitionError
+from features.expect import Expectation, flatten
 from features.windows import Window, format_duration, parse_duration
 
 DTYPES = ("int64", "float64", "bool", "string", "timestamp")
@@ -57,9 +58,18 @@ class Source:
     timestamp_field: str
     kafka_topic: str | None = None
     description: str = ""
+    # Data-quality checks on the events (features.expect); not part of any view's rules, so
+    # changing one never re-keys stored state. Checked by `tessera run` and `tessera stream`.
+    expectations: tuple[Expectation, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schema", dict(self.schema))
+        object.__setattr__(self, "expectations",
+                           flatten(self.expectations, f"source {self.name!r}"))
+
+    def row_checks(self, severity: str = "error") -> tuple[Expectation, ...]:
+        """The row-level expectations of one severity: rows failing them are dropped."""
+        return tuple(e for e in self.expectations if e.row_level and e.severity == severity)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)

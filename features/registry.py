@@ -72,8 +72,11 @@ def _feast_view(view: FeatureView, entities: dict[str, Any], cfg: RepoConfig) ->
                                 "tessera.function": f.function,
                                 "tessera.window": _window_tag(view, f)})
               for f in view.features]
+    checks = json.dumps([e.to_dict() for e in view.source.expectations], sort_keys=True,
+                        separators=(",", ":"))
     source = feast.FileSource(name=view.source.name, path=str(cfg.root / view.source.path),
-                              timestamp_field=view.source.timestamp_field)
+                              timestamp_field=view.source.timestamp_field,
+                              tags={"tessera.expectations": checks})
     tags = {**view.tags, "tessera.fingerprint": fp,
             "tessera.rules": json.dumps(view.rules_dict(), sort_keys=True, separators=(",", ":"))}
     return feast.FeatureView(

@@ -39,7 +39,13 @@ def entity_problems(entity: Entity) -> list[str]:
 def source_problems(source: Source) -> list[str]:
     """What is wrong with one source by itself (its columns may be named anything)."""
     why = check_identifier("source", source.name)
-    return [why] if why else []
+    problems = [why] if why else []
+    for e in source.expectations:
+        problems += e.problems(source.name, dict(source.schema), source.timestamp_field)
+    names = [e.name for e in source.expectations]
+    problems += [f"source {source.name!r}: expectation {n!r} is given twice"
+                 for n in sorted({n for n in names if names.count(n) > 1})]
+    return problems
 
 
 def view_problems(view: FeatureView) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from features import offline_store
 from features.config import RepoConfig
@@ -27,6 +27,9 @@ from pipelines.errors import PipelineError
 from pipelines.sources import SourceScan, day_of, landing_root, scan_source
 
 Engine = Literal["polars", "spark"]
+# Checks a view's batch before anything is computed: (view, the batch's source rows, start µs,
+# end µs, files) -> warning lines, or raises (validation.gate.BatchGate; wired by the CLI).
+Gate = Callable[[FeatureView, Any, int, int, Sequence[Path]], list[str]]
 ENGINES = ("polars", "spark")
 
 
@@ -133,7 +136,8 @@ def source_days(view: FeatureView, scan: SourceScan) -> tuple[date, date]:
 def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | None = None,
              end: date | None = None, *, allow_empty_days: bool = False,
              scan: SourceScan | None = None,
-             progress: Callable[[int, int], None] | None = None) -> RunSummary:
+             progress: Callable[[int, int], None] | None = None,
+             gate: Gate | None = None) -> RunSummary:
     """Run one view over ``[start, end)`` (default: all the source's days) and commit its tiles.
 
     Args:
@@ -142,6 +146,8 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
         scan: the source's footers, if already read (several views share a source).
         progress: called as ``progress(done, total)`` in the engine's own units (days for
             Polars, layers for Spark).
+        gate: validates the batch first (the source's expectations); it raises to stop the
+            run before anything is staged, or returns warnings for the summary.
     """
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: expected 'polars' or 'spark'")
@@ -156,6 +162,12 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
     root = cfg.resolve(cfg.offline.path)
     fp = view.fingerprint()
     sizes = (EXACT_TILE_US, *view.tile_sizes())
+    warnings: list[str] = []
+    if gate is not None and view.source.expectations:
+        from pipelines.engine_polars import read_events
+
+        warnings = gate(view, read_events(view, opened, lo, hi, opened), lo, hi,
+                        [f.path for f in opened])
     with offline_store.Staging(root, view.name, fp) as stage:
         counts = _run_engine(cfg, view, engine, opened, days, stage, progress)
         replace = [d for d in days if allow_empty_days or counts.per_day.get(d, 0) > 0]
@@ -188,7 +200,7 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
         partial_rows_written=counts.written,
         manifest_version=None if manifest is None else manifest.version,
         seconds=time.perf_counter() - began, days_replaced=len(replace), empty_days=empty,
-        skipped_files=tuple(str(f.path) for f in skipped))
+        skipped_files=tuple(str(f.path) for f in skipped), notes=tuple(warnings))
 
 
 def _run_engine(cfg: RepoConfig, view: FeatureView, engine: Engine, opened: list,
@@ -224,7 +236,8 @@ def _midnight_us(d: date) -> int:
 
 def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
         start: date | datetime | str | None = None, end: date | datetime | str | None = None,
-        show_progress: bool = True, allow_empty_days: bool = False) -> list[RunSummary]:
+        show_progress: bool = True, allow_empty_days: bool = False,
+        gate: Gate | None = None) -> list[RunSummary]:
     """Run every view over the whole days ``[start, end)`` (default: all the source's days).
 
     A rich progress bar shows each view's days (Polars) or layers (Spark) as they finish.
@@ -258,7 +271,8 @@ def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
                 scans[view.source.name] = scan_source(view.source, cfg.root, _landed(cfg, view))
             summaries.append(run_view(cfg, view, engine, first, last,
                                       allow_empty_days=allow_empty_days,
-                                      scan=scans[view.source.name], progress=progress))
+                                      scan=scans[view.source.name], progress=progress,
+                                      gate=gate))
     return summaries
 
 

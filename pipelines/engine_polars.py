@@ -5,7 +5,8 @@ Steps, each shared in meaning with the Spark engine (:mod:`pipelines.engine_spar
 1. read the source files in path order, check their schema, normalise times to UTC µs, give
    each row its source order ``seq = file rank << 32 | row``;
 2. apply the view's derived columns and row filter (a null filter drops the row), drop rows
-   with a null entity key or event time (counted as rejected), compute each aggregation input;
+   with a null entity key or event time or failing an error-level row expectation of the
+   source (counted as rejected), compute each aggregation input;
 3. group by entity key and tile — once per tile size, and once per instant (the exact layer) —
    into the partial columns :func:`features.tiles.layout` defines.
 
@@ -153,6 +154,8 @@ def _projection(view: FeatureView) -> tuple[list[pl.Expr], pl.Expr, pl.Expr, lis
     valid = pl.col(view.source.timestamp_field).is_not_null()
     for key in view.join_keys:
         valid &= pl.col(key).is_not_null()
+    for check in view.source.row_checks():  # the batch passed its gate: drop the rows that fail
+        valid &= compile_expr(check.row_check(), "polars", view.source.schema).fill_null(False)
     keep = valid if view.filter is None else valid & compile_expr(
         view.filter, "polars", schema).fill_null(False)
     inputs = [compile_expr(inp.node, "polars", schema).cast(_pl_type(inp.dtype))

@@ -105,6 +105,9 @@ def project(view: FeatureView, events: DataFrame) -> tuple[DataFrame, DataFrame]
     valid = F.col(ts).isNotNull()
     for key in view.join_keys:
         valid = valid & F.col(key).isNotNull()
+    for check in view.source.row_checks():  # the batch passed its gate: drop the rows that fail
+        valid = valid & F.coalesce(compile_expr(check.row_check(), "spark", view.source.schema),
+                                   F.lit(False))
     keep = valid if view.filter is None else valid & F.coalesce(
         compile_expr(view.filter, "spark", schema), F.lit(False))
     df = df.withColumn("__valid", valid).withColumn("__keep", keep)

@@ -55,10 +55,11 @@ def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str | None,
               allow_empty_days: bool = False, then_materialize: bool = False) -> list[RunSummary]:
     """``tessera run``: every (or the named) view over whole days ``[start, end)``."""
     from pipelines.batch import run
+    from validation.gate import BatchGate
 
     defs = load_valid(cfg)
     summaries = run(cfg, defs.select(views), engine, start, end,  # type: ignore[arg-type]
-                    allow_empty_days=allow_empty_days)
+                    allow_empty_days=allow_empty_days, gate=BatchGate(cfg))
     render_runs(console, summaries)
     if then_materialize:
         materialize_repo(cfg, console, None, None, views)

@@ -150,10 +150,17 @@ def run_pipeline(cfg: RepoConfig, console: Console) -> None:
     defs = load_valid(cfg)
     views = list(defs.views.values())
 
-    console.rule("[bold]5. tessera run: the same rules on Polars and on Spark")
-    summaries = run(cfg, views, "polars", start, end, allow_empty_days=True)
+    console.rule("[bold]5. tessera run: validate, then the same rules on Polars and on Spark")
+    from validation.gate import BatchGate
+
+    gate = BatchGate(cfg)  # the source's expectations, checked by Great Expectations first
+    summaries = run(cfg, views, "polars", start, end, allow_empty_days=True, gate=gate)
+    for report in gate.reports.values():
+        console.print(f"Great Expectations: {len(report.outcomes)} expectations on "
+                      f"{report.rows:,} rows of {report.source!r} in {report.seconds:.1f} s, "
+                      f"{len(report.blocking)} failed, {len(report.warnings)} warned")
     spark_cfg = cfg.model_copy(update={"offline": replace_offline(cfg, "offline-spark")})
-    summaries += run(spark_cfg, views, "spark", start, end, allow_empty_days=True)
+    summaries += run(spark_cfg, views, "spark", start, end, allow_empty_days=True, gate=gate)
     render_runs(console, summaries)
 
     console.rule("[bold]6. Point-in-time features (no value from after each timestamp)")

@@ -46,6 +46,11 @@ def test_feast_lists_what_apply_registered(tmp_path: Path) -> None:
     field = next(f for f in fv.schema if f.name == "spend_eur_7d")
     assert field.tags["tessera.fingerprint"] == view.feature_fingerprint(view.feature("spend_eur_7d"))
     assert field.tags["tessera.window"] == "7d/168m"
+    # The source's expectations are registered with it, as data another tool can read.
+    checks = json.loads(store.get_data_source("transactions").tags["tessera.expectations"])
+    assert {"kind": "between", "column": "amount", "min": 0, "max": 1_000_000,
+            "strict_min": True, "severity": "error"} in checks
+    assert len(checks) == len(view.source.expectations)
 
     # Applying again is idempotent, and a view removed from the repo leaves the registry.
     del defs.views["merchant_activity"]
