@@ -4,8 +4,9 @@ One process consumes every selected view's topic in one consumer group. Each mic
 (at most ``stream.max_batch_events`` events or ``stream.max_batch_ms``) goes, per topic:
 
 1. decode (:mod:`streaming.decode`; undecodable, missing or mistyped fields, null times are
-   dead letters);
-2. land the decodable events in the offline store (:mod:`streaming.landing`, once per offset);
+   dead letters), then the source's row-level expectations (:mod:`streaming.expectations`;
+   failing events are dead letters with reason ``expectation``);
+2. land the accepted events in the offline store (:mod:`streaming.landing`, once per offset);
 3. per view: dead letters for null keys and too-late events, the view's rules, and the
    exactly-once merge into Redis (:mod:`streaming.apply`);
 4. send the dead letters to ``<topic>.dlq`` (original bytes and key; reason, view, source
@@ -35,6 +36,7 @@ from features.online.redis_store import RedisOnline
 from features.windows import parse_duration
 from streaming.apply import OFFSET_BITS, ViewWriter
 from streaming.decode import NULL_TIME, Bad, Decoder, JsonDecoder
+from streaming.expectations import RowGate
 from streaming.fetcher import Fetcher
 from streaming.kafka_admin import ensure_topic
 from streaming.landing import OFFSET, PARTITION, Landing
@@ -77,6 +79,7 @@ class _Topic:
     views: list[ViewWriter]
     decoder: Decoder
     landing: Landing | None
+    gate: RowGate
 
 
 def group_id(cfg: RepoConfig, views: Sequence[FeatureView], all_views: bool) -> str:
@@ -114,7 +117,8 @@ class StreamConsumer:
                                   f"must have one source (one schema)")
             writers = [ViewWriter(cfg.project, v, name, self.online, lateness) for v in vs]
             landing = Landing(cfg, vs[0].source, name) if self.settings.land else None
-            self.topics[name] = _Topic(name, writers, decoder(vs[0].source), landing)
+            self.topics[name] = _Topic(name, writers, decoder(vs[0].source), landing,
+                                      RowGate(vs[0].source))
         self.metrics = StreamMetrics(list(self.topics), [v.name for v in views])
         self._stop = False
         self._lander = ThreadPoolExecutor(1)  # replaced per run (close shuts it down)
@@ -271,6 +275,8 @@ class StreamConsumer:
             bad += [Bad(int(j), NULL_TIME, f"event time `{ts}` is null")
                     for j in frame.filter(null_time)["__i"].to_list()]
             frame = frame.filter(~null_time)
+        frame, failed = topic.gate.check(frame)  # the source's row-level expectations
+        bad += failed
         # landing (Parquet + fsync, GIL released) overlaps the Redis work; both finish
         # before the commit. One landing thread: a retried batch lands after the first try.
         landed = (self._lander.submit(topic.landing.write, frame)

@@ -28,7 +28,9 @@ NULL_TIME = "null_time"
 NULL_KEY = "null_key"
 TOO_LATE = "too_late"
 RULE_ERROR = "rule_error"
-REASONS = (UNDECODABLE, MISSING_FIELD, MISTYPED_FIELD, NULL_TIME, NULL_KEY, TOO_LATE, RULE_ERROR)
+EXPECTATION = "expectation"  # failed a row-level expectation of the source (features.expect)
+REASONS = (UNDECODABLE, MISSING_FIELD, MISTYPED_FIELD, NULL_TIME, NULL_KEY, TOO_LATE, RULE_ERROR,
+           EXPECTATION)
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 

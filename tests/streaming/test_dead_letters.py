@@ -62,6 +62,9 @@ BAD: dict[str, tuple[Callable[[StreamRepo, int], bytes | dict], str, str | None]
     "null time": (lambda r, u: event(r, u, event_ts=None), "null_time", None),
     "null key": (lambda r, u: event(r, u, merchant_id=None), "null_key", "merchant_activity"),
     "too late": (late, "too_late", "user_spend"),
+    # the source's expectations (example/card_features.py), the same ones tessera run checks
+    "negative amount": (lambda r, u: event(r, u, amount=-12.5), "expectation", None),
+    "unknown currency": (lambda r, u: event(r, u, currency="XYZ"), "expectation", None),
 }
 
 
@@ -87,6 +90,11 @@ def test_a_bad_message_goes_to_the_dlq_with_its_reason_and_the_rest_is_applied(
     assert (headers["tessera.partition"], headers["tessera.offset"]) == ("0", "1")
     assert headers["tessera.detail"]  # a readable line: what was expected, where
     assert headers.get("tessera.view") == view
+    if reason == "expectation":  # the detail names the expectation and the failing value
+        assert headers["tessera.detail"] in (
+            "expectation '0 < amount <= 1000000' failed: amount = -12.5",
+            "expectation \"currency in {'EUR', 'USD', 'GBP', 'CHF', 'SEK', 'PLN'}\" failed: "
+            "currency = 'XYZ'")
 
     store = FeatureStore(config=repo.cfg)
     got = store.get_online_features(["user_spend:txn_count_7d"],
