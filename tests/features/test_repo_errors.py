@@ -141,3 +141,21 @@ def test_cli_prints_the_shadowing_warning_as_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith(f"warning: {tmp_path / 'features.py'}: a definitions file named "
                                f"'features.py' shadows Tessera's 'features' package")
     assert lines[1].startswith("error: ")
+
+
+def test_a_malformed_expectation_is_one_line_at_apply(tmp_path: Path) -> None:
+    from tessera.cli import app
+
+    repo(tmp_path, "from features import Source, expect\n"
+                   "src = Source(name='txns', path='x', timestamp_field='ts',\n"
+                   "             schema={'amount': 'float64', 'ts': 'timestamp'},\n"
+                   "             expectations=[expect.between('amonut', min=0)])\n")
+    result = CliRunner().invoke(app, ["apply", "--repo", str(tmp_path / "feature_repo.yaml")])
+    assert result.exit_code == 1
+    assert result.output == ("error: source 'txns': expectation between: no column 'amonut' in "
+                             "the source's schema (did you mean 'amount'?)\n")
+    # A wrong argument to a builder is the file and line, like any other definitions error.
+    repo(tmp_path, "from features import expect\nchecks = [expect.fresh(max_age='soon')]\n")
+    result = CliRunner().invoke(app, ["apply", "--repo", str(tmp_path / "feature_repo.yaml")])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert result.output.startswith(f"error: {tmp_path / 'defs.py'}:2: ")
