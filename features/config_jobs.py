@@ -8,6 +8,7 @@ rest of the file (see :mod:`features.config`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -58,7 +59,22 @@ class Schedule(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     cron: str
     job: Literal["drift", "run", "materialize"]
-    args: dict[str, str] = Field(default_factory=dict)
+    args: dict[str, str] = Field(default_factory=dict, description="Options of the command: "
+                                 "{key: value} is --key value ('true': a bare flag).")
+    timeout_seconds: int | None = Field(None, ge=1, description="Kill the run past this "
+                                        "(default scheduler.timeout_seconds).")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", key):
+                raise ValueError(f"option name {key!r}: expected lowercase letters, digits, "
+                                 f"'_' or '-' (written without the leading --)")
+            if key in ("repo", "out"):
+                raise ValueError(f"option {key!r} is set by the scheduler (the repo it runs "
+                                 f"from; a drift job's reports go under its run folder)")
+        return v
 
     @field_validator("cron")
     @classmethod
@@ -75,9 +91,15 @@ class Schedule(_Model):
 
 
 class SchedulerConfig(_Model):
-    """``tessera schedule``: where it keeps its history and lock."""
+    """``tessera schedule``: its history, locks, misfires and timeouts (docs/schedule.md)."""
 
     history_path: Path = Field(Path(".tessera/schedule"), description="Run history (JSON lines) "
                                "and logs of each run.")
     misfire_grace_seconds: int = Field(300, ge=1, description="A run this late (the machine "
                                        "slept, the previous run overran) still starts.")
+    coalesce: bool = Field(True, description="Several missed runs of one job run once, not "
+                           "once each.")
+    timeout_seconds: int = Field(7200, ge=1, description="A run still going after this is "
+                                 "killed (a schedule's timeout_seconds overrides it).")
+    stop_wait_seconds: int = Field(60, ge=0, description="On SIGTERM or Ctrl-C, how long to "
+                                   "wait for running jobs before killing them.")
