@@ -47,7 +47,8 @@ class Outcome:
         if e.kind in ("row_count", "fresh"):
             return f"observed {_text(self.observed)}"
         share = 100.0 * self.failing / self.checked if self.checked else 0.0
-        shown = ", ".join(_text(v) for v in self.examples)
+        distinct = dict.fromkeys(_text(v) for v in self.examples)  # nulls need no example
+        shown = "" if e.kind == "not_null" else ", ".join(distinct)
         return (f"{self.failing:,} of {self.checked:,} values fail ({share:.3g}%)"
                 + (f", e.g. {shown}" if shown else ""))
 
