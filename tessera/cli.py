@@ -372,6 +372,36 @@ def check_consistency_cmd(
     raise typer.Exit(check_repo(_config(repo), _console(), view, sample, seed))
 
 
+@app.command("drift")
+@_friendly
+def drift_cmd(
+    reference: Annotated[str, typer.Option(
+        help="Training data: an export manifest (NAME.manifest.json), or a window START..END "
+             "(ISO dates or instants, UTC, END exclusive) read point-in-time.")],
+    current: Annotated[str, typer.Option(
+        help="A window START..END, or serving-log (the logged online responses).")],
+    view: Annotated[str | None, typer.Option("--view", help="Compare this view's features.")]
+    = None,
+    service: Annotated[str | None, typer.Option(
+        "--service", help="Compare this feature service's features.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html, report.json and "
+                                             "summary.json (default drift.reports_path/"
+                                             "TIMESTAMP-NAME).")] = None,
+    since: Annotated[str | None, typer.Option(help="serving-log: from this instant (UTC).")]
+    = None,
+    until: Annotated[str | None, typer.Option(help="serving-log: before this instant.")]
+    = None,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Evidently drift report of live feature values against the training data; exit 1 when
+    the share of drifted features reaches drift.threshold, 2 on bad input."""
+    from validation.drift_command import run_drift
+
+    raise typer.Exit(run_drift(_config(repo), _console(), reference=reference, current=current,
+                               view=view, service=service, out=out, since=since, until=until,
+                               errors=_error_console()))
+
+
 @app.command("demo")
 @_friendly
 def demo(repo: RepoOpt = DEFAULT_REPO) -> None:
