@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from features.online.redis_store import RedisOnline
+    from features.online.serving_log import ServingLog
     from pipelines.export import RetrievalJob
 
 _ARROW_TYPES = {"int64": "int64", "float64": "float64", "bool": "bool_", "string": "string"}
@@ -97,6 +98,12 @@ class FeatureStore:
         self.definitions: Definitions = load_definitions(self.config)
         self._online: RedisOnline | None = None
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        self.serving_log: ServingLog | None = None
+        log_cfg = self.config.serving_log
+        if log_cfg.enabled and log_cfg.sample_rate > 0:  # else nothing is made, nothing costs
+            from features.online.serving_log import ServingLog
+
+            self.serving_log = ServingLog(log_cfg, self.config.resolve(log_cfg.path))
 
     @property
     def online(self) -> RedisOnline:
@@ -136,7 +143,9 @@ class FeatureStore:
             feature_service: the name of a feature service.
             full_feature_names: name outputs ``view__feature``.
             now: the request instant (datetime or µs); default the current time. Values are
-                exact for any instant at or after the newest materialized event.
+                exact for any instant at or after the newest materialized event. A call with
+                an explicit ``now`` (a replay, a consistency check) is not live traffic and is
+                not written to the serving log.
 
         Raises:
             OnlineRequestError: unknown feature or service (with close names), bad entity rows.
@@ -146,7 +155,11 @@ class FeatureStore:
         n, columns = plan.entity_columns(entity_rows)
         if now is None:
             now_us = time.time_ns() // 1000
-        elif isinstance(now, int):
+            response = read(self.online, plan, n, columns, now_us)
+            if self.serving_log is not None:  # a sample of the rows, buffered (a few µs)
+                self.serving_log.record(plan, response, now_us)
+            return response
+        if isinstance(now, int):
             now_us = now
         else:
             from features.windows import to_micros
@@ -186,6 +199,9 @@ class FeatureStore:
                                  allow_uncovered=allow_uncovered, timestamp_field=timestamp_field)
 
     def close(self) -> None:
+        """Write the buffered serving log and close the online connection."""
+        if self.serving_log is not None:
+            self.serving_log.close()
         if self._online is not None:
             self._online.close()
             self._online = None

@@ -87,7 +87,10 @@ class FeatureServer:
         self.warm()
 
     def warm(self) -> None:
-        """Plan every feature service once, so its first request is not the slow one."""
+        """Plan every feature service once, so its first request is not the slow one; load
+        the serving log's writer libraries now rather than during the first logged request."""
+        if self.store.serving_log is not None:
+            self.store.serving_log.prepare()
         for name in self.store.definitions.services:
             for full in (False, True):
                 # Two views sharing a feature name only plan with full names: skip the other.
@@ -109,7 +112,7 @@ class FeatureServer:
             elif message["type"] == "lifespan.shutdown":
                 if self._probe is not None:
                     self._probe.cancel()
-                self.store.close()
+                self.store.close()  # also writes the buffered serving log
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -129,6 +132,8 @@ class FeatureServer:
                 status, body = await self._health()
             elif path == "/metrics":
                 self._allow(method, "GET")
+                if self.store.serving_log is not None:
+                    self.metrics.serving_log(self.store.serving_log.stats())
                 body, content_type = self.metrics.render()
                 status, headers = 200, [(b"content-type", content_type.encode())]
             else:
@@ -151,6 +156,8 @@ class FeatureServer:
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
         self.metrics.observe(endpoint, status, time.perf_counter() - began, error, entities)
+        if entities and self.store.serving_log is not None:
+            self.metrics.serving_log(self.store.serving_log.stats())
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:

@@ -31,6 +31,15 @@ ERROR_KINDS = {
 }
 
 ENDPOINTS = ("/get-online-features", "/health", "/metrics")
+
+#: ``tessera_serving_log_<name>_total``: the serving log's counters (docs/serving_log.md).
+SERVING_LOG = {
+    "rows_logged": "Entity rows sampled into the serving log",
+    "rows_dropped": "Sampled rows dropped because the serving log's buffer was full",
+    "rows_written": "Serving log rows written to Parquet files",
+    "files_written": "Serving log Parquet files written",
+    "write_errors": "Serving log files that could not be written (their rows are lost)",
+}
 OTHER = "other"  # the endpoint label of every unknown path (bounded label values)
 
 
@@ -56,6 +65,9 @@ class Metrics:
         self._entities = Counter("tessera_online_entities",
                                  "Entities read by successful feature requests",
                                  registry=self.registry)
+        self._log = {name: Counter(f"tessera_serving_log_{name}", doc, registry=self.registry)
+                     for name, doc in SERVING_LOG.items()}
+        self._log_seen: Any = None
         self._latency_of = {e: self._latency.labels(e) for e in (*ENDPOINTS, OTHER)}
         self._error_of = {k: self._errors.labels(k) for k in ERROR_KINDS}
         self._request_of: dict[tuple[str, int], Any] = {}
@@ -78,6 +90,21 @@ class Metrics:
             self._error_of[error].inc()
         elif entities:
             self._entities.inc(entities)
+
+    def serving_log(self, stats: Any) -> None:
+        """Bring the serving log counters up to ``stats`` (a ``ServingLogStats``).
+
+        Called after each feature request and before each scrape: the log counts in its own
+        object (its writer thread has no registry), so the counters move by the difference.
+        """
+        seen = self._log_seen
+        if stats == seen:
+            return
+        for name, counter in self._log.items():
+            delta = getattr(stats, name) - (0 if seen is None else getattr(seen, name))
+            if delta:
+                counter.inc(delta)
+        self._log_seen = stats
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of the text exposition."""
