@@ -132,13 +132,16 @@ def test_warn_only_expectations_are_reported_and_let_through(broken: Path,
     ).select(pl.len()).collect().item()  # warn-only rows are kept: only null keys and times go
 
 
-def test_rows_failing_within_mostly_are_dropped_like_the_stream_does(broken: Path,
-                                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["polars", "spark"])
+def test_rows_failing_within_mostly_are_dropped_like_the_stream_does(
+        broken: Path, tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> None:
+    if engine == "spark":
+        request.getfixturevalue("spark")  # the session's local[2] Spark
     cfg = config(tmp_path)
     lax = [expect.between("amount", min=0, max=100_000, strict_min=True, mostly=0.95),
            expect.in_set("currency", CURRENCIES, mostly=0.95)]
     gate = BatchGate(cfg)
-    summary = run_view(cfg, view_of(broken, lax), "polars", START, END, gate=gate)
+    summary = run_view(cfg, view_of(broken, lax), engine, START, END, gate=gate)  # type: ignore[arg-type]
     (report,) = gate.reports.values()
     assert not report.blocking and all(o.failing > 0 for o in report.outcomes)
     events = pl.scan_parquet(broken).filter(pl.col("event_ts") < datetime(2026, 1, 12, tzinfo=UTC))
