@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,6 +116,14 @@ def run_demo(cfg: RepoConfig, console: Console) -> None:
 
 DEMO_ROWS = 100_000
 DEMO_DAYS = 28  # the days before today (UTC), so online windows have something to show
+DRIFT_DAYS = 7  # the last week of the demo data drifts
+
+
+def drift_from() -> date:
+    """The UTC day the demo data starts to drift (the model was trained before it)."""
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC).date() - timedelta(days=DRIFT_DAYS)
 
 
 def run_pipeline(cfg: RepoConfig, console: Console) -> None:
@@ -140,9 +149,11 @@ def run_pipeline(cfg: RepoConfig, console: Console) -> None:
     today = datetime.now(UTC).date()
     start = today - timedelta(days=DEMO_DAYS)
     end = today + timedelta(days=1)  # today has no events yet: computed as empty, not unknown
+    # The last week drifts (more online and night-time spending, dearer categories): the
+    # drift report at the end compares it with a training set from the weeks before.
     summary = generate_cli(rows=DEMO_ROWS, out=cfg.resolve(Path("data")),
                            start=datetime.combine(start, datetime.min.time()), days=DEMO_DAYS,
-                           seed=7)
+                           seed=7, drift_from=datetime.combine(drift_from(), datetime.min.time()))
     console.print(summary.format())
 
     console.rule("[bold]4. tessera apply: validate, register in Feast")
@@ -294,11 +305,13 @@ def run_http(cfg: RepoConfig, console: Console, user: int) -> None:
     console.print(f"$ curl -s {url}/get-online-features -d '{json.dumps(body)}'",
                   markup=False, soft_wrap=True)
     console.print(json.dumps(answer), markup=False, soft_wrap=True)
+    from tessera.demo_drift import run_drift_report
     from tessera.demo_export import run_export
     from tessera.demo_stream import run_stream
 
-    run_export(cfg, console)
+    manifest = run_export(cfg, console)
     run_stream(cfg, console, user)
+    run_drift_report(cfg, console, manifest)
 
 
 def _same(a: object, b: object) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from features.config import RepoConfig
@@ -15,10 +17,11 @@ SHOWN = ("user_id", "event_ts", "is_fraud", "user_spend__txn_count_1d",
 ROWS = 20_000
 
 
-def run_export(cfg: RepoConfig, console: Console) -> None:
-    """Export ``ROWS`` labelled transactions with the fraud model's features, then check."""
+def run_export(cfg: RepoConfig, console: Console) -> Path:
+    """Export ``ROWS`` labelled transactions with the fraud model's features, then check;
+    returns the manifest (the training reference of the drift report)."""
     import json
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
     from pathlib import Path
 
     import polars as pl
@@ -27,6 +30,7 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
     from features.errors import TesseraError
     from pipelines.consistency import check_repo
     from tessera.commands import export_training_set, load_valid
+    from tessera.demo import drift_from
 
     console.rule("[bold]10. tessera export: a labelled training set, its manifest, a check")
     work = cfg.resolve(cfg.services.state_dir) / "demo"
@@ -36,7 +40,10 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
     defs = load_valid(cfg)
     source = cfg.resolve(Path(defs.views["user_spend"].source.path))
     events = pl.read_parquet(source / "*" / "*.parquet")
-    rows = (events.sample(ROWS, seed=7, shuffle=True)
+    # The model trains on the weeks before the drift; the drift report compares with them.
+    trained_until = datetime.combine(drift_from(), datetime.min.time(), UTC)
+    rows = (events.filter(pl.col("event_ts") < trained_until)
+            .sample(ROWS, seed=7, shuffle=True)
             .select("user_id", "merchant_id",
                     (pl.col("event_ts") - timedelta(microseconds=1)).alias("event_ts"),
                     "is_fraud"))
@@ -72,3 +79,4 @@ def run_export(cfg: RepoConfig, console: Console) -> None:
     code = check_repo(cfg, console, None, sample=50, seed=7)
     if not same or code != 0:
         raise TesseraError("the demo's export did not reproduce, or online and offline differ")
+    return summary.manifest

@@ -181,7 +181,8 @@ def _sql_list(paths: Sequence[Path]) -> str:
 
 def window_side(cfg: RepoConfig, store: FeatureStore, columns: Sequence[FeatureColumn],
                 window: TimeWindow, option: str, *, sample_rows: int, seed: int) -> Side:
-    """Features at sampled (entity, instant) pairs of the source events in ``window``."""
+    """Features at sampled (entity, instant) pairs of the source events in ``window``, each
+    read 1 µs before its event (what was served when it was scored)."""
     from features.sql import quote
     from pipelines.sources import landing_root, source_files
 
@@ -202,8 +203,11 @@ def window_side(cfg: RepoConfig, store: FeatureStore, columns: Sequence[FeatureC
         raise DriftInputError(f"{option} {window.text}: source {source.name!r} has no Parquet "
                               f"files under {str(cfg.resolve(Path(source.path)))!r}")
     not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in keys)
+    # Each event is read just before it happened (t - 1 µs): the values a model scoring that
+    # event saw, the convention of a training set exported for the same events.
     events = con.sql(
-        f"SELECT {', '.join(quote(k) for k in keys)}, {quote(ts)} FROM read_parquet("
+        f"SELECT {', '.join(quote(k) for k in keys)}, "
+        f"{quote(ts)} - INTERVAL 1 MICROSECOND AS {quote(ts)} FROM read_parquet("
         f"{_sql_list(files)}, union_by_name=true, hive_partitioning=false) "
         f"WHERE epoch_us({quote(ts)}) >= {lo} AND epoch_us({quote(ts)}) < {hi} AND {not_null}"
     ).to_arrow_table()

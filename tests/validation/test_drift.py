@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +79,15 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def manifest(drifted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A training set of week 2 (each transaction's instant), exported with the export API."""
+    """A training set of week 2 (each transaction just before it happened, as a model scoring
+    it saw it), exported with the export API."""
     import polars as pl
 
     events = pl.read_parquet(drifted / "data" / "transactions" / "*" / "*.parquet")
     rows = events.filter((pl.col("event_ts") >= datetime(2025, 1, 13, tzinfo=UTC))
                          & (pl.col("event_ts") < datetime(2025, 1, 20, tzinfo=UTC)))
-    rows = rows.select("user_id", "merchant_id", "event_ts", "is_fraud")
+    rows = rows.select("user_id", "merchant_id",
+                       pl.col("event_ts") - timedelta(microseconds=1), "is_fraud")
     folder = tmp_path_factory.mktemp("train")
     rows.write_parquet(folder / "rows.parquet")
     store = FeatureStore(drifted)
@@ -186,7 +188,8 @@ def write_serving_log(repo: Path, columns: list[str]) -> None:
     store = FeatureStore(repo)
     events = pl.read_parquet(repo / "data" / "transactions" / "*" / "*.parquet").filter(
         pl.col("event_ts") >= datetime(2025, 1, 20, tzinfo=UTC))
-    rows = events.select("user_id", "merchant_id", "event_ts")[::3]
+    rows = events.select("user_id", "merchant_id",  # served just before each event
+                         pl.col("event_ts") - timedelta(microseconds=1))[::3]
     values = pl.from_arrow(store.get_historical_features(
         rows, [c.replace("__", ":") for c in columns], full_feature_names=True).to_arrow())
     log = values.rename({"event_ts": "served_at"}).select("served_at", "user_id", "merchant_id",
