@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JOBS = ("drift", "run", "materialize")
 
@@ -75,6 +75,18 @@ class Schedule(_Model):
                 raise ValueError(f"option {key!r} is set by the scheduler (the repo it runs "
                                  f"from; a drift job's reports go under its run folder)")
         return v
+
+    @model_validator(mode="after")
+    def _drift_args(self) -> Schedule:
+        # What `tessera drift` would refuse with exit 2 at 06:00 is refused here, at load.
+        if self.job != "drift":
+            return self
+        reference = self.args.get("reference")
+        if (reference is not None and not reference.endswith(".json")
+                and not {"view", "service"} & set(self.args)):
+            raise ValueError("a drift job with a window as reference needs args view or "
+                             "service: the features to compare")
+        return self
 
     @field_validator("cron")
     @classmethod
