@@ -444,7 +444,7 @@ def schedule_start(repo: RepoOpt = DEFAULT_REPO) -> None:
 @_friendly
 def schedule_list(repo: RepoOpt = DEFAULT_REPO) -> None:
     """Each scheduled job with its next run time (UTC), last run and command."""
-    from validation.schedule import list_jobs
+    from validation.schedule_views import list_jobs
 
     list_jobs(_config(repo), repo, _console())
 
@@ -469,7 +469,7 @@ def schedule_history(
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """The recorded runs: status, exit code, and links to each run's log and reports."""
-    from validation.schedule import show_history
+    from validation.schedule_views import show_history
 
     show_history(_config(repo), _console(), job, limit)
 
