@@ -82,6 +82,11 @@ def gx_expectation(e: Expectation, column: str | None, end: Any = None) -> Any:
 
     x = gx.expectations
     meta = {"tessera": e.name}
+    if e.kind == "row_count":
+        return x.ExpectTableRowCountToBeBetween(min_value=_count(e.min), max_value=_count(e.max),
+                                                meta=meta)
+    if column is None:
+        raise ValueError(f"expectation {e.name!r} needs a column")
     if e.kind == "not_null":
         return x.ExpectColumnValuesToNotBeNull(column=column, mostly=e.mostly, meta=meta)
     if e.kind == "between":
@@ -93,10 +98,12 @@ def gx_expectation(e: Expectation, column: str | None, end: Any = None) -> Any:
                                              mostly=e.mostly, meta=meta)
     if e.kind == "unique":
         return x.ExpectColumnValuesToBeUnique(column=column, mostly=e.mostly, meta=meta)
-    if e.kind == "row_count":
-        return x.ExpectTableRowCountToBeBetween(min_value=e.min, max_value=e.max, meta=meta)
     newest_at_least = pd.Timestamp(end) - pd.Timedelta(microseconds=e.max_age_us or 0)
     return x.ExpectColumnMaxToBeBetween(column=column, min_value=newest_at_least, meta=meta)
+
+
+def _count(v: Any) -> int | None:
+    return None if v is None else int(v)
 
 
 def _bound(v: Any) -> Any:
