@@ -39,6 +39,7 @@ from streaming.decode import NULL_TIME, Bad, Decoder, JsonDecoder
 from streaming.expectations import RowGate
 from streaming.fetcher import Fetcher
 from streaming.kafka_admin import ensure_topic
+from streaming.kafka_group import keep_finished_joins
 from streaming.landing import OFFSET, PARTITION, Landing
 from streaming.metrics import StreamMetrics
 
@@ -132,25 +133,29 @@ class StreamConsumer:
         self._stop = True
 
     def _make_consumer(self, fetcher: Fetcher) -> Any:
-        """The KafkaConsumer, subscribed, its rebalances reported to ``fetcher``."""
+        """The KafkaConsumer, subscribed, its rebalances reported to ``fetcher``.
+
+        kafka-python 3 runs the rebalance listener on its IO thread (the one that also sends
+        heartbeats), where a blocking consumer call fails: the listener is async and awaits."""
         from kafka import KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
         topics = self.topics
+        holder: dict[str, Any] = {}
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
+        class Listener(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Any) -> None:
                 if revoked:
                     log.info("partitions revoked: %s", _tps(revoked))
-                    fetcher.revoked()  # every handed-over batch written and committed first
+                # every handed-over batch written and committed first
+                await fetcher.revoked(holder["consumer"]._net.sleep)
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
+            async def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("partitions assigned: %s", _tps(assigned))
                 for t in topics.values():  # another process may have landed meanwhile
                     if t.landing is not None:
                         t.landing.forget()
-                if assigned:
-                    fetcher.assigned()
+                fetcher.assigned()
 
         consumer = KafkaConsumer(
             bootstrap_servers=self.cfg.kafka.bootstrap_servers.split(","), group_id=self.group,
@@ -160,6 +165,8 @@ class StreamConsumer:
             fetch_max_wait_ms=min(100, self.settings.max_batch_ms), request_timeout_ms=30_000,
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
             max_poll_interval_ms=300_000, client_id=f"tessera-stream-{self.group}")
+        holder["consumer"] = consumer
+        keep_finished_joins(consumer)
         consumer.subscribe(list(self.topics), listener=Listener())
         return consumer
 
@@ -199,9 +206,11 @@ class StreamConsumer:
     def run(self, *, max_events: int | None = None, max_seconds: float | None = None,
             until_idle_s: float | None = None, status: Callable[[str], None] | None = None,
             handle_signals: bool = True) -> StreamSummary:
-        """Consume until SIGTERM/SIGINT, or ``max_events`` / ``max_seconds`` / no new event
-        for ``until_idle_s`` once partitions are assigned (bounded runs for demos, tests and
-        benchmarks)."""
+        """Consume until SIGTERM/SIGINT, or ``max_events`` / ``max_seconds`` /
+        ``until_idle_s`` (bounded runs for demos, tests and benchmarks): nothing left for this
+        process that long, i.e. the group gave it its partitions (none is fine), every one is
+        read to its end offset and written, and no event came since. A rebalance starts the
+        count again once the new assignment is read to its end."""
         summary = StreamSummary()
         if handle_signals:
             signal.signal(signal.SIGTERM, self.stop)
@@ -219,9 +228,11 @@ class StreamConsumer:
                     break
                 if max_events is not None and summary.events >= max_events:
                     break
-                if (until_idle_s is not None and fetcher.assigned_at is not None
-                        and now - max(last_event, fetcher.assigned_at) >= until_idle_s):
-                    break  # idle once we hold partitions (a dead member's may take a while)
+                if until_idle_s is not None:
+                    idle_since = fetcher.idle()  # joined, read to the end, all written
+                    if idle_since is not None and now - max(last_event,
+                                                            idle_since) >= until_idle_s:
+                        break
                 records = fetcher.take(timeout=0.05)
                 if records:
                     fetcher.done(self._process(records, summary))

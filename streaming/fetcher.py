@@ -12,9 +12,15 @@ Batches are adaptive: while the main thread is busy, the next batch fills up to
 at once, so a quiet stream is not held back by the batch window.
 
 Handing batches over must not let two processes land or apply one batch at once after a
-rebalance: when partitions are revoked (inside ``poll``, on this thread), the fetcher waits for
-every batch it handed over to be written and commits, before the group may give the partitions
-to another member.
+rebalance: when partitions are revoked, the fetcher waits for every batch it handed over to be
+written and commits, before the group may give the partitions to another member; what it had
+polled but not handed over yet is dropped (neither written nor committed: read again). kafka-
+python 3 calls the rebalance listener on its IO thread, which also sends the heartbeats and may
+not make blocking consumer calls: the waiting and the commit there are awaited, not blocking.
+
+``idle_since`` tells a bounded run (``--until-idle``) when nothing is left for this process:
+the group has given it its partitions (maybe none) and every one of them is read up to its end
+offset, with nothing fetched since. A rebalance or any fetched event resets it.
 """
 
 from __future__ import annotations
@@ -39,31 +45,49 @@ class Fetcher(threading.Thread):
         self.stopping = threading.Event()
         self.hungry = threading.Event()  # the main thread waits for a batch
         self.error: BaseException | None = None
-        self.assigned_at: float | None = None
+        self.idle_since: float | None = None  # see the module docstring
         self.lag: dict[tuple[str, int], int] = {}
+        self._joined = False  # the group gave us our partitions and no rebalance began since
+        self._rebalances = 0
         self._commits: queue.SimpleQueue[dict[Any, Any]] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._inflight = 0
         self._max_events, self._max_ms, self._limit = max_events, max_ms, limit
         self._fetched = 0
+        self._caught_up = False
         self.consumer = make_consumer(self)
 
-    # --- called by the consumer's rebalance listener, on this thread, inside poll() --------
+    # --- called by the consumer's rebalance listener, on kafka-python's IO thread -----------
 
-    def revoked(self) -> None:
-        """Wait until every handed-over batch is written, then commit."""
-        with self._cond:
-            deadline = time.monotonic() + 240
-            while self._inflight and time.monotonic() < deadline:
+    async def revoked(self, sleep: Callable[[float], Any]) -> None:
+        """A rebalance begins: wait (``await sleep``) until every handed-over batch is written,
+        then commit. Never blocks the IO thread: heartbeats go on meanwhile."""
+        self._joined = False
+        self.idle_since = None
+        self._rebalances += 1
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._inflight:
+                    break
                 if self.stopping.is_set():  # the main thread is done: nothing is in hand
                     self._drop_waiting()
                     self._inflight = 0
                     break
-                self._cond.wait(0.1)
-        self.commit_pending()
+            await sleep(0.05)
+        offsets = self._pending()
+        if offsets:
+            from kafka.errors import KafkaError
+
+            try:
+                await self.consumer.commit_async(offsets)
+            except KafkaError as e:
+                _commit_failed(e)
 
     def assigned(self) -> None:
-        self.assigned_at = time.monotonic()
+        """The group's assignment (maybe no partitions) is ours."""
+        self._joined = True
+        self.idle_since = None  # counted from the first poll that finds nothing to read
 
     # --- called by the main thread ----------------------------------------------------------
 
@@ -107,6 +131,7 @@ class Fetcher(threading.Thread):
                                     self._cond.notify_all()
                                 break
                 self._update_lag()
+                self._update_idle(bool(batch))
         except BaseException as e:  # handed to the main thread, which raises it
             self.error = e
 
@@ -121,7 +146,12 @@ class Fetcher(threading.Thread):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            rebalances = self._rebalances
             got = self.consumer.poll(timeout_ms=int(left * 1000) + 1, max_records=most - count)
+            if got:
+                self.idle_since = None
+            if self._rebalances != rebalances and out:  # revoked meanwhile: not ours to write
+                out, count = {}, 0
             if not got and not self.consumer.assignment():
                 time.sleep(min(0.05, max(left, 0)))  # poll returns at once without partitions
             for tp, recs in got.items():
@@ -133,9 +163,9 @@ class Fetcher(threading.Thread):
         self._fetched += count
         return out
 
-    def commit_pending(self) -> None:
+    def _pending(self) -> dict[Any, Any]:
+        """The offsets handed back since the last commit, merged (TopicPartition → metadata)."""
         from kafka import OffsetAndMetadata
-        from kafka.errors import KafkaError
 
         merged: dict[Any, int] = {}
         while True:
@@ -144,14 +174,19 @@ class Fetcher(threading.Thread):
                     merged[tp] = max(merged.get(tp, 0), offset)
             except queue.Empty:
                 break
-        if not merged:
+        return {tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()}
+
+    def commit_pending(self) -> None:
+        """Commit what was handed back (this thread, or the main thread once it stopped)."""
+        from kafka.errors import KafkaError
+
+        offsets = self._pending()
+        if not offsets:
             return
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()})
-        except KafkaError as e:  # e.g. a rebalance took the partition: its next owner
-            # re-reads from the last commit, and the per-entity offsets skip what we applied
-            log.warning("offset commit failed (%s: %s); the events will be re-read and "
-                        "skipped as already applied", type(e).__name__, e)
+            self.consumer.commit(offsets)
+        except KafkaError as e:
+            _commit_failed(e)
 
     def _drop_waiting(self) -> None:
         """Stopping: batches nobody will take are not written (nor committed)."""
@@ -163,12 +198,37 @@ class Fetcher(threading.Thread):
                 return
 
     def _update_lag(self) -> None:
+        from kafka.errors import IllegalStateError
+
         lag = {}
+        self._caught_up = True
         for tp in self.consumer.assignment():
-            end = self.consumer.highwater(tp)
-            if end is not None:
-                lag[(tp.topic, tp.partition)] = max(end - self.consumer.position(tp), 0)
+            try:
+                end = self.consumer.highwater(tp)
+                position = self.consumer.position(tp) if end is not None else None
+            except IllegalStateError:  # revoked meanwhile
+                end = position = None
+            if end is None or position is None:  # nothing fetched yet: its end is unknown
+                self._caught_up = False
+            else:
+                lag[(tp.topic, tp.partition)] = max(end - position, 0)
+                self._caught_up &= position >= end
         self.lag = lag
+
+    def _update_idle(self, fetched: bool) -> None:
+        if fetched or not self._joined or not self._caught_up:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = time.monotonic()
+
+    def idle(self) -> float | None:
+        """Since when nothing was left for this process to read or write (main thread), or
+        None: not joined, not read to the end, or a batch still waiting or being written."""
+        since = self.idle_since
+        with self._cond:
+            if self._inflight or not self.batches.empty():
+                return None
+        return since
 
     def finish(self) -> None:
         """Stop polling, wait for the thread, commit what was written (main thread, after)."""
@@ -177,6 +237,13 @@ class Fetcher(threading.Thread):
             self._drop_waiting()
         self.join(timeout=60)
         self.commit_pending()
+
+
+def _commit_failed(e: BaseException) -> None:
+    # e.g. a rebalance took the partition: its next owner re-reads from the last commit, and
+    # the per-entity offsets skip what we applied
+    log.warning("offset commit failed (%s: %s); the events will be re-read and skipped as "
+                "already applied", type(e).__name__, e)
 
 
 __all__ = ["Fetcher"]

@@ -23,6 +23,25 @@ from tests.streaming.harness import StreamRepo
 AT = today() + timedelta(minutes=1)  # every generated event is before today's midnight
 
 
+def logs_of(repo: StreamRepo) -> list[str]:
+    return [p.read_text() for p in sorted(repo.folder.glob("stream-*.log"))]
+
+
+def wait_for_logs(repo: StreamRepo, text: str, count: int, timeout_s: float) -> bool:
+    """Whether ``count`` of the repo's stream logs say ``text`` within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(text in log for log in logs_of(repo)) >= count:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def last_assignment(log: str) -> str:
+    """What the last "partitions assigned" line of a stream log names ("" if none yet)."""
+    return log.rpartition("partitions assigned: ")[2] if "partitions assigned: " in log else ""
+
+
 def consume(repo: StreamRepo, group: str, **run) -> object:
     consumer = StreamConsumer(repo.cfg, repo.views, group=group, clock=lambda: to_micros(AT))
     return consumer.run(handle_signals=False, **{"until_idle_s": 3.0, **run})
@@ -119,18 +138,38 @@ def test_two_consumer_processes_end_in_the_same_state_as_one(
                       stream="max_batch_events: 2000")
     try:
         procs = [repo.cli("--until-idle", "20") for _ in range(2)]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # both joined the group before any event
-            logs = [p.read_text() for p in repo.folder.glob("stream-*.log")]
-            if sum("partitions assigned: t-" in log for log in logs) == 2:
-                break
-            time.sleep(0.2)
+        # both joined the group and hold partitions before any event (a cold start of two
+        # processes on a busy machine takes a while)
+        assert wait_for_logs(repo, "partitions assigned: t-", 2, timeout_s=180), logs_of(repo)
         repo.produce()
         assert [p.wait(timeout=300) for p in procs] == [0, 0]
         logs = [p.read_text() for p in repo.folder.glob("stream-*.log")]
         assert all("streamed" in log for log in logs), logs
         # both took part: each applied some events (the group split the 6 partitions)
         assert all("applied: user_spend 0," not in log for log in logs), logs
+        assert repo.mismatches(datetime.now(UTC)) == []
+    finally:
+        repo.close()
+
+
+def test_until_idle_stops_a_member_that_holds_no_partition(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    """One partition, two members: the group gives it to one of them and nothing to the other.
+    ``--until-idle`` must still end both, and only once every event is applied."""
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=6_000, partitions=1,
+                      stream="max_batch_events: 1000")
+    try:
+        procs = [repo.cli("--until-idle", "5")]
+        assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
+        procs.append(repo.cli("--until-idle", "5"))
+        deadline = time.monotonic() + 120
+        while sorted(last_assignment(log)[:2] for log in logs_of(repo)) != ["no", "t-"]:
+            assert time.monotonic() < deadline, logs_of(repo)  # one holds it, one nothing
+            time.sleep(0.2)
+        repo.produce()
+        assert [p.wait(timeout=240) for p in procs] == [0, 0], logs_of(repo)
+        logs = logs_of(repo)
+        assert sum("streamed 6,000 events" in log for log in logs) == 1, logs
         assert repo.mismatches(datetime.now(UTC)) == []
     finally:
         repo.close()
@@ -143,7 +182,9 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(
     try:
         repo.produce()
         proc = repo.cli()
-        time.sleep(5.0)
+        # mid-stream: once it streams (before, SIGTERM would stop a process still importing)
+        assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
+        time.sleep(3.0)
         assert proc.poll() is None, "still streaming (no bound given)"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
