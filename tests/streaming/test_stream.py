@@ -159,9 +159,11 @@ def test_until_idle_stops_a_member_that_holds_no_partition(
     repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=6_000, partitions=1,
                       stream="max_batch_events: 1000")
     try:
-        procs = [repo.cli("--until-idle", "5")]
+        # The first member must outlive the second one's cold start (15-60 s on a busy 2-core
+        # box) on an empty topic: with a short idle bound it is gone before the group forms.
+        procs = [repo.cli("--until-idle", "45")]
         assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
-        procs.append(repo.cli("--until-idle", "5"))
+        procs.append(repo.cli("--until-idle", "45"))
         deadline = time.monotonic() + 120
         while sorted(last_assignment(log)[:2] for log in logs_of(repo)) != ["no", "t-"]:
             assert time.monotonic() < deadline, logs_of(repo)  # one holds it, one nothing
