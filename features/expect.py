@@ -27,7 +27,6 @@ that stopped delivering is caught. ``row_count`` bounds the rows of one batch.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any, Literal
 
 from features import expr as ex
 from features.errors import DefinitionError
+from features.names import did_you_mean
 from features.windows import format_duration, parse_duration
 
 Kind = Literal["not_null", "between", "in_set", "unique", "row_count", "fresh"]
@@ -72,9 +72,7 @@ class Expectation:
         if self.kind == "not_null":
             text = f"{c} not null"
         elif self.kind == "between":
-            lo = "" if self.min is None else f"{_show(self.min)} {'<' if self.strict_min else '<='} "
-            hi = "" if self.max is None else f" {'<' if self.strict_max else '<='} {_show(self.max)}"
-            text = f"{lo}{c}{hi}"
+            text = self._bounded(str(c))
         elif self.kind == "in_set":
             shown = ", ".join(_show(v) for v in (self.values or ())[:6])
             more = ", ..." if len(self.values or ()) > 6 else ""
@@ -82,12 +80,16 @@ class Expectation:
         elif self.kind == "unique":
             text = f"{c} unique"
         elif self.kind == "row_count":
-            lo = "" if self.min is None else f"{_show(self.min)} <= "
-            hi = "" if self.max is None else f" <= {_show(self.max)}"
-            text = f"{lo}rows{hi}"
+            text = self._bounded("rows")
         else:
             text = f"{c or 'event time'} fresh within {format_duration(self.max_age_us or 0)}"
         return text if self.mostly == 1.0 else f"{text} (mostly {self.mostly:g})"
+
+    def _bounded(self, what: str) -> str:
+        """``0 < amount <= 50000``: ``what`` between the bounds that are set."""
+        lo = "" if self.min is None else f"{_show(self.min)} {'<' if self.strict_min else '<='} "
+        hi = "" if self.max is None else f" {'<' if self.strict_max else '<='} {_show(self.max)}"
+        return f"{lo}{what}{hi}"
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical form the registry stores (only what is set)."""
@@ -139,9 +141,8 @@ class Expectation:
             if not column:
                 return [f"{where}: needs a column"]
             if column not in schema:
-                close = difflib.get_close_matches(column, list(schema), n=3)
-                hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-                return [f"{where}: no column {column!r} in the source's schema{hint}"]
+                return [f"{where}: no column {column!r} in the source's schema"
+                        f"{did_you_mean(column, schema)}"]
         dtype = schema.get(column or "", "")
         if not (0 < self.mostly <= 1):
             out.append(f"{where} on {column!r}: mostly={self.mostly!r} must be in (0, 1]")

@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 #: What every name must match, whole (``fullmatch``: a trailing newline does not pass).
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -41,3 +43,9 @@ def check_identifier(kind: str, name: object) -> str | None:
 
 
 __all__ = ["IDENTIFIER", "IDENTIFIER_PATTERN", "check_identifier", "is_identifier"]
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean 'a', 'b'?)`` for up to three close names; empty when none is close."""
+    near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""

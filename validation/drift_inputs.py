@@ -18,14 +18,14 @@ and what was expected.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.definitions import FeatureView
+from features.names import did_you_mean
 from features.windows import parse_instant, to_micros
 from validation.drift import DriftInputError, FeatureColumn, Side, kind_of, sample_indices
 
@@ -69,11 +69,6 @@ def parse_window(text: str, option: str) -> TimeWindow:
     return window
 
 
-def _close(name: str, names: Iterable[str]) -> str:
-    near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
-
-
 def selected_refs(store: FeatureStore, view: str | None, service: str | None) -> list[str] | None:
     """``view:feature`` refs of ``--view`` or ``--service`` (None when neither is given)."""
     defs = store.definitions
@@ -81,13 +76,13 @@ def selected_refs(store: FeatureStore, view: str | None, service: str | None) ->
         raise DriftInputError("give --view or --service, not both")
     if view is not None:
         if view not in defs.views:
-            raise DriftInputError(f"--view {view!r}: no such feature view{_close(view, defs.views)}"
+            raise DriftInputError(f"--view {view!r}: no such feature view{did_you_mean(view, defs.views)}"
                                   f" (defined: {', '.join(sorted(defs.views)) or 'none'})")
         return [f"{view}:{f.name}" for f in defs.views[view].features]
     if service is not None:
         if service not in defs.services:
             raise DriftInputError(f"--service {service!r}: no such feature service"
-                                  f"{_close(service, defs.services)} (defined: "
+                                  f"{did_you_mean(service, defs.services)} (defined: "
                                   f"{', '.join(sorted(defs.services)) or 'none'})")
         return list(defs.services[service].features)
     return None
@@ -134,7 +129,7 @@ class ManifestReference:
             if view is None:
                 raise DriftInputError(
                     f"--reference {str(path)!r}: its feature view {f['view']!r} is no longer "
-                    f"defined{_close(f['view'], views)}; expected a manifest of the current "
+                    f"defined{did_you_mean(f['view'], views)}; expected a manifest of the current "
                     f"definitions (export a new training set)")
             name = f["ref"].split(":")[1]
             if name not in {x.name for x in view.features}:

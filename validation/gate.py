@@ -27,6 +27,7 @@ from features.config import RepoConfig
 from features.definitions import FeatureView, Source
 from features.errors import TesseraError
 from features.expect import Expectation
+from features.windows import from_micros
 from validation.gx_runner import Outcome, validate
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class GateReport:
 def _iso(us: int | None) -> str:
     if us is None:
         return "(open)"
-    return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
+    return from_micros(us).isoformat().replace("+00:00", "Z")
 
 
 def _jsonable(v: Any) -> Any:

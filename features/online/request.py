@@ -8,7 +8,6 @@ A null key value is not a mistake: that row reads as not found.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -16,6 +15,7 @@ from typing import Any
 
 from features.definitions import Feature, FeatureView
 from features.errors import OnlineRequestError
+from features.names import did_you_mean
 from features.online import keys as K
 from features.online.read import ViewRead
 from features.repo import Definitions
@@ -29,11 +29,6 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _close(name: str, names: Iterable[str]) -> str:
-    near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
-
-
 def resolve(defs: Definitions, features: Sequence[str] | None,
             feature_service: str | None) -> list[tuple[FeatureView, Feature]]:
     """The (view, feature) pairs a request names, in its order."""
@@ -44,7 +39,7 @@ def resolve(defs: Definitions, features: Sequence[str] | None,
         service = defs.services.get(feature_service)
         if service is None:
             raise OnlineRequestError(f"unknown feature service {feature_service!r}"
-                                     f"{_close(feature_service, defs.services)}; defined: "
+                                     f"{did_you_mean(feature_service, defs.services)}; defined: "
                                      f"{', '.join(sorted(defs.services)) or 'none'}")
         features = list(service.features)
     if isinstance(features, str):
@@ -59,11 +54,11 @@ def resolve(defs: Definitions, features: Sequence[str] | None,
         view = defs.views.get(view_name)
         if view is None:
             raise OnlineRequestError(f"unknown feature view {view_name!r} in {ref!r}"
-                                     f"{_close(view_name, defs.views)}")
+                                     f"{did_you_mean(view_name, defs.views)}")
         names = [f.name for f in view.features]
         if name not in names:
             raise OnlineRequestError(f"feature view {view_name!r} has no feature {name!r}"
-                                     f"{_close(name, names)}")
+                                     f"{did_you_mean(name, names)}")
         out.append((view, view.feature(name)))
     return out
 
