@@ -36,6 +36,7 @@ from bench.feast_baseline import (
     FeastSide,
     _batches,
     raw_hmget_latency,
+    snapshots_paused,
     summarize,
     timed_loop,
 )
@@ -148,6 +149,12 @@ def main() -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     url = f"redis://127.0.0.1:{args.redis_port}/0"
+    with snapshots_paused(url) as saved:
+        console.print(f"Redis snapshots (save {saved!r}) paused for the run")
+        measure(args, url, console)
+
+
+def measure(args: Any, url: str, console: Any) -> None:
     store = make_repo(WORK / "repo", args.rows, url)
     results: dict[str, Any] = {"rows": args.rows, "features": FEATURES}
     mat = tessera_materialize(store)

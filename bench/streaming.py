@@ -499,7 +499,11 @@ def main(argv: list[str] | None = None) -> None:
     projects: list[str] = []
     groups: list[str] = []
     repos: list[Any] = []
-    with tempfile.TemporaryDirectory(prefix="tessera-bench-stream-") as tmp:
+    from bench.feast_baseline import snapshots_paused
+
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-stream-") as tmp, \
+            snapshots_paused(redis_url) as saved:
+        console.print(f"Redis snapshots (save {saved!r}) paused for the run")
         work = Path(tmp)
         try:
             with console.status(f"generating {n:,} events and a repo"):

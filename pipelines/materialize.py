@@ -137,16 +137,17 @@ def entity_tag_array(columns: Sequence[Any]) -> Any:
     return pc.binary_join_element_wise(*parts, ",")
 
 
-def _groups(table: Any, keys: Sequence[str]) -> tuple[Any, list[str], Any, Any]:
-    """(group end per row, entity tag, start and end row per group) of a table sorted by its
-    key columns."""
+def _groups(table: Any, keys: Sequence[str]) -> tuple[Any, Any, Any, Any]:
+    """(group end per row, entity tag (Arrow), start and end row per group) of a table sorted
+    by its key columns."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     rows = table.num_rows
     if rows == 0:
         empty = np.zeros(0, np.int64)
-        return empty, [], empty, empty
+        return empty, pa.array([], pa.string()), empty, empty
     change = np.zeros(rows, bool)
     change[0] = True
     for k in keys:
@@ -158,7 +159,7 @@ def _groups(table: Any, keys: Sequence[str]) -> tuple[Any, list[str], Any, Any]:
     starts = np.flatnonzero(change)
     ends = np.append(starts[1:], rows)
     group_end = np.repeat(ends, ends - starts)
-    tags = entity_tags([table.column(k).take(starts) for k in keys])
+    tags = entity_tag_array([table.column(k).take(starts) for k in keys])
     return group_end, tags, starts, ends
 
 
@@ -227,7 +228,7 @@ def _latest(reader: _Reader, inputs: Sequence[Any], first_day: str | None) -> pk
         cols = ", ".join(f"v.x{i.index}" for i in inputs)
         table = reader.query(f"WITH t AS ({newest}), v AS ({values}) SELECT t.*, {cols} "
                              f"FROM t LEFT JOIN v USING ({reader.keys})")
-    out = pk.Latest(entity_tags([table.column(k) for k in reader.view.join_keys]),
+    out = pk.Latest(entity_tag_array([table.column(k) for k in reader.view.join_keys]),
                     table.column("newest").to_numpy().astype(np.int64), [], [], [], [])
     for i in inputs:
         x = table.column(f"x{i.index}").combine_chunks()
@@ -294,9 +295,11 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     values = _build(reader, cod, now_us)
     gone: list[str] = []
     if entities is not None:
-        have = set(values.window_tags)
-        gone = [t for t in entity_tags([entities.column(k) for k in view.join_keys])
-                if t not in have]
+        import pyarrow.compute as pc
+
+        wanted = entity_tag_array([entities.column(k) for k in view.join_keys])
+        gone = wanted.filter(pc.invert(pc.is_in(wanted, value_set=values.window_tags))
+                             ).to_pylist()
     written, deleted = _write(online, project, view, fp, cod, values, gone, now_us, progress)
     online.set_text(state_key, json.dumps({"version": manifest.version,
                                            "partitions": manifest.partitions, "at_us": at_us}))
@@ -310,26 +313,33 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
 class _Values:
     """Everything one materialization writes, as columns."""
 
-    window_tags: list[str]
+    window_tags: Any  # Arrow strings, one per entity with a window value
     window_blobs: Any  # Arrow binary, one per window tag
     expire_us: Any  # np.int64 per window tag; -1: never
-    lifetime_tags: list[str]
+    lifetime_tags: Any  # Arrow strings
     lifetime_blobs: Any
 
     @property
     def entities(self) -> int:
-        return len(dict.fromkeys([*self.window_tags, *self.lifetime_tags]))
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        both = pa.chunked_array([self.window_tags, self.lifetime_tags], pa.string())
+        return len(pc.unique(both))
 
 
-def _index(tags: Sequence[str], position: dict[str, int]) -> Any:
-    import numpy as np
+def _index(tags: Any, among: Any) -> Any:
+    """Position of each of ``tags`` in ``among`` (Arrow strings; -1 where absent)."""
+    import pyarrow.compute as pc
 
-    return np.fromiter((position[t] for t in tags), np.int64, len(tags))
+    return pc.index_in(tags, value_set=among).fill_null(-1).to_numpy(zero_copy_only=False)
 
 
 def _build(reader: _Reader, cod: Codec, now_us: int) -> _Values:
     """Read the offline tiles and pack every entity's online values (see online_pack)."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     view = reader.view
     lay = cod.layout
@@ -355,25 +365,25 @@ def _build(reader: _Reader, cod: Codec, now_us: int) -> _Values:
     tag_lists = [sec.tags for _, sec in sections]
     if cod.latest and latest is not None:
         tag_lists.append(latest.tags)
-    tags = list(dict.fromkeys(t for lst in tag_lists for t in lst))
-    position = {t: i for i, t in enumerate(tags)}
+    tags = pc.unique(pa.chunked_array(tag_lists, pa.string()))  # first-seen order
     entities = len(tags)
     newest = np.full(entities, NO_EVENT, np.int64)
     latest_index = np.zeros(0, np.int64)
     if latest is not None:
-        known = [i for i, t in enumerate(latest.tags) if t in position]
-        if len(known) < len(latest.tags):  # newest times of entities with no window here
-            latest = _subset(latest, known)
-        latest_index = _index(latest.tags, position)
+        latest_index = _index(latest.tags, tags)
+        known = latest_index >= 0
+        if not known.all():  # newest times of entities with no window here
+            latest = _subset(latest, np.flatnonzero(known))
+            latest_index = latest_index[known]
         newest[latest_index] = latest.newest
-    placed = [(k, (_index(sec.tags, position), sec)) for k, sec in sections]
+    placed = [(k, (_index(sec.tags, tags), sec)) for k, sec in sections]
     window = (pk.window_blobs(cod, entities, placed, latest, latest_index,
                               newest) if entities else None)
     expire = expire_at(view, cod, placed, latest, latest_index, entities)
-    life_tags: list[str] = []
+    life_tags = pa.array([], pa.string())
     life_blobs = None
     if cod.lifetime is not None:
-        life_tags, life_blobs = _lifetime(reader, cod, position, newest)
+        life_tags, life_blobs = _lifetime(reader, cod, tags, newest)
     return _Values(tags, window, expire, life_tags, life_blobs)
 
 
@@ -402,12 +412,12 @@ def expire_at(view: FeatureView, cod: Codec, placed: Sequence[tuple[int, tuple[A
     return np.where(never, -1, expire)
 
 
-def _subset(latest: pk.Latest, rows: list[int]) -> pk.Latest:
+def _subset(latest: pk.Latest, rows: Any) -> pk.Latest:
     import numpy as np
     import pyarrow as pa
 
     idx = np.asarray(rows, np.int64)
-    return pk.Latest([latest.tags[i] for i in rows], latest.newest[idx],
+    return pk.Latest(latest.tags.take(pa.array(idx)), latest.newest[idx],
                      [p[idx] for p in latest.present], [a[idx] for a in latest.at],
                      [q[idx] for q in latest.seq],
                      [v.take(pa.array(idx)) for v in latest.values])
@@ -429,32 +439,33 @@ def _latest_bound(view: FeatureView, cod: Codec, now_us: int) -> str | None:
     return _day(now_us - max(spans)) if spans else None
 
 
-def _lifetime(reader: _Reader, cod: Codec, position: dict[str, int],
-              newest: Any) -> tuple[list[str], Any]:
-    """Lifetime values: the merge of every day tile, and the newest lifetime last values."""
+def _lifetime(reader: _Reader, cod: Codec, window_tags: Any,
+              newest: Any) -> tuple[Any, Any]:
+    """Lifetime values: the merge of every day tile, and the newest lifetime last values;
+    ``newest`` is the newest event time of each of ``window_tags``."""
     import numpy as np
+    import pyarrow as pa
 
     rec = cod.lifetime
     assert rec is not None
     files = reader.files(DAY_US)
     if not files:
-        return [], None
+        return pa.array([], pa.string()), None
     table, arrays = _partials(reader, rec, files, "")
     group_end, tags, starts, _ends = _groups(table, reader.view.join_keys)
     merged = suffix_merge(cod.layout, {c: a for c, a in arrays.items() if c != "tile"},
                           group_end)
     records = pk.fixed(_records(rec, merged, starts), rec.size, len(tags))
     life_newest = np.full(len(tags), NO_EVENT, np.int64)
-    known = [(g, position[t]) for g, t in enumerate(tags) if t in position]
-    if known:
-        g, p = (np.asarray(x, np.int64) for x in zip(*known, strict=True))
-        life_newest[g] = newest[p]
+    at = _index(tags, window_tags)
+    known = at >= 0
+    life_newest[known] = newest[at[known]]
     latest = (_latest(reader, cod.lifetime_latest, None) if cod.lifetime_latest else None)
-    life_position = {t: i for i, t in enumerate(tags)}
     index = np.zeros(0, np.int64)
     if latest is not None:
-        latest = _subset(latest, [i for i, t in enumerate(latest.tags) if t in life_position])
-        index = _index(latest.tags, life_position)
+        index = _index(latest.tags, tags)
+        latest = _subset(latest, np.flatnonzero(index >= 0))
+        index = index[index >= 0]
         np.maximum.at(life_newest, index, latest.newest)
     parts = [pk.head_values(life_newest), records,
              *pk.latest_values(cod.lifetime_latest, latest, len(tags), index)]
@@ -494,18 +505,16 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
     total = len(values.window_tags) + len(values.lifetime_tags)
     batches: list[tuple[Any, Any, Any]] = []  # (keys, blobs, expire ms; -1 never)
     if values.window_blobs is not None:
-        keys = pc.binary_join_element_wise(head, pa.array(values.window_tags, pa.string()),
-                                           tail, "")
+        keys = pc.binary_join_element_wise(head, values.window_tags, tail, "")
         expire = values.expire_us
         alive = (expire < 0) | (expire > now_us)
         dead = np.flatnonzero(~alive)
-        deletes += [head + values.window_tags[i] + tail for i in dead.tolist()]
+        deletes += keys.take(pa.array(dead)).to_pylist()
         keep = pa.array(alive)
         batches.append((keys.filter(keep), values.window_blobs.filter(keep),
                         np.where(expire[alive] < 0, -1, _ms(expire[alive]))))
     if values.lifetime_blobs is not None:
-        keys = pc.binary_join_element_wise(head, pa.array(values.lifetime_tags, pa.string()),
-                                           tail + ":L", "")
+        keys = pc.binary_join_element_wise(head, values.lifetime_tags, tail + ":L", "")
         batches.append((keys, values.lifetime_blobs,
                         np.full(len(values.lifetime_tags), -1, np.int64)))
     done = 0
@@ -516,11 +525,16 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
             written += online.write(items)
         else:
             resp = pk.resp_set(keys, blobs, expire_ms)
-            for chunk, commands in _chunks(resp, len(resp)):
-                written += online.write_packed([(chunk, commands)])
-                done += commands
-                if progress is not None:
-                    progress(done, total)
+
+            def sent(resp: Any = resp) -> Any:
+                nonlocal done
+                for chunk, commands in _chunks(resp, len(resp)):
+                    yield chunk, commands
+                    done += commands
+                    if progress is not None:
+                        progress(done, total)
+
+            written += online.write_packed(sent())
     if deletes:
         if cod.lifetime is not None:
             deletes += [k + ":L" for k in deletes if not k.endswith(":L")]

@@ -126,7 +126,13 @@ class RedisOnline:
             yield b"".join(buf), len(buf)
 
     def write_packed(self, chunks: Iterable[tuple[bytes, int]]) -> int:
-        """Send ready-made RESP commands (single node): each chunk is (bytes, commands)."""
+        """Send ready-made RESP commands (single node): each chunk is (bytes, commands).
+
+        Every chunk is sent before any reply is read, so Redis applies one chunk while the
+        next is being built and sent (Redis queues the small replies); the replies are then
+        read and checked at once. Any exception part-way drops the connection, so no unread
+        reply is left for the pool's next user.
+        """
         import redis
 
         if self.cluster:
@@ -136,31 +142,59 @@ class RedisOnline:
             conn = pool.get_connection()
         except self._errors as e:
             raise self._unavailable(e) from None
-        done = 0
+        sent = 0
         try:
             for data, commands in chunks:
-                done += self._flush(conn, data, commands)
+                conn.send_packed_command([data])
+                sent += commands
+            self._replies(conn, sent)
         except self._errors as e:
             conn.disconnect()
             raise self._unavailable(e) from None
         except redis.ResponseError as e:
             raise OnlineUnavailableError(f"online store {self.shown_url} refused a write: {e}") from None
+        except BaseException:
+            conn.disconnect()
+            raise
         finally:
             pool.release(conn)
-        return done
+        return sent
 
     @staticmethod
-    def _flush(conn: Any, data: bytes, pending: int) -> int:
-        conn.send_packed_command([data])
-        error = None
-        for _ in range(pending):  # read every reply, even after an error
-            try:
-                conn.read_response()
-            except Exception as e:  # re-raised below, after the last reply
-                error = error or e
-        if error is not None:
-            raise error
-        return pending
+    def _replies(conn: Any, pending: int) -> None:
+        """Read the replies of ``pending`` SET/DEL commands straight off the socket.
+
+        Their replies are one line each (``+OK``, ``:1``, or an error ``-...``), so counting
+        line ends tells when all have arrived, and one search finds an error: 49k replies
+        cost ~10 ms here instead of ~0.3 s through redis-py's parser, one reply per call.
+        """
+        import redis
+
+        if pending == 0:
+            return
+        sock = conn._sock
+        if sock is None:
+            raise redis.ConnectionError("connection closed while writing")
+        got: list[bytes] = []
+        lines = 0
+        try:
+            while lines < pending:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise redis.ConnectionError("Redis closed the connection while writing")
+                got.append(chunk)
+                lines += chunk.count(b"\n")
+        except TimeoutError as e:
+            raise redis.TimeoutError(f"timeout reading write replies: {e}") from None
+        except OSError as e:
+            raise redis.ConnectionError(f"error reading write replies: {e}") from None
+        replies = b"".join(got)
+        if lines != pending:  # more replies than commands: the stream is out of step
+            raise redis.ConnectionError(f"expected {pending} write replies, read {lines}")
+        at = 0 if replies.startswith(b"-") else replies.find(b"\n-") + 1
+        if at or replies.startswith(b"-"):
+            raise redis.ResponseError(replies[at + 1:replies.find(b"\r", at)].decode(
+                "utf-8", "replace"))
 
     def _write_pipeline(self, sets: Iterable[tuple[str, bytes, int | None]],
                         deletes: Iterable[str]) -> int:

@@ -4,6 +4,7 @@ killed run completed by the next, and reads surviving a Redis restart."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,12 @@ class _Dies(RedisOnline):
         return super().write(sets, deletes)
 
     def write_packed(self, chunks):
-        self._tick()
-        return super().write_packed(chunks)
+        def ticking():  # dies between two chunks of one pipelined write
+            for chunk in chunks:
+                self._tick()
+                yield chunk
+
+        return super().write_packed(ticking())
 
 
 def test_an_interrupted_run_is_completed_by_the_next(fresh: FeatureStore, tmp_path: Path,
@@ -138,7 +143,9 @@ def test_an_interrupted_run_is_completed_by_the_next(fresh: FeatureStore, tmp_pa
     monkeypatch.setattr(mat, "WRITE_CHUNK", 100)
     with pytest.raises(KeyboardInterrupt):
         materialize(fresh, _Dies(redis_url, after=1))
-    partial = state(fresh)
+    deadline = time.monotonic() + 5  # the sent chunk is applied after its sender is gone
+    while not (partial := state(fresh)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert partial, "some values were written before the kill"
     resumed = materialize(fresh)
     assert resumed[0].mode == "full"  # the killed run never recorded its state
@@ -182,8 +189,12 @@ _write_packed = redis_store.RedisOnline.write_packed
 
 
 def _slow(self, chunks):  # widen the window a kill can land in; the writes stay real
-    time.sleep(0.05)
-    return _write_packed(self, chunks)
+    def slowly():
+        for chunk in chunks:
+            time.sleep(0.05)
+            yield chunk
+
+    return _write_packed(self, slowly())
 
 
 redis_store.RedisOnline.write_packed = _slow

@@ -182,3 +182,32 @@ def test_a_password_never_shows_in_errors(tmp_path: Path) -> None:
     with pytest.raises(OnlineUnavailableError) as e:
         online.get(["k"])
     assert "s3cret" not in str(e.value) and "me:***@127.0.0.1" in str(e.value)
+
+
+def test_a_refused_write_names_the_reply_and_keeps_the_rest(redis_url: str) -> None:
+    """Pipelined writes read their replies off the socket: an error reply in the middle of a
+    chunk is reported, the commands around it are applied, and the connection stays usable."""
+    import uuid
+
+    import redis as redis_py
+
+    from features.errors import OnlineUnavailableError
+    from features.online.redis_store import RedisOnline
+
+    online = RedisOnline(redis_url)
+    a, b = f"t:{uuid.uuid4().hex}:a", f"t:{uuid.uuid4().hex}:b"
+
+    def set_(key: str, value: bytes) -> bytes:
+        k = key.encode()
+        return b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(k), k, len(value), value)
+
+    bad = b"*2\r\n$3\r\nSET\r\n$1\r\nx\r\n"  # SET without a value
+    with pytest.raises(OnlineUnavailableError, match="refused a write: ERR wrong number of "
+                                                     "arguments for 'set' command"):
+        online.write_packed([(set_(a, b"1") + bad, 2), (set_(b, b"\r\n2"), 1)])
+    client = redis_py.Redis.from_url(redis_url)
+    assert client.mget([a, b]) == [b"1", b"\r\n2"]
+    assert online.write([(a, b"3", None)], [b]) == 2  # the pooled connection is still in step
+    assert client.mget([a, b]) == [b"3", None]
+    client.delete(a)
+    client.close()
