@@ -39,6 +39,7 @@ from pipelines import online_pack as pk
 from pipelines.errors import PipelineError
 
 DAY_US = US_PER_UNIT["d"]
+_TWO63, _TWO64 = 2**63, 2**64  # (time, seq) as one sortable HUGEINT: time * 2^64 + seq
 Progress = Callable[[int, int], None]
 
 
@@ -204,7 +205,6 @@ def _partials(reader: _Reader, rec: Record, files: list[str],
 def _latest(reader: _Reader, inputs: Sequence[Any], first_day: str | None) -> pk.Latest | None:
     """Per entity: the newest event time and each input's newest non-null (value, lt, seq)."""
     import numpy as np
-    import pyarrow.compute as pc
 
     files = reader.files(EXACT_TILE_US, first_day)
     if not files:
@@ -216,26 +216,35 @@ def _latest(reader: _Reader, inputs: Sequence[Any], first_day: str | None) -> pk
     else:
         # Every tile layer keeps each tile's newest value with its (time, seq), so the arg-max
         # over the coarsest layer equals the one over the exact instants, from far fewer rows.
+        # (time, seq) is ordered as one HUGEINT time * 2^64 + seq (half the time of a struct
+        # key here) and split again per entity.
         sizes = reader.view.tile_sizes()
         coarse = reader.files(max(sizes), first_day) if sizes else files
+        order = {i.index: f"({quote(i.column('lt'))}::HUGEINT * {_TWO64} + "
+                          f"{quote(i.column('ls'))})" for i in inputs}
         sel = ", ".join(
-            f"arg_max({{'v': {quote(i.column('l'))}, 't': {quote(i.column('lt'))}, "
-            f"'s': {quote(i.column('ls'))}}}, ({quote(i.column('lt'))}, "
-            f"{quote(i.column('ls'))})) FILTER (WHERE {quote(i.column('l'))} IS NOT NULL) "
-            f"AS x{i.index}" for i in inputs)
+            f"arg_max({quote(i.column('l'))}, {order[i.index]}) FILTER (WHERE "
+            f"{quote(i.column('l'))} IS NOT NULL) AS v{i.index}, max({order[i.index]}) "
+            f"FILTER (WHERE {quote(i.column('l'))} IS NOT NULL) AS k{i.index}" for i in inputs)
         values = (f"SELECT {reader.keys}, {sel} FROM read_parquet({file_list(coarse)}) "
                   f"WHERE true{reader.semi} GROUP BY {reader.keys}")
-        cols = ", ".join(f"v.x{i.index}" for i in inputs)
-        table = reader.query(f"WITH t AS ({newest}), v AS ({values}) SELECT t.*, {cols} "
-                             f"FROM t LEFT JOIN v USING ({reader.keys})")
+        split = []
+        for i in inputs:
+            r = f"((v.k{i.index} % {_TWO64}) + {_TWO64}) % {_TWO64}"
+            seq = f"(CASE WHEN {r} >= {_TWO63} THEN {r} - {_TWO64} ELSE {r} END)"
+            split.append(f"v.v{i.index}, ((v.k{i.index} - {seq}) // {_TWO64})::BIGINT AS "
+                         f"t{i.index}, {seq}::BIGINT AS s{i.index}")
+        table = reader.query(f"WITH t AS ({newest}), v AS ({values}) SELECT t.*, "
+                             f"{', '.join(split)} FROM t LEFT JOIN v USING ({reader.keys})")
     out = pk.Latest(entity_tag_array([table.column(k) for k in reader.view.join_keys]),
                     table.column("newest").to_numpy().astype(np.int64), [], [], [], [])
     for i in inputs:
-        x = table.column(f"x{i.index}").combine_chunks()
-        out.present.append(x.is_valid().to_numpy(zero_copy_only=False))
-        out.at.append(pc.struct_field(x, "t").fill_null(0).to_numpy(zero_copy_only=False))
-        out.seq.append(pc.struct_field(x, "s").fill_null(0).to_numpy(zero_copy_only=False))
-        out.values.append(pc.struct_field(x, "v"))
+        at = table.column(f"t{i.index}").combine_chunks()
+        out.present.append(at.is_valid().to_numpy(zero_copy_only=False))
+        out.at.append(at.fill_null(0).to_numpy(zero_copy_only=False))
+        out.seq.append(table.column(f"s{i.index}").combine_chunks().fill_null(0)
+                       .to_numpy(zero_copy_only=False))
+        out.values.append(table.column(f"v{i.index}").combine_chunks())
     return out
 
 
