@@ -40,6 +40,7 @@ from streaming.expectations import RowGate
 from streaming.fetcher import Fetcher
 from streaming.kafka_admin import ensure_topic
 from streaming.kafka_group import keep_finished_joins
+from streaming.kafka_records import fast_records
 from streaming.landing import OFFSET, PARTITION, Landing
 from streaming.metrics import StreamMetrics
 
@@ -167,6 +168,7 @@ class StreamConsumer:
             max_poll_interval_ms=300_000, client_id=f"tessera-stream-{self.group}")
         holder["consumer"] = consumer
         keep_finished_joins(consumer)
+        fast_records(consumer)
         consumer.subscribe(list(self.topics), listener=Listener())
         return consumer
 
