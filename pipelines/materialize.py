@@ -3,7 +3,7 @@
 For each view, DuckDB reads the tiles still inside each tile size's longest window, the newest
 value of each ``last`` input and, for lifetime features, every day tile. numpy computes the
 suffix merges (:func:`features.tiles.suffix_merge`) and packs every entity's values at once
-(:mod:`features.online.codec`); redis-py writes them in pipelines with ``SET ... PXAT``.
+(:mod:`features.online.codec`) and writes them as pipelined ``SET ... PXAT`` commands.
 
 - **Idempotent**: a value is always rebuilt whole from the offline store and ``SET``, never
   incremented, so re-running (after a kill, or twice) gives the same state.
