@@ -18,7 +18,6 @@ suffix merges (:func:`features.tiles.suffix_merge`) and packs every entity's val
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -246,10 +245,6 @@ def _latest(reader: _Reader, inputs: Sequence[Any], first_day: str | None) -> pk
                        .to_numpy(zero_copy_only=False))
         out.values.append(table.column(f"v{i.index}").combine_chunks())
     return out
-
-
-def _ms(us: int) -> int:
-    return math.ceil(us / 1000)
 
 
 def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
@@ -585,7 +580,7 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
         for view in views:
             task = bar.add_task(f"materialize {view.name}", total=None)
 
-            def progress(done: int, total: int, task: int = task) -> None:
+            def progress(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
             out.append(materialize_view(cfg, view, online, start=start, end=end, now_us=now_us,

@@ -22,7 +22,7 @@ from features.tiles import Input
 class Section:
     """One tile size's rows, sorted by entity and tile: group g is rows starts[g]:ends[g]."""
 
-    tags: list[str]
+    tags: Any  # entity tag per group (Arrow strings, or a list)
     starts: Any  # np.int64 per group
     ends: Any
     tiles: Any  # np.int64 per row
@@ -33,7 +33,7 @@ class Section:
 class Latest:
     """Per entity: the newest event time and, per input, its newest value (Arrow columns)."""
 
-    tags: list[str]
+    tags: Any  # entity tag per row (Arrow strings, or a list)
     newest: Any  # np.int64 (NO_EVENT where unknown)
     present: list[Any]  # per input: np.bool_
     at: list[Any]  # per input: np.int64 event time (0 where absent)

@@ -31,8 +31,8 @@ _BATCH = ("_maybe_uncompress", "_buffer", "_pos", "_num_records", "base_offset",
 
 def fast_records(consumer: Any) -> bool:
     """Give ``consumer`` (this instance only) the fast v2 record loop; whether it applied."""
-    fetcher = getattr(consumer, "_fetcher", None)
-    base = getattr(fetcher, "PartitionRecords", None)
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    base: Any = getattr(fetcher, "PartitionRecords", None)
     try:
         from kafka.consumer.fetcher import ConsumerRecord
         from kafka.errors import CorruptRecordError
@@ -49,7 +49,7 @@ def fast_records(consumer: Any) -> bool:
     return True
 
 
-def _fast_class(base: type, record_type: Any, corrupt: type[Exception],
+def _fast_class(base: Any, record_type: Any, corrupt: type[Exception],
                 varint: Any) -> type:
     class FastPartitionRecords(base):  # type: ignore[valid-type,misc]
         def _unpack_records(self, tp: Any, records: Any, key_deserializer: Any,
