@@ -147,3 +147,69 @@ def test_vectorized_packing_equals_the_reference_encoding() -> None:
     assert resp.to_pylist() == [
         b"*5\r\n$3\r\nSET\r\n$2\r\nk1\r\n$2\r\nab\r\n$4\r\nPXAT\r\n$13\r\n1700000000000\r\n",
         b"*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n$2\r\n\r\n\r\n"]
+
+
+def test_the_stream_decodes_many_stored_values_as_the_reference_decoder() -> None:
+    """streaming.state reads all of a batch's stored values at once (numpy gathers); it must
+    read what codec's per-value decoder reads: newest times, each last input's (value, time,
+    seq) including absent ones, unicode and empty strings, bools, and every tile row."""
+    from streaming.state import _Stored
+
+    src = Source(name="s", path="x", timestamp_field="ts",
+                 schema={"k": "int64", "x": "float64", "c": "string", "b": "bool",
+                         "ts": "timestamp"})
+    view = FeatureView(
+        name="w", entities=[Entity(name="e", join_key="k")], source=src, ttl="1d",
+        features=[agg.count(windows=["1h", "1d"], name="n"),
+                  agg.max(col("x"), windows=["1h"], name="x_max"),
+                  agg.last(col("c"), name="c_last"), agg.last(col("b"), name="b_last"),
+                  agg.last(col("x"), name="x_last")])
+    c = codec(view)
+    rng = random.Random(5)
+    texts = ["", "é", "naïve ✓", "x" * 300]
+    blobs, want = [], []
+    for i in range(40):
+        if i % 7 == 3:
+            blobs.append(None)
+            want.append(None)
+            continue
+        latest = []
+        for inp in c.latest:
+            if rng.random() < 0.3:
+                latest.append(None)
+                continue
+            value = {"string": rng.choice(texts), "bool": rng.random() < 0.5,
+                     "float64": rng.uniform(-1e9, 1e9)}[inp.dtype]
+            latest.append((value, rng.randrange(-10**15, 10**15), rng.randrange(2**62)))
+        sections = []
+        for sec in c.sections:
+            rec = sec.record
+            rows = []
+            for t in sorted(rng.sample(range(1000), rng.randrange(0, 5))):
+                values: list[object] = []
+                for code, null in zip(rec.codes, rec.nullable, strict=True):
+                    if null:
+                        values.append(rng.randrange(2))  # the presence byte
+                    values.append(rng.randrange(50) if code == "q" else
+                                  (rng.random() < 0.5 if code == "?" else rng.uniform(-5, 5)))
+                rows.append((t, rec.struct.pack(*values)))
+            sections.append(rows)
+        newest = rng.randrange(10**15)
+        blobs.append(c.encode_window(newest, c.encode_latest(c.latest, latest), sections))
+        want.append((newest, latest, sections))
+    got = _Stored(c, blobs)
+    for i, w in enumerate(want):
+        if w is None:
+            assert not any(x.present[i] for x in got.latest)
+            continue
+        newest, latest, sections = w
+        assert got.newest[i] == newest
+        for k, item in enumerate(latest):
+            x = got.latest[k]
+            assert bool(x.present[i]) == (item is not None)
+            if item is not None:
+                assert (x.values[i].as_py(), int(x.at[i]), int(x.seq[i])) == item
+        for k, rows in enumerate(sections):
+            entity, stored = got.sections[k]
+            mine = stored[entity == i]
+            assert [(int(r["tile"]), r.tobytes()[8:]) for r in mine] == rows
