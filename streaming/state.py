@@ -222,8 +222,9 @@ class _Stored:
             size = count * dtype.itemsize
             # whole slices of each value (a memcpy each) beat a gather byte by byte here
             rows = np.frombuffer(b"".join([
-                blobs[i][r:r + k] for i, r, k in zip(have.tolist(), (pos - first).tolist(),
-                                                     size.tolist(), strict=True) if k]), dtype)
+                blobs[i][r:r + k]  # type: ignore[index]  # `have`: only present values
+                for i, r, k in zip(have.tolist(), (pos - first).tolist(), size.tolist(),
+                                   strict=True) if k]), dtype)
             self.sections.append((np.repeat(have, count), rows))
             pos = pos + size
 
