@@ -6,14 +6,16 @@ One process consumes every selected view's topic in one consumer group. Each mic
 1. decode (:mod:`streaming.decode`; undecodable, missing or mistyped fields, null times are
    dead letters), then the source's row-level expectations (:mod:`streaming.expectations`;
    failing events are dead letters with reason ``expectation``);
-2. land the accepted events in the offline store (:mod:`streaming.landing`, once per offset);
-3. per view: dead letters for null keys and too-late events, the view's rules, and the
+2. per view: dead letters for null keys and too-late events, the view's rules, and the
    exactly-once merge into Redis (:mod:`streaming.apply`);
-4. send the dead letters to ``<topic>.dlq`` (original bytes and key; reason, view, source
+3. send the dead letters to ``<topic>.dlq`` (original bytes and key; reason, view, source
    topic, partition and offset as headers) and wait for Kafka to have them;
-5. commit the next offsets to Kafka.
+4. hand the accepted events to the landing thread (:mod:`streaming.lander`), which lands them
+   in the offline store (:mod:`streaming.landing`, once per offset) while the next batch is
+   applied, and then
+5. commits the batch's next offsets to Kafka.
 
-Steps 2 and 3 are idempotent per offset, so a crash anywhere (``kill -9`` included) only means
+Steps 2 and 4 are idempotent per offset, so a crash anywhere (``kill -9`` included) only means
 the batch is read again and nothing is applied twice. Redis unavailable: the batch is retried
 with a growing pause (logged), within ``RETRY_FOR_S``. SIGTERM/SIGINT: the current batch is
 finished, written and committed, then the process exits 0.
@@ -25,7 +27,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from streaming.fetcher import Fetcher
 from streaming.kafka_admin import ensure_topic
 from streaming.kafka_group import keep_finished_joins
 from streaming.kafka_records import fast_records
+from streaming.lander import Lander
 from streaming.landing import OFFSET, PARTITION, Landing
 from streaming.metrics import StreamMetrics
 
@@ -123,7 +125,7 @@ class StreamConsumer:
                                       RowGate(vs[0].source))
         self.metrics = StreamMetrics(list(self.topics), [v.name for v in views])
         self._stop = False
-        self._lander = ThreadPoolExecutor(1)  # replaced per run (close shuts it down)
+        self._lander: Lander | None = None  # per run, when landing is on
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -177,7 +179,6 @@ class StreamConsumer:
         from kafka.errors import KafkaError
 
         _warm_up()
-        self._lander = ThreadPoolExecutor(1, thread_name_prefix="tessera-stream-landing")
         try:
             for name in self.topics:  # never rely on the broker auto-creating it
                 ensure_topic(self.cfg.kafka.bootstrap_servers, name + self.settings.dlq_suffix,
@@ -191,6 +192,9 @@ class StreamConsumer:
             raise StreamError(f"Kafka at {self.cfg.kafka.bootstrap_servers} is unreachable: "
                               f"{type(e).__name__}: {e}") from None
         self._consumer = fetcher.consumer
+        if any(t.landing is not None for t in self.topics.values()):
+            self._lander = Lander(fetcher.done)
+            self._lander.start()
         return fetcher
 
     def close(self) -> None:
@@ -201,7 +205,6 @@ class StreamConsumer:
                 except Exception as e:  # closing is best effort; say why it failed
                     log.warning("closing %s: %s", type(c).__name__, e)
         self._consumer = self._producer = None
-        self._lander.shutdown(wait=True)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -226,6 +229,11 @@ class StreamConsumer:
                 if fetcher.error is not None:
                     raise StreamError(f"Kafka consumer failed: {type(fetcher.error).__name__}: "
                                       f"{fetcher.error}") from fetcher.error
+                lander = self._lander
+                if lander is not None and lander.error is not None:
+                    raise StreamError(f"landing in the offline store failed: "
+                                      f"{type(lander.error).__name__}: {lander.error}"
+                                      ) from lander.error
                 if max_seconds is not None and now - began >= max_seconds:
                     break
                 if max_events is not None and summary.events >= max_events:
@@ -237,7 +245,11 @@ class StreamConsumer:
                         break
                 records = fetcher.take(timeout=0.05)
                 if records:
-                    fetcher.done(self._process(records, summary))
+                    offsets, land = self._process(records, summary)
+                    if self._lander is None:
+                        fetcher.done(offsets)
+                    else:  # committed once landed, while the next batch is applied
+                        self._lander.submit(land, offsets)
                     last_event = time.monotonic()  # idle counts from the end of the work
                 self.metrics.lag(fetcher.lag)
                 if status is not None and time.monotonic() - last_status >= \
@@ -245,22 +257,29 @@ class StreamConsumer:
                     last_status = time.monotonic()
                     status(self.metrics.status_line(fetcher.lag))
         finally:
+            if self._lander is not None:  # land what was applied, so its offsets commit
+                self._lander.close()
+                summary.landed = self._lander.landed
             fetcher.finish()
             summary.seconds = time.monotonic() - began
             self.close()
         return summary
 
-    def _process(self, records: dict[Any, list[Any]],
-                 summary: StreamSummary) -> dict[Any, int]:
-        """Apply one micro-batch; returns the offsets to commit."""
+    def _process(self, records: dict[Any, list[Any]], summary: StreamSummary
+                 ) -> tuple[dict[Any, int], list[tuple[Landing, Any]]]:
+        """Apply one micro-batch; (the offsets to commit, the accepted events to land first)."""
         by_topic: dict[str, list[Any]] = {}
         for tp, recs in records.items():
             by_topic.setdefault(tp.topic, []).extend(recs)
         dead: list[tuple[str, Any, Bad]] = []
+        land: list[tuple[Landing, Any]] = []
         started = time.monotonic()
         for name, recs in by_topic.items():
             topic = self.topics[name]
-            bad, applied = self._with_retries(lambda t=topic, r=recs: self._apply(t, r, summary))
+            bad, applied, accepted = self._with_retries(
+                lambda t=topic, r=recs: self._apply(t, r, summary))
+            if topic.landing is not None:
+                land.append((topic.landing, accepted))
             dead += [(name, recs[b.index], b) for b in bad]
             summary.events += len(recs)
             self.metrics.events(name, len(recs))
@@ -268,11 +287,12 @@ class StreamConsumer:
         self._dead_letters(dead, summary)
         summary.batches += 1
         self.metrics.batch(time.monotonic() - started)
-        return {tp: recs[-1].offset + 1 for tp, recs in records.items() if recs}
+        return {tp: recs[-1].offset + 1 for tp, recs in records.items() if recs}, land
 
     def _apply(self, topic: _Topic, recs: list[Any],
-               summary: StreamSummary) -> tuple[list[Bad], Any]:
-        """Decode, land and apply one topic's records; (dead letters, applied event times)."""
+               summary: StreamSummary) -> tuple[list[Bad], Any, Any]:
+        """Decode and apply one topic's records; (dead letters, applied event times, the
+        accepted events: to land)."""
         import numpy as np
         import polars as pl
 
@@ -290,10 +310,6 @@ class StreamConsumer:
             frame = frame.filter(~null_time)
         frame, failed = topic.gate.check(frame)  # the source's row-level expectations
         bad += failed
-        # landing (Parquet + fsync, GIL released) overlaps the Redis work; both finish
-        # before the commit. One landing thread: a retried batch lands after the first try.
-        landed = (self._lander.submit(topic.landing.write, frame)
-                  if topic.landing is not None else None)
         now_us = self.clock()
         times = []
         for writer in topic.views:
@@ -308,9 +324,7 @@ class StreamConsumer:
             if result.applied:
                 times.append(rows["__ts"].to_numpy())
         visible = self.clock()
-        if landed is not None:
-            summary.landed += landed.result()
-        return bad, visible - np.concatenate(times) if times else np.zeros(0, np.int64)
+        return bad, (visible - np.concatenate(times) if times else np.zeros(0, np.int64)), frame
 
     def _with_retries(self, step: Callable[[], Any]) -> Any:
         """Run a step that writes Redis; while Redis is unavailable retry with backoff."""
