@@ -144,13 +144,12 @@ class ViewWriter:
         pending = np.arange(len(tags))  # entities still to write
         for _round in range(MAX_CONFLICT_ROUNDS):
             stored = self._read([tags[e] for e in pending])
-            done = np.full((len(tags), int(part.max()) + 1), -1, np.int64)
-            decoded: dict[int, dict[int, int]] = {}
-            for e, blob in zip(pending.tolist(), stored.offsets, strict=True):
-                decoded[e] = O.decode(blob, self.topic)
-                for p, o in decoded[e].items():
-                    if p < done.shape[1]:
-                        done[e, p] = o
+            # done[e, p]: the last offset of partition p applied to entity e (-1: none); every
+            # stored partition has a column, so rewriting the offsets keeps them all
+            at_e, at_p, at_o = O.decode_many(stored.offsets, self.topic)
+            width = max(int(part.max()), int(at_p.max()) if len(at_p) else 0) + 1
+            done = np.full((len(tags), width), -1, np.int64)
+            done[pending[at_e], at_p] = at_o
             wanted = np.zeros(len(tags), bool)
             wanted[pending] = True
             mask = wanted[entity] & (offset > done[entity, part])
@@ -166,12 +165,9 @@ class ViewWriter:
             np.maximum.at(high, (entity[mask], part[mask]), offset[mask])
             at = np.searchsorted(pending, live)  # where each live entity is in `stored`
             live_tags = [tags[e] for e in live]
-            mine = {e: dict(decoded[e]) for e in live.tolist()}
-            moved_e, moved_p = np.nonzero(high > done)  # (entity, partition) pairs advanced
-            for e, p, o in zip(moved_e.tolist(), moved_p.tolist(),
-                               high[moved_e, moved_p].tolist(), strict=True):
-                mine[e][p] = o
-            offsets = [O.encode(self.topic, mine[e]) for e in live.tolist()]
+            mine = high[live]  # stored offsets, advanced by this batch
+            own_e, own_p = np.nonzero(mine >= 0)  # by entity, then partition
+            offsets = O.encode_many(self.topic, len(live), own_e, own_p, mine[own_e, own_p])
             life = (None if self.cod.lifetime is None
                     else [stored.lifetime[i] for i in at.tolist()])
             merged = merge_batch(self.cod, live_tags, [stored.window[i] for i in at.tolist()],

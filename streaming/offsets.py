@@ -17,7 +17,8 @@ Bytes (little-endian): ``version:u8 topic_len:u16 topic count:u16 (partition:u32
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 VERSION = 1
 _HEAD = struct.Struct("<BH")
@@ -95,4 +96,55 @@ def decode(blob: bytes | None, topic: str) -> dict[int, int]:
         p, o = _ITEM.unpack_from(blob, pos)
         out[p] = o
         pos += _ITEM.size
+    return out
+
+
+_ITEMS = "<u4,<i8"  # numpy dtype of packed (partition, offset) items, 12 bytes each
+
+
+def decode_many(blobs: Sequence[bytes | None], topic: str) -> tuple[Any, Any, Any]:
+    """:func:`decode` of many values at once: (value index, partition, offset) of every stored
+    item as numpy arrays, in value order then partition order."""
+    import numpy as np
+
+    name = topic.encode()
+    prefix = _HEAD.pack(VERSION, len(name)) + name
+    start = len(prefix) + _COUNT.size
+    owners, counts, parts = [], [], []
+    for i, blob in enumerate(blobs):
+        if not blob:
+            continue
+        if not blob.startswith(prefix):
+            if blob[0] != VERSION:
+                raise ValueError(f"stream offsets value has version {blob[0]}, expected "
+                                 f"{VERSION}")
+            continue  # written for another topic: its events are new to these values
+        (count,) = _COUNT.unpack_from(blob, len(prefix))
+        if len(blob) != start + count * _ITEM.size:
+            raise ValueError(f"stream offsets value of {len(blob)} bytes holds {count} items")
+        owners.append(i)
+        counts.append(count)
+        parts.append(blob[start:])
+    items = np.frombuffer(b"".join(parts), np.dtype(_ITEMS))
+    index = np.repeat(np.asarray(owners, np.int64), np.asarray(counts, np.int64))
+    return index, items["f0"].astype(np.int64), items["f1"].astype(np.int64)
+
+
+def encode_many(topic: str, values: int, index: Any, partitions: Any,
+                offsets: Any) -> list[bytes]:
+    """:func:`encode` of ``values`` values at once from (value index, partition, offset) items
+    sorted by value index then partition; a value without items holds none."""
+    import numpy as np
+
+    name = topic.encode()
+    prefix = _HEAD.pack(VERSION, len(name)) + name
+    items = np.zeros(len(index), np.dtype(_ITEMS))
+    items["f0"], items["f1"] = partitions, offsets
+    raw = items.tobytes()
+    counts = np.bincount(np.asarray(index, np.int64), minlength=values)
+    ends = np.cumsum(counts) * _ITEM.size
+    out = []
+    pack = _COUNT.pack
+    for count, end in zip(counts.tolist(), ends.tolist(), strict=True):
+        out.append(b"".join((prefix, pack(count), raw[end - count * _ITEM.size:end])))
     return out

@@ -299,7 +299,11 @@ def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, tiles: pl.DataF
     base = first  # every kept tile is >= first
     old_key = (old_entity << 32) | (old_rows["tile"] - base)
     new_key = (new_entity << 32) | (new_tile - base)
-    keys = np.unique(np.concatenate([old_key, new_key]))
+    # both sides are sorted already: a stable sort of the two runs is one merge pass (timsort),
+    # where np.unique hashed and sorted from scratch
+    keys = np.concatenate([old_key, new_key])
+    keys.sort(kind="stable")
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
     m = len(keys)
     at_old, at_new = np.searchsorted(keys, old_key), np.searchsorted(keys, new_key)
     old_cols, new_cols = _columns(old_rows, rec), _batch_columns(tiles, rec)
