@@ -183,11 +183,37 @@ def resp_set(keys: Any, blobs: Any, expire_ms: Any) -> Any:
                                        _lb(b"\r\n"), blobs, _lb(b"\r\n"), tail, _lb(b""))
 
 
+def bulk(values: Any) -> Any:
+    """Each value as a RESP bulk string, ``$<length>\\r\\n<bytes>\\r\\n`` (Arrow, large binary)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = values.cast(pa.large_binary())
+    length = pc.cast(pc.binary_length(values), pa.string()).cast(pa.large_binary())
+    return pc.binary_join_element_wise(_lb(b"$"), length, _lb(b"\r\n"), values, _lb(b"\r\n"),
+                                       _lb(b""))
+
+
+def span(values: Any, lo: int, hi: int) -> bytes:
+    """Values ``lo:hi`` of an Arrow large binary array end to end: one slice of its data."""
+    import numpy as np
+
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:
+                                                          values.offset + len(values) + 1]
+    return values.buffers()[2][int(offsets[lo]):int(offsets[hi])].to_pybytes()
+
+
+def lb_array(data: bytes, count: int) -> Any:
+    """``count`` copies of ``data`` (Arrow large binary)."""
+    return fixed(data * count, len(data), count)
+
+
 def _lb(data: bytes) -> Any:
     import pyarrow as pa
 
     return pa.scalar(data, pa.large_binary())
 
 
-__all__ = ["NO_EVENT", "Latest", "Section", "fixed", "head_values", "join", "latest_values",
-           "numbers", "resp_set", "section_values", "window_blobs"]
+__all__ = ["NO_EVENT", "Latest", "Section", "bulk", "fixed", "head_values", "join",
+           "latest_values", "lb_array", "numbers", "resp_set", "section_values", "span",
+           "window_blobs"]

@@ -25,6 +25,7 @@ from features.definitions import FeatureView
 from features.online import keys as K
 from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
+from pipelines import online_pack as pk
 from pipelines.engine_polars import project
 from pipelines.materialize import entity_tag_array
 from streaming import offsets as O
@@ -207,9 +208,9 @@ class ViewWriter:
         """Compare-and-set every entity's values and offsets (one script call per group of
         entities on a single node, per entity on a cluster); True where written."""
         import numpy as np
+        import pyarrow as pa
 
-        window = merged.window.to_pylist()
-        life = None if merged.lifetime is None else merged.lifetime.to_pylist()
+        life = merged.lifetime
         expire = merged.expire_us
         never = expire == -1
         dead = ~never & (expire <= now_us)
@@ -221,48 +222,45 @@ class ViewWriter:
             offsets_ms = np.where(never, -1, np.maximum(window_ms, floor))
         nkeys = 2 if life is None else 3
         if self.online.cluster:
+            window = merged.window.to_pylist()
+            lives = None if life is None else life.to_pylist()
             commands: list[Any] = []
             for i, tag in enumerate(tags):
                 o, w, lk = self._keys(tag)
                 args = [expected[i] or b"", offsets[i], b"%d" % offsets_ms[i],
                         window[i], b"%d" % window_ms[i]]
-                if life is not None:
-                    args += [life[i], b"-1"]
-                commands.append(["EVALSHA", CAS_SHA, str(nkeys), o, w, *([lk] if life else []),
-                                 *args])
+                if lives is not None:
+                    args += [lives[i], b"-1"]
+                commands.append(["EVALSHA", CAS_SHA, str(nkeys), o, w,
+                                 *([lk] if lives is not None else []), *args])
             replies = self.online.call_many(commands, script=O.CAS_SCRIPT)
             return [r == 1 for r in replies]
         # single node: groups of entities per script call (one call per entity cost more than
-        # the merge), the RESP formatted once per entity
+        # the merge); every entity's keys and arguments are built as RESP with Arrow kernels
+        # (no Python formatting per entity), and a group is a slice of those bytes
         per = 2 * nkeys + 1
-        key_fmt = b"$%d\r\n%b\r\n" * nkeys
-        arg_fmt = b"$%d\r\n%b\r\n" * per
-        head, tail = self.head.encode(), self.tail.encode()
-        keys, args = [], []
-        for i, tag in enumerate(tags):
-            w = head + tag.encode() + tail
-            o = w + b":O"
-            exp = expected[i] or b""
-            om, wm = b"%d" % offsets_ms[i], b"%d" % window_ms[i]
-            if life is None:
-                keys.append(key_fmt % (len(o), o, len(w), w))
-                args.append(arg_fmt % (len(exp), exp, len(offsets[i]), offsets[i], len(om), om,
-                                       len(window[i]), window[i], len(wm), wm))
-            else:
-                lk = w + b":L"
-                keys.append(key_fmt % (len(o), o, len(w), w, len(lk), lk))
-                args.append(arg_fmt % (len(exp), exp, len(offsets[i]), offsets[i], len(om), om,
-                                       len(window[i]), window[i], len(wm), wm,
-                                       len(life[i]), life[i], 2, b"-1"))
+        w = pk.join([pk.lb_array(self.head.encode(), len(tags)),
+                     pa.array(tags, pa.string()), pk.lb_array(self.tail.encode(), len(tags))])
+        key_parts = [pk.bulk(pk.join([w, pk.lb_array(b":O", len(tags))])), pk.bulk(w)]
+        arg_parts = [pk.bulk(pa.array([e or b"" for e in expected], pa.large_binary())),
+                     pk.bulk(pa.array(offsets, pa.large_binary())),
+                     pk.bulk(pa.array(offsets_ms).cast(pa.string())),
+                     pk.bulk(merged.window), pk.bulk(pa.array(window_ms).cast(pa.string()))]
+        if life is not None:
+            key_parts.append(pk.bulk(pk.join([w, pk.lb_array(b":L", len(tags))])))
+            arg_parts += [pk.bulk(merged.lifetime),
+                          pk.bulk(pa.array([b"-1"] * len(tags), pa.large_binary()))]
+        keys, args = pk.join(key_parts), pk.join(arg_parts)
         packed = []
         for lo in range(0, len(tags), O.GROUP):
-            m = len(keys[lo:lo + O.GROUP])
+            hi = min(lo + O.GROUP, len(tags))
+            m = hi - lo
             count = b"%d" % (m * nkeys)
             packed.append(b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%b\r\n"
                           % (3 + m * nkeys + 1 + m * per, CAS_MANY_SHA.encode(), len(count),
                              count)
-                          + b"".join(keys[lo:lo + O.GROUP]) + b"$1\r\n%d\r\n" % nkeys
-                          + b"".join(args[lo:lo + O.GROUP]))
+                          + pk.span(keys, lo, hi) + b"$1\r\n%d\r\n" % nkeys
+                          + pk.span(args, lo, hi))
         replies = self.online.call_many(packed, script=O.CAS_MANY_SCRIPT)
         return [r == 1 for group in replies for r in group]
 
