@@ -65,7 +65,10 @@ class JsonDecoder:
                   "timestamp": str}
         fields = [(name, python[dtype] | None) for name, dtype in source.schema.items()]
         self._names = list(source.schema)
-        self._struct = msgspec.defstruct(f"{source.name}_event", fields)  # type: ignore[arg-type]
+        # gc=False: the fields are scalars, so no cycles; a batch of 20k tracked structs set
+        # off the collector (and its passes over every tracked object) dozens of times
+        self._struct = msgspec.defstruct(f"{source.name}_event", fields,  # type: ignore[arg-type]
+                                         gc=False)
         self._decoder = msgspec.json.Decoder(self._struct)
         self._batch = msgspec.json.Decoder(list[self._struct])  # type: ignore[name-defined]
         self._astuple = msgspec.structs.astuple
