@@ -23,6 +23,7 @@ finished, written and committed, then the process exits 0.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import time
@@ -277,7 +278,7 @@ class StreamConsumer:
         for name, recs in by_topic.items():
             topic = self.topics[name]
             bad, applied, accepted = self._with_retries(
-                lambda t=topic, r=recs: self._apply(t, r, summary))
+                functools.partial(self._apply, topic, recs, summary))
             if topic.landing is not None:
                 land.append((topic.landing, accepted))
             dead += [(name, recs[b.index], b) for b in bad]

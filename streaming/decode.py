@@ -61,8 +61,8 @@ class JsonDecoder:
         i64 = msgspec.Meta(ge=-(2**63), le=2**63 - 1)
         from typing import Annotated
 
-        python = {"int64": Annotated[int, i64], "float64": float, "bool": bool, "string": str,
-                  "timestamp": str}
+        python: dict[str, Any] = {"int64": Annotated[int, i64], "float64": float, "bool": bool,
+                                  "string": str, "timestamp": str}
         fields = [(name, python[dtype] | None) for name, dtype in source.schema.items()]
         self._names = list(source.schema)
         # gc=False: the fields are scalars, so no cycles; a batch of 20k tracked structs set
@@ -136,7 +136,8 @@ class JsonDecoder:
             except msgspec.DecodeError as e:
                 bad.append(Bad(i, UNDECODABLE, str(e)))
         schema = self.source.schema
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in self._names]
+        columns: list[Any] = (list(zip(*rows, strict=True)) if rows
+                              else [[] for _ in self._names])
         data = {}
         for name, values_ in zip(self._names, columns, strict=True):
             dtype = schema[name]
