@@ -215,12 +215,20 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
     where: list[tuple[int, int, int, int]] = []  # (read, row, window key pos, lifetime pos)
     for r, (read_, positions, (head, tail, life)) in enumerate(
             zip(plan.reads, plan.view_keys, plan.key_parts, strict=True)):
+        single = key_columns[positions[0]] if len(positions) == 1 else None
         for i in range(n):
-            values = [key_columns[p][i] for p in positions]
-            if None in values:  # a null key reads as not found
-                where.append((r, i, -1, -1))
-                continue
-            key = head + entity_tag(values) + tail
+            if single is not None:  # one join key (the common case): no list per entity
+                v = single[i]
+                if v is None:  # a null key reads as not found
+                    where.append((r, i, -1, -1))
+                    continue
+                key = head + (str(v) if type(v) is int else entity_tag((v,))) + tail
+            else:
+                values = [key_columns[p][i] for p in positions]
+                if None in values:
+                    where.append((r, i, -1, -1))
+                    continue
+                key = head + entity_tag(values) + tail
             w = lt = -1
             if read_.window:
                 w = len(keys)

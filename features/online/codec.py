@@ -233,8 +233,9 @@ class Codec:
         last = len(groups) - 1
         while last >= 0 and not groups[last]:
             last -= 1
+        records = self.records
         for k in range(last + 1):
-            _rec, unpack, size = self.records[k]
+            _rec, unpack, size = records[k]
             (count,) = _COUNT.unpack_from(blob, pos)
             pos += 4
             wanted = groups[k]

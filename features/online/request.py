@@ -135,7 +135,7 @@ class Plan:
             n = len(rows)
             columns = {key: [None] * n for key in self.join_keys}
             for i, row in enumerate(rows):
-                if not isinstance(row, Mapping):
+                if type(row) is not dict and not isinstance(row, Mapping):
                     raise OnlineRequestError(f"entity row {i} is {type(row).__name__}, expected "
                                              f"a dict of join keys")
                 for key in self.join_keys:
@@ -147,6 +147,8 @@ class Plan:
             dtype, view = self.key_types[key]
             for i, value in enumerate(columns[key]):
                 if value is None:
+                    continue
+                if type(value) is int and dtype == "int64":  # the common case, no ABC check
                     continue
                 ok = (isinstance(value, Integral) and not isinstance(value, bool)
                       if dtype == "int64" else isinstance(value, str) and _utf8(value))
