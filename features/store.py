@@ -222,7 +222,7 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
                 if v is None:  # a null key reads as not found
                     where.append((r, i, -1, -1))
                     continue
-                key = head + (str(v) if type(v) is int else entity_tag((v,))) + tail
+                key = head + entity_tag((v,)) + tail
             else:
                 values = [key_columns[p][i] for p in positions]
                 if None in values:

@@ -38,7 +38,7 @@ from pipelines import online_pack as pk
 from pipelines.errors import PipelineError
 
 DAY_US = US_PER_UNIT["d"]
-_TWO63, _TWO64 = 2**63, 2**64  # (time, seq) as one sortable HUGEINT: time * 2^64 + seq
+_TWO64 = 2**64  # (time, seq) as one sortable HUGEINT: time * 2^64 + seq
 Progress = Callable[[int, int], None]
 
 
@@ -216,25 +216,21 @@ def _latest(reader: _Reader, inputs: Sequence[Any], first_day: str | None) -> pk
         # Every tile layer keeps each tile's newest value with its (time, seq), so the arg-max
         # over the coarsest layer equals the one over the exact instants, from far fewer rows.
         # (time, seq) is ordered as one HUGEINT time * 2^64 + seq (half the time of a struct
-        # key here) and split again per entity.
+        # key here); the newest time is also max(time), and seq what the key holds beyond it.
         sizes = reader.view.tile_sizes()
         coarse = reader.files(max(sizes), first_day) if sizes else files
-        order = {i.index: f"({quote(i.column('lt'))}::HUGEINT * {_TWO64} + "
-                          f"{quote(i.column('ls'))})" for i in inputs}
-        sel = ", ".join(
-            f"arg_max({quote(i.column('l'))}, {order[i.index]}) FILTER (WHERE "
-            f"{quote(i.column('l'))} IS NOT NULL) AS v{i.index}, max({order[i.index]}) "
-            f"FILTER (WHERE {quote(i.column('l'))} IS NOT NULL) AS k{i.index}" for i in inputs)
-        values = (f"SELECT {reader.keys}, {sel} FROM read_parquet({file_list(coarse)}) "
-                  f"WHERE true{reader.semi} GROUP BY {reader.keys}")
-        split = []
+        sel = []
         for i in inputs:
-            r = f"((v.k{i.index} % {_TWO64}) + {_TWO64}) % {_TWO64}"
-            seq = f"(CASE WHEN {r} >= {_TWO63} THEN {r} - {_TWO64} ELSE {r} END)"
-            split.append(f"v.v{i.index}, ((v.k{i.index} - {seq}) // {_TWO64})::BIGINT AS "
-                         f"t{i.index}, {seq}::BIGINT AS s{i.index}")
-        table = reader.query(f"WITH t AS ({newest}), v AS ({values}) SELECT t.*, "
-                             f"{', '.join(split)} FROM t LEFT JOIN v USING ({reader.keys})")
+            lt, present = quote(i.column("lt")), f"FILTER (WHERE {quote(i.column('l'))} IS NOT NULL)"
+            order = f"({lt}::HUGEINT * {_TWO64} + {quote(i.column('ls'))})"
+            sel.append(f"arg_max({quote(i.column('l'))}, {order}) {present} AS v{i.index}, "
+                       f"max({lt}) {present} AS t{i.index}, max({order}) {present} AS k{i.index}")
+        values = (f"SELECT {reader.keys}, {', '.join(sel)} FROM read_parquet({file_list(coarse)})"
+                  f" WHERE true{reader.semi} GROUP BY {reader.keys}")
+        split = ", ".join(f"v.v{i.index}, v.t{i.index}, (v.k{i.index} - v.t{i.index}::HUGEINT * "
+                          f"{_TWO64})::BIGINT AS s{i.index}" for i in inputs)
+        table = reader.query(f"WITH t AS ({newest}), v AS ({values}) SELECT t.*, {split} "
+                             f"FROM t LEFT JOIN v USING ({reader.keys})")
     out = pk.Latest(entity_tag_array([table.column(k) for k in reader.view.join_keys]),
                     table.column("newest").to_numpy().astype(np.int64), [], [], [], [])
     for i in inputs:
@@ -485,14 +481,10 @@ WRITE_CHUNK = 5_000  # commands per send (environment: TESSERA_MATERIALIZE_CHUNK
 
 def _chunks(resp: Any, rows: int) -> Any:
     """(bytes, commands) slices of an Arrow array of RESP commands."""
-    import numpy as np
-
-    offsets = np.frombuffer(resp.buffers()[1], np.int64)[resp.offset:resp.offset + len(resp) + 1]
-    data = resp.buffers()[2]
     size = int(os.environ.get("TESSERA_MATERIALIZE_CHUNK", WRITE_CHUNK))
     for lo in range(0, rows, size):
         hi = min(lo + size, rows)
-        yield data[int(offsets[lo]):int(offsets[hi])].to_pybytes(), hi - lo
+        yield pk.span(resp, lo, hi), hi - lo
 
 
 def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: Codec,

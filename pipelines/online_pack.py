@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from features.online.codec import _CODES, NO_EVENT, VERSION, Codec
+from features.online.codec import _CODES, NO_EVENT, NUMPY_CODES, VERSION, Codec
 from features.tiles import Input
 
 
@@ -99,7 +99,7 @@ def latest_values(inputs: Sequence[Input], latest: Latest | None, entities: int,
         if inp.dtype == "string":
             fields.append(("n", "<u4"))
         else:
-            fields.append(("v", {"q": "<i8", "d": "<f8", "?": "u1"}[_CODES[inp.dtype]]))
+            fields.append(("v", NUMPY_CODES[_CODES[inp.dtype]]))
         head = np.zeros(groups, np.dtype(fields))
         head["f"], head["t"], head["s"] = 1, latest.at[k], latest.seq[k]
         if inp.dtype == "string":

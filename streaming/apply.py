@@ -209,6 +209,7 @@ class ViewWriter:
         entities on a single node, per entity on a cluster); True where written."""
         import numpy as np
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         life = merged.lifetime
         expire = merged.expire_us
@@ -239,17 +240,15 @@ class ViewWriter:
         # the merge); every entity's keys and arguments are built as RESP with Arrow kernels
         # (no Python formatting per entity), and a group is a slice of those bytes
         per = 2 * nkeys + 1
-        w = pk.join([pk.lb_array(self.head.encode(), len(tags)),
-                     pa.array(tags, pa.string()), pk.lb_array(self.tail.encode(), len(tags))])
-        key_parts = [pk.bulk(pk.join([w, pk.lb_array(b":O", len(tags))])), pk.bulk(w)]
+        w = pc.binary_join_element_wise(self.head, pa.array(tags, pa.string()), self.tail, "")
+        key_parts = [pk.bulk(pc.binary_join_element_wise(w, ":O", "")), pk.bulk(w)]
         arg_parts = [pk.bulk(pa.array([e or b"" for e in expected], pa.large_binary())),
                      pk.bulk(pa.array(offsets, pa.large_binary())),
                      pk.bulk(pa.array(offsets_ms).cast(pa.string())),
                      pk.bulk(merged.window), pk.bulk(pa.array(window_ms).cast(pa.string()))]
         if life is not None:
-            key_parts.append(pk.bulk(pk.join([w, pk.lb_array(b":L", len(tags))])))
-            arg_parts += [pk.bulk(merged.lifetime),
-                          pk.bulk(pa.array([b"-1"] * len(tags), pa.large_binary()))]
+            key_parts.append(pk.bulk(pc.binary_join_element_wise(w, ":L", "")))
+            arg_parts += [pk.bulk(life), pk.bulk(pk.lb_array(b"-1", len(tags)))]
         keys, args = pk.join(key_parts), pk.join(arg_parts)
         packed = []
         for lo in range(0, len(tags), O.GROUP):

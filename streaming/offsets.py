@@ -70,9 +70,14 @@ return out
 GROUP = 200  # entities per CAS_MANY_SCRIPT call (~1-2 ms of Redis time)
 
 
-def encode(topic: str, offsets: Mapping[int, int]) -> bytes:
+def _prefix(topic: str) -> bytes:
+    """version, topic length and topic: how every offsets value of ``topic`` starts."""
     name = topic.encode()
-    parts = [_HEAD.pack(VERSION, len(name)), name, _COUNT.pack(len(offsets))]
+    return _HEAD.pack(VERSION, len(name)) + name
+
+
+def encode(topic: str, offsets: Mapping[int, int]) -> bytes:
+    parts = [_prefix(topic), _COUNT.pack(len(offsets))]
     parts += [_ITEM.pack(p, offsets[p]) for p in sorted(offsets)]
     return b"".join(parts)
 
@@ -107,8 +112,7 @@ def decode_many(blobs: Sequence[bytes | None], topic: str) -> tuple[Any, Any, An
     item as numpy arrays, in value order then partition order."""
     import numpy as np
 
-    name = topic.encode()
-    prefix = _HEAD.pack(VERSION, len(name)) + name
+    prefix = _prefix(topic)
     start = len(prefix) + _COUNT.size
     owners, counts, parts = [], [], []
     for i, blob in enumerate(blobs):
@@ -136,8 +140,7 @@ def encode_many(topic: str, values: int, index: Any, partitions: Any,
     sorted by value index then partition; a value without items holds none."""
     import numpy as np
 
-    name = topic.encode()
-    prefix = _HEAD.pack(VERSION, len(name)) + name
+    prefix = _prefix(topic)
     items = np.zeros(len(index), np.dtype(_ITEMS))
     items["f0"], items["f1"] = partitions, offsets
     raw = items.tobytes()

@@ -30,6 +30,7 @@ from features.online.codec import (
     _COUNT,
     _HEAD,
     NO_EVENT,
+    NUMPY_CODES,
     VERSION,
     Codec,
     Record,
@@ -206,7 +207,7 @@ class _Stored:
                 values = _strings(data, start + 4, size, have, present, n)
                 pos = np.where(flag, start + 4 + size, pos + 1)
             else:
-                code = {"q": "<i8", "d": "<f8", "?": "u1"}[_CODES[inp.dtype]]
+                code = NUMPY_CODES[_CODES[inp.dtype]]
                 column = np.zeros(n, code)
                 column[have] = np.where(flag, _read(data, start, code), 0)
                 values = pa.array(column.astype(bool) if code == "u1" else column,
@@ -308,18 +309,14 @@ def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, tiles: pl.DataF
     at_old, at_new = np.searchsorted(keys, old_key), np.searchsorted(keys, new_key)
     old_cols, new_cols = _columns(old_rows, rec), _batch_columns(tiles, rec)
     entity = keys >> 32
-    starts = np.flatnonzero(np.r_[True, entity[1:] != entity[:-1]])
-    ends = np.r_[starts[1:], m]
-    group_end = np.repeat(ends, ends - starts)
+    starts, ends, group_end = _runs(entity)
     old_at = _first_at_or_after(old_cols, at_old, m, group_end)
     # The batch's own suffixes over its rows only (a few per entity at a steady rate, where
     # a pass over every stored row cost one numpy round per stored tile: ~60), then spread
     # like the stored ones. Zero partials are exact identities of the merge, so this equals
     # the suffix merge over all rows with zeros where the batch has none, bit for bit.
     if len(new_entity):
-        n_starts = np.flatnonzero(np.r_[True, new_entity[1:] != new_entity[:-1]])
-        n_ends = np.r_[n_starts[1:], len(new_entity)]
-        new_cols = suffix_merge(lay, new_cols, np.repeat(n_ends, n_ends - n_starts))
+        new_cols = suffix_merge(lay, new_cols, _runs(new_entity)[2])
     batch_suffix = _first_at_or_after(new_cols, at_new, m, group_end)
     merged = merge_pairs(lay, old_at, batch_suffix)
     out = np.zeros(m, row_dtype(rec))
@@ -330,11 +327,23 @@ def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, tiles: pl.DataF
                                     out["tile"].copy(), out.tobytes())
 
 
+def _runs(ids: Any) -> tuple[Any, Any, Any]:
+    """(first row, one past the last row) of each run of equal ``ids`` (a non-empty sorted
+    array), and per row the end of its run."""
+    import numpy as np
+
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    return starts, ends, np.repeat(ends, ends - starts)
+
+
 def _first_at_or_after(cols: dict[str, Any], at: Any, m: int, group_end: Any) -> dict[str, Any]:
     """Per row of ``m``: the values of the first of ``cols``' rows (placed at rows ``at``,
     ascending) at or after it within its group (``group_end``), zeros where there is none."""
     import numpy as np
 
+    if not len(at):
+        return {c: np.zeros(m, v.dtype) for c, v in cols.items()}
     has = np.zeros(m, bool)
     has[at] = True
     nxt = np.minimum.accumulate(np.where(has, np.arange(m), m)[::-1])[::-1]
@@ -342,8 +351,6 @@ def _first_at_or_after(cols: dict[str, Any], at: Any, m: int, group_end: Any) ->
     source = np.zeros(m, np.int64)
     source[at] = np.arange(len(at))
     pick = source[np.where(found, nxt, 0)]
-    if not len(at):
-        return {c: np.zeros(m, v.dtype) for c, v in cols.items()}
     return {c: np.where(found, v[pick], np.zeros(1, v.dtype)) for c, v in cols.items()}
 
 

@@ -38,6 +38,7 @@ from features.tiles import NEEDS, Input, Layout, layout
 VERSION = 2  # the byte format; part of every key name too (features.online.keys)
 NO_EVENT = -(2**63)
 _CODES = {"int64": "q", "timestamp": "q", "float64": "d", "bool": "?"}
+NUMPY_CODES = {"q": "<i8", "d": "<f8", "?": "u1"}  # the same fields for numpy structured arrays
 _HEAD = struct.Struct("<Bq")
 _COUNT = struct.Struct("<I")
 _LATEST = struct.Struct("<qq")
@@ -80,7 +81,7 @@ class Record:
         for col, code, null in zip(self.columns, self.codes, self.nullable, strict=True):
             if null:
                 fields.append((f"{col}?", "u1"))
-            fields.append((col, {"q": "<i8", "d": "<f8", "?": "u1"}[code]))
+            fields.append((col, NUMPY_CODES[code]))
         return np.dtype(fields)
 
     @property

@@ -22,6 +22,8 @@ FINGERPRINT_CHARS = 16
 
 def entity_tag(values: Sequence[Any]) -> str:
     """The hash-tag text of one entity's join-key values (int or str)."""
+    if len(values) == 1 and type(values[0]) is int:  # one int key: the common case
+        return str(values[0])
     parts = []
     for v in values:
         if isinstance(v, str):

@@ -191,9 +191,9 @@ class RedisOnline:
         replies = b"".join(got)
         if lines != pending:  # more replies than commands: the stream is out of step
             raise redis.ConnectionError(f"expected {pending} write replies, read {lines}")
-        at = 0 if replies.startswith(b"-") else replies.find(b"\n-") + 1
-        if at or replies.startswith(b"-"):
-            raise redis.ResponseError(replies[at + 1:replies.find(b"\r", at)].decode(
+        error = 0 if replies.startswith(b"-") else replies.find(b"\n-") + 1 or -1
+        if error >= 0:  # the first error reply: "-<message>\r\n"
+            raise redis.ResponseError(replies[error + 1:replies.find(b"\r", error)].decode(
                 "utf-8", "replace"))
 
     def _write_pipeline(self, sets: Iterable[tuple[str, bytes, int | None]],
