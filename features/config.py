@@ -217,7 +217,7 @@ class StreamConfig(_Model):
 
     allowed_lateness: str = Field("1d", description="How late an event may arrive after its "
                                   "tile left the longest window and still count.")
-    max_batch_events: int = Field(20_000, ge=1, description="Events per micro-batch, at most.")
+    max_batch_events: int = Field(60_000, ge=1, description="Events per micro-batch, at most.")
     max_batch_ms: int = Field(200, ge=1, description="Longest wait to fill a micro-batch.")
     dlq_suffix: str = Field(".dlq", min_length=1, description="Dead-letter topic: topic + this.")
     land: bool = Field(True, description="Append accepted events to the offline store.")
