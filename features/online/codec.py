@@ -330,13 +330,15 @@ def codec(view: FeatureView) -> Codec:
         feats = [f for f in view.features if f.window is not None and f.window.tile_us == size
                  and f.window.tiles is not None and f.function != "last"]
         if feats:  # windowed last() needs no tiles: the newest value answers every window
-            horizon = max(f.window.tiles for f in feats)  # type: ignore[union-attr,type-var]
+            horizon = max(f.window.tiles or 0 for f in feats if f.window is not None)
             sections.append(Section(size, horizon, _record(lay, feats)))
     life = [f for f in view.features if f.window is not None and f.window.tiles is None]
     life_agg = [f for f in life if f.function != "last"]
-    inputs_of = lambda feats: tuple(sorted(  # noqa: E731
-        {lay.input_of(f) for f in feats if f.function == "last"} - {None},
-        key=lambda i: i.index))
+
+    def inputs_of(feats: Sequence[Feature]) -> tuple[Input, ...]:
+        found = {lay.input_of(f) for f in feats if f.function == "last"}
+        return tuple(sorted((i for i in found if i is not None), key=lambda i: i.index))
+
     timed = [f for f in view.features if f.window is None or f.window.tiles is not None]
     return Codec(view, lay, tuple(sections), inputs_of(timed),
                  _record(lay, life_agg) if life else None, inputs_of(life))
