@@ -221,6 +221,11 @@ class StreamConfig(_Model):
     max_batch_ms: int = Field(200, ge=1, description="Longest wait to fill a micro-batch.")
     dlq_suffix: str = Field(".dlq", min_length=1, description="Dead-letter topic: topic + this.")
     land: bool = Field(True, description="Append accepted events to the offline store.")
+    land_every_ms: int = Field(10_000, ge=0, description="Longest time accepted events (online "
+                               "already) wait to be landed together: fewer, larger files. Their "
+                               "offsets are committed after; 0 lands every batch at once.")
+    land_max_events: int = Field(200_000, ge=1, description="Land sooner once this many events "
+                                 "wait (bounds the memory they hold).")
     status_every_s: float = Field(5.0, gt=0, description="Seconds between status lines.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve Prometheus "
                                      "metrics on 127.0.0.1:port (0: any free port).")

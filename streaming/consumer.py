@@ -11,9 +11,9 @@ One process consumes every selected view's topic in one consumer group. Each mic
 3. send the dead letters to ``<topic>.dlq`` (original bytes and key; reason, view, source
    topic, partition and offset as headers) and wait for Kafka to have them;
 4. hand the accepted events to the landing thread (:mod:`streaming.lander`), which lands them
-   in the offline store (:mod:`streaming.landing`, once per offset) while the next batch is
-   applied, and then
-5. commits the batch's next offsets to Kafka.
+   in the offline store (:mod:`streaming.landing`, once per offset) while the next batches are
+   applied, several batches per file (``stream.land_every_ms``), and then
+5. commits their next offsets to Kafka.
 
 Steps 2 and 4 are idempotent per offset, so a crash anywhere (``kill -9`` included) only means
 the batch is read again and nothing is applied twice. Redis unavailable: the batch is retried
@@ -194,7 +194,9 @@ class StreamConsumer:
                               f"{type(e).__name__}: {e}") from None
         self._consumer = fetcher.consumer
         if any(t.landing is not None for t in self.topics.values()):
-            self._lander = Lander(fetcher.done)
+            self._lander = Lander(fetcher.done, every_s=self.settings.land_every_ms / 1000,
+                                  max_rows=self.settings.land_max_events)
+            fetcher.on_revoke = self._lander.flush  # a rebalance waits for the landing
             self._lander.start()
         return fetcher
 
@@ -224,6 +226,7 @@ class StreamConsumer:
         fetcher = self._connect(max_events)
         fetcher.start()
         began = last_event = last_status = time.monotonic()
+        quiet_landed = True
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -251,7 +254,12 @@ class StreamConsumer:
                         fetcher.done(offsets)
                     else:  # committed once landed, while the next batch is applied
                         self._lander.submit(land, offsets)
+                        quiet_landed = False
                     last_event = time.monotonic()  # idle counts from the end of the work
+                elif (lander is not None and not quiet_landed
+                      and fetcher.idle_since is not None):  # a poll round found nothing
+                    lander.flush()  # a quiet stream lands now, not after land_every_ms
+                    quiet_landed = True
                 self.metrics.lag(fetcher.lag)
                 if status is not None and time.monotonic() - last_status >= \
                         self.settings.status_every_s:

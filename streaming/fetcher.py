@@ -46,6 +46,7 @@ class Fetcher(threading.Thread):
         self.hungry = threading.Event()  # the main thread waits for a batch
         self.error: BaseException | None = None
         self.idle_since: float | None = None  # see the module docstring
+        self.on_revoke: Callable[[], None] | None = None  # e.g. land what waits, now
         self.lag: dict[tuple[str, int], int] = {}
         self._joined = False  # the group gave us our partitions and no rebalance began since
         self._rebalances = 0
@@ -65,6 +66,8 @@ class Fetcher(threading.Thread):
         self._joined = False
         self.idle_since = None
         self._rebalances += 1
+        if self.on_revoke is not None:
+            self.on_revoke()
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with self._cond:

@@ -76,3 +76,40 @@ def test_a_landing_error_stops_every_later_commit(landing: Landing) -> None:
     assert done == [{"p": 5}]
     assert isinstance(lander.error, pl.exceptions.ColumnNotFoundError)
     assert lander.landed == 5
+
+
+def test_batches_within_land_every_land_as_one_file_per_partition_and_flush_lands_now(
+        landing: Landing) -> None:
+    done: list[dict] = []
+    lander = Lander(lambda offsets: done.append(dict(offsets)), every_s=30, max_rows=10_000)
+    lander.start()
+    for k in range(3):  # one at a time, as a steady stream hands them over
+        lander.submit([(landing, _batch(k * 10, 10))], {"p": 10 + 10 * k})
+        threading.Event().wait(0.1)
+    assert done == [] and lander.writes == 0  # online already; waiting to land together
+    lander.flush()  # the stream went quiet (or a rebalance began)
+    for _ in range(500):
+        if done:
+            break
+        threading.Event().wait(0.01)
+    assert done == [{"p": 10}, {"p": 20}, {"p": 30}]
+    assert lander.writes == 1 and lander.landed == 30
+    assert len(list(landing.root.rglob("*.parquet"))) == 2  # one file per partition
+
+    lander.submit([(landing, _batch(30, 10))], {"p": 40})
+    lander.close()  # stopping lands what waits, without waiting for land_every
+    assert done[-1] == {"p": 40} and lander.landed == 40 and lander.writes == 2
+
+
+def test_land_max_events_lands_before_land_every(landing: Landing) -> None:
+    done: list[dict] = []
+    lander = Lander(lambda offsets: done.append(dict(offsets)), every_s=30, max_rows=25)
+    lander.start()
+    for k in range(3):
+        lander.submit([(landing, _batch(k * 10, 10))], {"p": 10 + 10 * k})
+    for _ in range(500):  # 30 rows waiting >= 25: landed without a flush
+        if len(done) == 3:
+            break
+        threading.Event().wait(0.01)
+    assert done == [{"p": 10}, {"p": 20}, {"p": 30}] and lander.writes == 1
+    lander.close()
