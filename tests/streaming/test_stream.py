@@ -76,6 +76,23 @@ def test_a_replay_applies_and_lands_nothing_twice(small: StreamRepo) -> None:
     assert small.mismatches(AT) == []
 
 
+def test_batches_land_together_and_a_quiet_stream_lands_without_waiting(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    # land_every_ms far beyond the run: only the quiet-stream flush can land (and commit) it
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=6_000,
+                      stream="max_batch_events: 1000, land_every_ms: 600000")
+    try:
+        repo.produce()
+        summary = consume(repo, "g1", until_idle_s=1.0, max_seconds=120)
+        assert summary.batches >= 6 and summary.landed == 6_000
+        assert summary.seconds < 60  # ended as idle: landed and committed, not at max_seconds
+        files = list((repo.folder / "offline").rglob("landed/**/*.parquet"))
+        assert len(files) == 6  # six partitions, one landing for all the batches
+        assert repo.mismatches(AT) == []
+    finally:
+        repo.close()
+
+
 def test_redis_restarted_mid_stream_loses_and_doubles_nothing(
         tmp_path: Path, kafka_bootstrap: str) -> None:
     redis = PrivateRedis(tmp_path / "redis")
