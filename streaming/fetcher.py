@@ -66,8 +66,6 @@ class Fetcher(threading.Thread):
         self._joined = False
         self.idle_since = None
         self._rebalances += 1
-        if self.on_revoke is not None:
-            self.on_revoke()
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with self._cond:
@@ -77,6 +75,8 @@ class Fetcher(threading.Thread):
                     self._drop_waiting()
                     self._inflight = 0
                     break
+            if self.on_revoke is not None:  # again each round: the batch being applied now
+                self.on_revoke()            # is handed over after the first call
             await sleep(0.05)
         offsets = self._pending()
         if offsets:
