@@ -77,3 +77,40 @@ def test_cluster_script_calls_run_pipelined_per_node_and_reload_a_flushed_script
     finally:
         for key in keys:
             client.delete(key)
+
+
+def test_a_stale_slot_map_follows_moved_and_reads_and_writes_the_right_keys(
+        redis_cluster_url: str) -> None:
+    """While slots move between masters, a node answers MOVED for a slot it no longer owns.
+    Pointing the client's slot map at the wrong master gets that real reply: the read and the
+    script call are redone after a fresh map, and give what they would have."""
+    import hashlib
+    import uuid
+
+    from features.online.redis_store import RedisOnline
+
+    online = RedisOnline(redis_cluster_url, cluster=True)
+    client = online.client
+    run = uuid.uuid4().hex[:8]
+    keys = [f"t-{run}:{{{i}}}:v" for i in range(40)]
+    online.write([(key, f"v{i}".encode(), None) for i, key in enumerate(keys)])
+    script = "redis.call('SET', KEYS[1], ARGV[1]); return 1"
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    try:
+        def mislead() -> None:  # every key's slot mapped to a master that does not own it
+            cache = client.nodes_manager.slots_cache
+            primaries = client.get_primaries()
+            for key in keys:
+                slot = client.keyslot(key)
+                owner = cache[slot][0]
+                cache[slot] = [next(n for n in primaries if n.name != owner.name)]
+
+        mislead()
+        assert online.get(keys) == [f"v{i}".encode() for i in range(40)]
+        mislead()
+        assert online.call_many([["EVALSHA", sha, "1", key, b"new"] for key in keys],
+                                script=script) == [1] * 40
+        assert online.get(keys) == [b"new"] * 40
+    finally:
+        for key in keys:
+            client.delete(key)

@@ -1,0 +1,81 @@
+"""Redis's wire format where redis-py's per-reply path costs more than the work: commands
+packed as RESP bytes, and replies read straight off a connection's socket (hiredis parses them,
+or, for writes, a count of line ends). Used by :mod:`features.online.redis_store`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def pack(args: Sequence[str | bytes]) -> bytes:
+    """One command as RESP bytes."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+def write_replies(conn: Any, pending: int) -> None:
+    """Read the replies of ``pending`` SET/DEL commands straight off the socket.
+
+    Their replies are one line each (``+OK``, ``:1``, or an error ``-...``), so counting
+    line ends tells when all have arrived, and one search finds an error: 49k replies
+    cost ~10 ms here instead of ~0.3 s through redis-py's parser, one reply per call.
+    """
+    import redis
+
+    if pending == 0:
+        return
+    sock = conn._sock
+    if sock is None:
+        raise redis.ConnectionError("connection closed while writing")
+    got: list[bytes] = []
+    lines = 0
+    try:
+        while lines < pending:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise redis.ConnectionError("Redis closed the connection while writing")
+            got.append(chunk)
+            lines += chunk.count(b"\n")
+    except TimeoutError as e:
+        raise redis.TimeoutError(f"timeout reading write replies: {e}") from None
+    except OSError as e:
+        raise redis.ConnectionError(f"error reading write replies: {e}") from None
+    replies = b"".join(got)
+    if lines != pending:  # more replies than commands: the stream is out of step
+        raise redis.ConnectionError(f"expected {pending} write replies, read {lines}")
+    error = 0 if replies.startswith(b"-") else replies.find(b"\n-") + 1 or -1
+    if error >= 0:  # the first error reply: "-<message>\r\n"
+        raise redis.ResponseError(replies[error + 1:replies.find(b"\r", error)].decode(
+            "utf-8", "replace"))
+
+
+def read_replies(conn: Any, count: int, reader: Any) -> list[Any]:
+    """``count`` replies read off ``conn``'s socket with a hiredis ``reader``."""
+    import redis
+
+    sock = conn._sock
+    if sock is None:
+        raise redis.ConnectionError("connection closed before the replies were read")
+    replies: list[Any] = []
+    try:
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is False:  # more bytes needed
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise redis.ConnectionError("Redis closed the connection")
+                reader.feed(chunk)
+                continue
+            replies.append(reply)
+    except TimeoutError as e:
+        raise redis.TimeoutError(f"timeout reading replies: {e}") from None
+    except OSError as e:
+        raise redis.ConnectionError(f"error reading replies: {e}") from None
+    return replies
+
+
+__all__ = ["pack", "read_replies", "write_replies"]
