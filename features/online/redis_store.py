@@ -82,10 +82,11 @@ class RedisOnline:
 
     def _get_cluster(self, keys: Sequence[str]) -> list[bytes | None]:
         """``get`` on a cluster, where ``MGET`` cannot span slots: one ``GET`` per key, grouped
-        by the master owning its slot, each group sent in one piece and its replies parsed by
-        hiredis straight off the socket. redis-py's ``mget_nonatomic`` (a pipeline per slot,
-        ~15 µs a key in its routing and reply handling) is the fallback whenever a reply is an
-        error (``MOVED``/``ASK`` while slots move: the slot map is refreshed first)."""
+        by the master owning its slot; every group is sent in one piece before any reply is
+        read (the masters work at once), and hiredis parses the replies straight off the
+        sockets. redis-py's ``mget_nonatomic`` (a pipeline per slot, ~15 µs a key in its
+        routing and reply handling) is the fallback whenever a reply is an error
+        (``MOVED``/``ASK`` while slots move: the slot map is refreshed first)."""
         import hiredis
         from redis.crc import key_slot
 
