@@ -250,10 +250,10 @@ class StreamConsumer:
                 records = fetcher.take(timeout=0.05)
                 if records:
                     offsets, land = self._process(records, summary)
-                    if self._lander is None:
+                    if lander is None:
                         fetcher.done(offsets)
                     else:  # committed once landed, while the next batch is applied
-                        self._lander.submit(land, offsets)
+                        lander.submit(land, offsets)
                         quiet_landed = False
                     last_event = time.monotonic()  # idle counts from the end of the work
                 elif (lander is not None and not quiet_landed

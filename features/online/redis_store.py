@@ -91,25 +91,19 @@ class RedisOnline:
         from redis.crc import key_slot
 
         client = self.client
-        nodes = client.nodes_manager
-        groups: dict[str, tuple[Any, list[int], list[bytes]]] = {}
+        encoded = [key.encode() for key in keys]
         out: list[bytes | None] = [None] * len(keys)
         try:
-            for i, key in enumerate(keys):
-                k = key.encode()
-                node = nodes.get_node_from_slot(key_slot(k))
-                group = groups.get(node.name)
-                if group is None:
-                    group = groups[node.name] = (node, [], [])
-                group[1].append(i)
-                group[2].append(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(k), k))
+            groups = self._by_master(key_slot(k) for k in encoded)
             sent: list[tuple[Any, Any, list[int]]] = []  # every node works at once
             try:
-                for node, indices, parts in groups.values():
+                for node, indices in groups:
                     pool = client.get_redis_connection(node).connection_pool
                     conn = pool.get_connection()
                     sent.append((pool, conn, indices))
-                    conn.send_packed_command([b"".join(parts)])
+                    conn.send_packed_command([b"".join(
+                        b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded[i]), encoded[i])
+                        for i in indices)])
                 replied = [read_replies(conn, len(indices), hiredis.Reader())
                            for _, conn, indices in sent]
             except BaseException:
@@ -120,16 +114,29 @@ class RedisOnline:
                 for pool, conn, _ in sent:
                     pool.release(conn)
             if any(isinstance(r, hiredis.ReplyError) for replies in replied for r in replies):
-                nodes.initialize()
+                client.nodes_manager.initialize()
                 return client.mget_nonatomic(keys)  # type: ignore[no-any-return]
             for (_, _, indices), replies in zip(sent, replied, strict=True):
                 for i, reply in zip(indices, replies, strict=True):
                     out[i] = reply
         except self._errors as e:
-            with contextlib.suppress(Exception):  # a failover: route by a fresh map next time
-                nodes.initialize()
+            self._forget_slots()
             raise self._unavailable(e) from None
         return out
+
+    def _by_master(self, slots: Iterable[int]) -> list[tuple[Any, list[int]]]:
+        """(master, positions) for the items of ``slots``, grouped by the master owning each."""
+        nodes = self.client.nodes_manager
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, slot in enumerate(slots):
+            node = nodes.get_node_from_slot(slot)
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        return list(groups.values())
+
+    def _forget_slots(self) -> None:
+        """A node failed, maybe in a failover: the next call routes by a fresh slot map."""
+        with contextlib.suppress(Exception):  # best effort: the cluster may still be down
+            self.client.nodes_manager.initialize()
 
     def _connection(self) -> Any:
         """This thread's own connection for reads: redis-py's per-command pool checkout,
@@ -306,11 +313,7 @@ class RedisOnline:
         out: list[Any] = [None] * len(commands)
         failures: tuple[type[BaseException], ...] = (OnlineUnavailableError, *self._errors)
         try:
-            by_node: dict[str, tuple[Any, list[int]]] = {}
-            for i, c in enumerate(commands):
-                node = client.nodes_manager.get_node_from_slot(client.determine_slot(*c))
-                by_node.setdefault(node.name, (node, []))[1].append(i)
-            for node, indices in by_node.values():
+            for node, indices in self._by_master(client.determine_slot(*c) for c in commands):
                 pool = client.get_redis_connection(node).connection_pool
                 replies = self._pipelined(pool, [commands[i] for i in indices], script)
                 for i, reply in zip(indices, replies, strict=True):
@@ -329,9 +332,7 @@ class RedisOnline:
                         client.script_load(script)
                         out[i] = client.execute_command(*commands[i])
         except failures as e:
-            # a node down may mean a failover: the next call routes by a fresh slot map
-            with contextlib.suppress(Exception):
-                client.nodes_manager.initialize()
+            self._forget_slots()
             if isinstance(e, OnlineUnavailableError):
                 raise
             raise self._unavailable(e) from None
