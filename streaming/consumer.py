@@ -24,6 +24,7 @@ finished, written and committed, then the process exits 0.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import signal
 import time
@@ -224,6 +225,7 @@ class StreamConsumer:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
         fetcher = self._connect(max_events)
+        frozen = _freeze_heap()
         fetcher.start()
         began = last_event = last_status = time.monotonic()
         quiet_landed = True
@@ -272,6 +274,8 @@ class StreamConsumer:
             fetcher.finish()
             summary.seconds = time.monotonic() - began
             self.close()
+            if frozen:
+                gc.unfreeze()
         return summary
 
     def _process(self, records: dict[Any, list[Any]], summary: StreamSummary
@@ -376,6 +380,25 @@ def _warm_up() -> None:
     import pandas  # noqa: F401
     import polars  # noqa: F401
     import pyarrow.compute  # noqa: F401
+
+
+def _freeze_heap() -> bool:
+    """Move every object alive now (the imported libraries, the consumer) out of the cyclic
+    garbage collector's reach for the run; True if this call froze them.
+
+    A full collection walks every tracked object: with Polars, pyarrow, pandas, kafka-python
+    and redis-py imported that is 60-140 ms here, a pause of the whole consumer that came a few
+    times a minute at 5,000 events/s (each batch allocates thousands of records) and set the
+    freshness p99. Frozen objects are skipped, so a full collection walks only what the run
+    allocated (~15 ms). Collected first, so no garbage is frozen; unfrozen when the run ends
+    (the host process may go on). A process that froze already (another consumer in it) is
+    left as it is.
+    """
+    if gc.get_freeze_count():
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def _tps(tps: Any) -> str:

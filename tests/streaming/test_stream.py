@@ -93,6 +93,34 @@ def test_batches_land_together_and_a_quiet_stream_lands_without_waiting(
         repo.close()
 
 
+def test_the_heap_is_frozen_while_batches_run_and_unfrozen_after(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    # the imported libraries stay out of the collector's full passes (pauses of 60-140 ms,
+    # the freshness tail), and a host process (a notebook, a test) gets its heap back after
+    import gc
+
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=2_000)
+    try:
+        repo.produce()
+        consumer = StreamConsumer(repo.cfg, repo.views, group="g1",
+                                  clock=lambda: to_micros(AT))
+        frozen: list[int] = []
+        process = consumer._process
+
+        def spy(*args: object) -> object:
+            frozen.append(gc.get_freeze_count())
+            return process(*args)
+
+        consumer._process = spy  # type: ignore[method-assign]
+        before = gc.get_freeze_count()
+        summary = consumer.run(handle_signals=False, until_idle_s=1.0)
+        assert summary.events == 2_000 and frozen
+        assert min(frozen) > 10_000  # the libraries' objects, not a handful
+        assert gc.get_freeze_count() == before == 0
+    finally:
+        repo.close()
+
+
 def test_redis_restarted_mid_stream_loses_and_doubles_nothing(
         tmp_path: Path, kafka_bootstrap: str) -> None:
     redis = PrivateRedis(tmp_path / "redis")
