@@ -7,7 +7,8 @@ freshness at a steady rate.
 
    - plain: :func:`bench.kafka_baseline.plain_consume` reads the whole topic with the consumer
      settings ``tessera stream`` uses (``max_poll_records`` = ``stream.max_batch_events``,
-     ``fetch_max_bytes`` 64 MiB, ``max_partition_fetch_bytes`` 16 MiB, ``fetch_max_wait_ms``);
+     ``fetch_max_bytes`` 64 MiB, ``max_partition_fetch_bytes`` 16 MiB, ``stream.fetch_min_bytes``
+     and ``stream.fetch_max_wait_ms``);
    - stream: a :class:`streaming.consumer.StreamConsumer` of both example views
      (``user_spend``, ``merchant_activity``) with a new consumer group **and** a new project
      name (the first part of every Redis key), so every event is really merged into Redis,
@@ -527,8 +528,10 @@ def main(argv: list[str] | None = None) -> None:
                               f"partitions) in {produce_s:.1f} s; max_batch_events {batch:,}")
 
                 settings = {"max_poll_records": batch, "fetch_max_bytes": 64 << 20,
-                            "max_partition_fetch_bytes": 16 << 20, "fetch_min_bytes": 1,
-                            "fetch_max_wait_ms": min(100, cfg.stream.max_batch_ms)}
+                            "max_partition_fetch_bytes": 16 << 20,
+                            "fetch_min_bytes": cfg.stream.fetch_min_bytes,
+                            "fetch_max_wait_ms": min(cfg.stream.fetch_max_wait_ms,
+                                                     cfg.stream.max_batch_ms)}
 
                 def stream(name: str, profile: cProfile.Profile | None = None) -> Run:
                     project = f"{cfg.project}{name.replace(' ', '')}"

@@ -219,6 +219,12 @@ class StreamConfig(_Model):
                                   "tile left the longest window and still count.")
     max_batch_events: int = Field(60_000, ge=1, description="Events per micro-batch, at most.")
     max_batch_ms: int = Field(200, ge=1, description="Longest wait to fill a micro-batch.")
+    fetch_min_bytes: int = Field(65_536, ge=1, description="Kafka fetch: the broker answers "
+                                 "once this many bytes wait, or after fetch_max_wait_ms. Fewer, "
+                                 "fuller fetches leave the applying thread more of the GIL.")
+    fetch_max_wait_ms: int = Field(50, ge=0, description="Kafka fetch: longest the broker holds "
+                                   "a fetch for fetch_min_bytes (the added latency of a quiet "
+                                   "stream, at most; capped by max_batch_ms).")
     dlq_suffix: str = Field(".dlq", min_length=1, description="Dead-letter topic: topic + this.")
     land: bool = Field(True, description="Append accepted events to the offline store.")
     land_every_ms: int = Field(10_000, ge=0, description="Longest time accepted events (online "

@@ -166,8 +166,10 @@ class StreamConsumer:
             bootstrap_servers=self.cfg.kafka.bootstrap_servers.split(","), group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.settings.max_batch_events,
-            fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, fetch_min_bytes=1,
-            fetch_max_wait_ms=min(100, self.settings.max_batch_ms), request_timeout_ms=30_000,
+            fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20,
+            fetch_min_bytes=self.settings.fetch_min_bytes,  # docs/streaming.md, "Fetching"
+            fetch_max_wait_ms=min(self.settings.fetch_max_wait_ms, self.settings.max_batch_ms),
+            request_timeout_ms=30_000,
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
             max_poll_interval_ms=300_000, client_id=f"tessera-stream-{self.group}")
         holder["consumer"] = consumer

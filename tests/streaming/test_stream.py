@@ -121,6 +121,30 @@ def test_the_heap_is_frozen_while_batches_run_and_unfrozen_after(
         repo.close()
 
 
+def test_the_fetch_settings_reach_the_kafka_consumer(
+        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+    # fewer, fuller fetches are what keeps a steady stream's batches short (docs/streaming.md)
+    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=500,
+                      stream="fetch_min_bytes: 4096, fetch_max_wait_ms: 30")
+    try:
+        repo.produce()
+        consumer = StreamConsumer(repo.cfg, repo.views, group="g1",
+                                  clock=lambda: to_micros(AT))
+        seen: list[tuple[int, int]] = []
+        process = consumer._process
+
+        def spy(*args: object) -> object:
+            config = consumer._consumer.config
+            seen.append((config["fetch_min_bytes"], config["fetch_max_wait_ms"]))
+            return process(*args)
+
+        consumer._process = spy  # type: ignore[method-assign]
+        summary = consumer.run(handle_signals=False, until_idle_s=1.0)
+        assert summary.events == 500 and set(seen) == {(4096, 30)}
+    finally:
+        repo.close()
+
+
 def test_redis_restarted_mid_stream_loses_and_doubles_nothing(
         tmp_path: Path, kafka_bootstrap: str) -> None:
     redis = PrivateRedis(tmp_path / "redis")
