@@ -8,8 +8,10 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,12 +49,38 @@ def consume(repo: StreamRepo, group: str, **run) -> object:
     return consumer.run(handle_signals=False, **{"until_idle_s": 3.0, **run})
 
 
+def spy_process(consumer: StreamConsumer, look: Callable[[], None]) -> None:
+    """Call ``look()`` before each batch the consumer processes."""
+    process = consumer._process
+
+    def spy(*args: object) -> object:
+        look()
+        return process(*args)
+
+    consumer._process = spy  # type: ignore[method-assign]
+
+
 @pytest.fixture
-def small(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> StreamRepo:
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=20_000,
-                      stream="max_batch_events: 1500")
-    yield repo
-    repo.close()
+def new_repo(tmp_path: Path, redis_url: str, kafka_bootstrap: str
+             ) -> Iterator[Callable[..., StreamRepo]]:
+    """``new_repo(rows=..., redis=url, **StreamRepo options)``: a repo with a topic of its own
+    on the shared Redis (or ``redis``), its topics deleted after the test."""
+    made: list[StreamRepo] = []
+
+    def make(*, redis: str | None = None, **options: Any) -> StreamRepo:
+        repo = StreamRepo(tmp_path / f"repo{len(made)}", redis or redis_url, kafka_bootstrap,
+                          **options)
+        made.append(repo)
+        return repo
+
+    yield make
+    for repo in made:
+        repo.close()
+
+
+@pytest.fixture
+def small(new_repo: Callable[..., StreamRepo]) -> StreamRepo:
+    return new_repo(rows=20_000, stream="max_batch_events: 1500")
 
 
 def test_streamed_online_values_equal_the_batch_result_for_every_feature(
@@ -77,80 +105,56 @@ def test_a_replay_applies_and_lands_nothing_twice(small: StreamRepo) -> None:
 
 
 def test_batches_land_together_and_a_quiet_stream_lands_without_waiting(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+        new_repo: Callable[..., StreamRepo]) -> None:
     # land_every_ms far beyond the run: only the quiet-stream flush can land (and commit) it
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=6_000,
-                      stream="max_batch_events: 1000, land_every_ms: 600000")
-    try:
-        repo.produce()
-        summary = consume(repo, "g1", until_idle_s=1.0, max_seconds=120)
-        assert summary.batches >= 6 and summary.landed == 6_000
-        assert summary.seconds < 60  # ended as idle: landed and committed, not at max_seconds
-        files = list((repo.folder / "offline").rglob("landed/**/*.parquet"))
-        assert len(files) == 6  # six partitions, one landing for all the batches
-        assert repo.mismatches(AT) == []
-    finally:
-        repo.close()
+    repo = new_repo(rows=6_000, stream="max_batch_events: 1000, land_every_ms: 600000")
+    repo.produce()
+    summary = consume(repo, "g1", until_idle_s=1.0, max_seconds=120)
+    assert summary.batches >= 6 and summary.landed == 6_000
+    assert summary.seconds < 60  # ended as idle: landed and committed, not at max_seconds
+    files = list((repo.folder / "offline").rglob("landed/**/*.parquet"))
+    assert len(files) == 6  # six partitions, one landing for all the batches
+    assert repo.mismatches(AT) == []
 
 
 def test_the_heap_is_frozen_while_batches_run_and_unfrozen_after(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+        new_repo: Callable[..., StreamRepo]) -> None:
     # the imported libraries stay out of the collector's full passes (pauses of 60-140 ms,
     # the freshness tail), and a host process (a notebook, a test) gets its heap back after
     import gc
 
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=2_000)
-    try:
-        repo.produce()
-        consumer = StreamConsumer(repo.cfg, repo.views, group="g1",
-                                  clock=lambda: to_micros(AT))
-        frozen: list[int] = []
-        process = consumer._process
-
-        def spy(*args: object) -> object:
-            frozen.append(gc.get_freeze_count())
-            return process(*args)
-
-        consumer._process = spy  # type: ignore[method-assign]
-        before = gc.get_freeze_count()
-        summary = consumer.run(handle_signals=False, until_idle_s=1.0)
-        assert summary.events == 2_000 and frozen
-        assert min(frozen) > 10_000  # the libraries' objects, not a handful
-        assert gc.get_freeze_count() == before == 0
-    finally:
-        repo.close()
+    repo = new_repo(rows=2_000)
+    repo.produce()
+    consumer = StreamConsumer(repo.cfg, repo.views, group="g1",
+                              clock=lambda: to_micros(AT))
+    frozen: list[int] = []
+    spy_process(consumer, lambda: frozen.append(gc.get_freeze_count()))
+    before = gc.get_freeze_count()
+    summary = consumer.run(handle_signals=False, until_idle_s=1.0)
+    assert summary.events == 2_000 and frozen
+    assert min(frozen) > 10_000  # the libraries' objects, not a handful
+    assert gc.get_freeze_count() == before == 0
 
 
-def test_the_fetch_settings_reach_the_kafka_consumer(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+def test_the_fetch_settings_reach_the_kafka_consumer(new_repo: Callable[..., StreamRepo]) -> None:
     # fewer, fuller fetches are what keeps a steady stream's batches short (docs/streaming.md)
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=500,
-                      stream="fetch_min_bytes: 4096, fetch_max_wait_ms: 30")
-    try:
-        repo.produce()
-        consumer = StreamConsumer(repo.cfg, repo.views, group="g1",
-                                  clock=lambda: to_micros(AT))
-        seen: list[tuple[int, int]] = []
-        process = consumer._process
-
-        def spy(*args: object) -> object:
-            config = consumer._consumer.config
-            seen.append((config["fetch_min_bytes"], config["fetch_max_wait_ms"]))
-            return process(*args)
-
-        consumer._process = spy  # type: ignore[method-assign]
-        summary = consumer.run(handle_signals=False, until_idle_s=1.0)
-        assert summary.events == 500 and set(seen) == {(4096, 30)}
-    finally:
-        repo.close()
+    repo = new_repo(rows=500, stream="fetch_min_bytes: 4096, fetch_max_wait_ms: 30")
+    repo.produce()
+    consumer = StreamConsumer(repo.cfg, repo.views, group="g1",
+                              clock=lambda: to_micros(AT))
+    seen: list[tuple[int, int]] = []
+    spy_process(consumer, lambda: seen.append(
+        (consumer._consumer.config["fetch_min_bytes"],
+         consumer._consumer.config["fetch_max_wait_ms"])))
+    summary = consumer.run(handle_signals=False, until_idle_s=1.0)
+    assert summary.events == 500 and set(seen) == {(4096, 30)}
 
 
 def test_redis_restarted_mid_stream_loses_and_doubles_nothing(
-        tmp_path: Path, kafka_bootstrap: str) -> None:
+        tmp_path: Path, new_repo: Callable[..., StreamRepo]) -> None:
     redis = PrivateRedis(tmp_path / "redis")
     redis.start()
-    repo = StreamRepo(tmp_path / "repo", redis.url, kafka_bootstrap, rows=40_000,
-                      stream="max_batch_events: 1000")
+    repo = new_repo(redis=redis.url, rows=40_000, stream="max_batch_events: 1000")
     try:
         repo.produce()
         consumer = StreamConsumer(repo.cfg, repo.views, group="g", clock=lambda: to_micros(AT))
@@ -170,103 +174,86 @@ def test_redis_restarted_mid_stream_loses_and_doubles_nothing(
         assert summary.events >= 40_000  # some batches were read twice: retried
         assert repo.mismatches(AT) == []
     finally:
-        repo.close()
         redis.stop(save=False)
 
 
 def test_kill_9_at_random_points_then_restart_gives_the_batch_result(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=200_000,
-                      stream="max_batch_events: 5000")
-    try:
-        repo.produce()
-        rng = random.Random(11)
-        kills = 0
-        for _ in range(5):
-            proc = repo.cli("--until-idle", "5")
-            time.sleep(rng.uniform(2.5, 6.0))  # import + some batches, cut anywhere
-            if proc.poll() is None:
-                proc.kill()  # SIGKILL: no cleanup at all
-                kills += 1
-            proc.wait(timeout=30)
-        assert kills == 5, "each run must be killed mid-stream (make the topic bigger)"
-        final = repo.cli("--until-idle", "5")
-        assert final.wait(timeout=300) == 0
-        at = datetime.now(UTC)
-        assert repo.mismatches(at) == []
-        landed = sum(1 for _ in (repo.cfg.resolve(repo.cfg.offline.path) / "landed").rglob(
-            "*.parquet"))
-        assert landed > 0
-    finally:
-        repo.close()
+        new_repo: Callable[..., StreamRepo]) -> None:
+    repo = new_repo(rows=200_000, stream="max_batch_events: 5000")
+    repo.produce()
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(5):
+        proc = repo.cli("--until-idle", "5")
+        time.sleep(rng.uniform(2.5, 6.0))  # import + some batches, cut anywhere
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL: no cleanup at all
+            kills += 1
+        proc.wait(timeout=30)
+    assert kills == 5, "each run must be killed mid-stream (make the topic bigger)"
+    final = repo.cli("--until-idle", "5")
+    assert final.wait(timeout=300) == 0
+    at = datetime.now(UTC)
+    assert repo.mismatches(at) == []
+    landed = sum(1 for _ in (repo.cfg.resolve(repo.cfg.offline.path) / "landed").rglob(
+        "*.parquet"))
+    assert landed > 0
 
 
 def test_two_consumer_processes_end_in_the_same_state_as_one(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=60_000,
-                      stream="max_batch_events: 2000")
-    try:
-        procs = [repo.cli("--until-idle", "20") for _ in range(2)]
-        # both joined the group and hold partitions before any event (a cold start of two
-        # processes on a busy machine takes a while)
-        assert wait_for_logs(repo, "partitions assigned: t-", 2, timeout_s=180), logs_of(repo)
-        repo.produce()
-        assert [p.wait(timeout=300) for p in procs] == [0, 0]
-        logs = [p.read_text() for p in repo.folder.glob("stream-*.log")]
-        assert all("streamed" in log for log in logs), logs
-        # both took part: each applied some events (the group split the 6 partitions)
-        assert all("applied: user_spend 0," not in log for log in logs), logs
-        assert repo.mismatches(datetime.now(UTC)) == []
-    finally:
-        repo.close()
+        new_repo: Callable[..., StreamRepo]) -> None:
+    repo = new_repo(rows=60_000, stream="max_batch_events: 2000")
+    procs = [repo.cli("--until-idle", "20") for _ in range(2)]
+    # both joined the group and hold partitions before any event (a cold start of two
+    # processes on a busy machine takes a while)
+    assert wait_for_logs(repo, "partitions assigned: t-", 2, timeout_s=180), logs_of(repo)
+    repo.produce()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    logs = [p.read_text() for p in repo.folder.glob("stream-*.log")]
+    assert all("streamed" in log for log in logs), logs
+    # both took part: each applied some events (the group split the 6 partitions)
+    assert all("applied: user_spend 0," not in log for log in logs), logs
+    assert repo.mismatches(datetime.now(UTC)) == []
 
 
 def test_until_idle_stops_a_member_that_holds_no_partition(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
+        new_repo: Callable[..., StreamRepo]) -> None:
     """One partition, two members: the group gives it to one of them and nothing to the other.
     ``--until-idle`` must still end both, and only once every event is applied."""
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=6_000, partitions=1,
-                      stream="max_batch_events: 1000")
-    try:
-        # The first member must outlive the second one's cold start (15-60 s on a busy 2-core
-        # box) on an empty topic: with a short idle bound it is gone before the group forms.
-        procs = [repo.cli("--until-idle", "45")]
-        assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
-        procs.append(repo.cli("--until-idle", "45"))
-        deadline = time.monotonic() + 120
-        while sorted(last_assignment(log)[:2] for log in logs_of(repo)) != ["no", "t-"]:
-            assert time.monotonic() < deadline, logs_of(repo)  # one holds it, one nothing
-            time.sleep(0.2)
-        repo.produce()
-        assert [p.wait(timeout=240) for p in procs] == [0, 0], logs_of(repo)
-        logs = logs_of(repo)
-        assert sum("streamed 6,000 events" in log for log in logs) == 1, logs
-        assert repo.mismatches(datetime.now(UTC)) == []
-    finally:
-        repo.close()
+    repo = new_repo(rows=6_000, partitions=1, stream="max_batch_events: 1000")
+    # The first member must outlive the second one's cold start (15-60 s on a busy 2-core
+    # box) on an empty topic: with a short idle bound it is gone before the group forms.
+    procs = [repo.cli("--until-idle", "45")]
+    assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
+    procs.append(repo.cli("--until-idle", "45"))
+    deadline = time.monotonic() + 120
+    while sorted(last_assignment(log)[:2] for log in logs_of(repo)) != ["no", "t-"]:
+        assert time.monotonic() < deadline, logs_of(repo)  # one holds it, one nothing
+        time.sleep(0.2)
+    repo.produce()
+    assert [p.wait(timeout=240) for p in procs] == [0, 0], logs_of(repo)
+    logs = logs_of(repo)
+    assert sum("streamed 6,000 events" in log for log in logs) == 1, logs
+    assert repo.mismatches(datetime.now(UTC)) == []
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_0(
-        tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> None:
-    repo = StreamRepo(tmp_path / "repo", redis_url, kafka_bootstrap, rows=100_000,
-                      stream="max_batch_events: 2000")
-    try:
-        repo.produce()
-        proc = repo.cli()
-        # mid-stream: once it streams (before, SIGTERM would stop a process still importing)
-        assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
-        time.sleep(3.0)
-        assert proc.poll() is None, "still streaming (no bound given)"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-        # what it committed was applied: a second run starts after it and applies the rest
-        final = repo.cli("--until-idle", "5")
-        assert final.wait(timeout=300) == 0
-        log = sorted(repo.folder.glob("stream-*.log"), key=lambda p: p.stat().st_mtime)[-1]
-        assert "already applied: 0;" in log.read_text()
-        assert repo.mismatches(datetime.now(UTC)) == []
-    finally:
-        repo.close()
+        new_repo: Callable[..., StreamRepo]) -> None:
+    repo = new_repo(rows=100_000, stream="max_batch_events: 2000")
+    repo.produce()
+    proc = repo.cli()
+    # mid-stream: once it streams (before, SIGTERM would stop a process still importing)
+    assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=120), logs_of(repo)
+    time.sleep(3.0)
+    assert proc.poll() is None, "still streaming (no bound given)"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    # what it committed was applied: a second run starts after it and applies the rest
+    final = repo.cli("--until-idle", "5")
+    assert final.wait(timeout=300) == 0
+    log = sorted(repo.folder.glob("stream-*.log"), key=lambda p: p.stat().st_mtime)[-1]
+    assert "already applied: 0;" in log.read_text()
+    assert repo.mismatches(datetime.now(UTC)) == []
 
 
 def test_online_reads_see_streamed_events_through_the_feature_store(
@@ -313,15 +300,12 @@ def test_metrics_count_events_dead_letters_and_lag_over_http(small: StreamRepo) 
 
 
 def test_streaming_into_a_redis_cluster_gives_the_batch_result(
-        tmp_path: Path, redis_cluster_url: str, kafka_bootstrap: str) -> None:
+        redis_cluster_url: str, new_repo: Callable[..., StreamRepo]) -> None:
     """Each entity's values and offsets share a hash tag, so every compare-and-set touches one
     slot; the cluster path writes entity by entity."""
-    repo = StreamRepo(tmp_path / "repo", redis_cluster_url, kafka_bootstrap, rows=3_000,
-                      stream="max_batch_events: 1000", cluster=True)
-    try:
-        repo.produce()
-        summary = consume(repo, "g")
-        assert summary.events == 3_000 and summary.batches >= 3
-        assert repo.mismatches(AT, keys_per_view=100) == []
-    finally:
-        repo.close()
+    repo = new_repo(redis=redis_cluster_url, rows=3_000, stream="max_batch_events: 1000",
+                    cluster=True)
+    repo.produce()
+    summary = consume(repo, "g")
+    assert summary.events == 3_000 and summary.batches >= 3
+    assert repo.mismatches(AT, keys_per_view=100) == []
