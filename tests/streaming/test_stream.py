@@ -17,7 +17,7 @@ import pytest
 
 from features.store import FeatureStore
 from features.windows import to_micros
-from streaming.consumer import StreamConsumer
+from streaming.consumer import StreamConsumer, StreamSummary
 from tests.online.private_redis import PrivateRedis
 from tests.online.repo import today
 from tests.streaming.harness import StreamRepo
@@ -44,7 +44,7 @@ def last_assignment(log: str) -> str:
     return log.rpartition("partitions assigned: ")[2] if "partitions assigned: " in log else ""
 
 
-def consume(repo: StreamRepo, group: str, **run) -> object:
+def consume(repo: StreamRepo, group: str, **run: Any) -> StreamSummary:
     consumer = StreamConsumer(repo.cfg, repo.views, group=group, clock=lambda: to_micros(AT))
     return consumer.run(handle_signals=False, **{"until_idle_s": 3.0, **run})
 
@@ -53,11 +53,11 @@ def spy_process(consumer: StreamConsumer, look: Callable[[], None]) -> None:
     """Call ``look()`` before each batch the consumer processes."""
     process = consumer._process
 
-    def spy(*args: object) -> object:
+    def spy(*args: Any) -> Any:
         look()
         return process(*args)
 
-    consumer._process = spy  # type: ignore[method-assign]
+    consumer._process = spy  # type: ignore[method-assign,assignment]
 
 
 @pytest.fixture
