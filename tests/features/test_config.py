@@ -216,3 +216,36 @@ def test_bad_serve_settings_are_one_line_and_never_echo_a_token(tmp_path: Path, 
     msg = error_of(write(tmp_path, f"project: shop\nserve: {yaml}\n"))
     assert problem in msg and len(msg.splitlines()) == 1, msg
     assert "123456" not in msg and "'abc'" not in msg
+
+
+@pytest.mark.parametrize("section", ["offline", "online", "kafka", "stream", "spark", "registry",
+                                     "scheduler", "serve"])
+def test_every_setting_of_a_section_is_documented_with_its_default(section: str) -> None:
+    """docs/configuration.md has a row ``| `section.key` | `default` | …`` for every key: a
+    default changed in code and not in the table (as `stream.max_batch_events` once was) fails."""
+    import re
+
+    rows = {}
+    for line in (REPO_ROOT / "docs" / "configuration.md").read_text().splitlines():
+        m = re.match(r"\| `([\w.]+)` \| (.*?) \|", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    model = RepoConfig.model_fields[section].annotation
+    problems = []
+    for name, field in model.model_fields.items():  # type: ignore[union-attr]
+        key, default = f"{section}.{name}", field.default
+        if key not in rows:
+            problems.append(f"{key}: no row")
+        elif default is None:
+            if rows[key] != "(none)":
+                problems.append(f"{key}: {rows[key]}, expected (none)")
+        elif isinstance(default, bool):
+            if rows[key] != f"`{str(default).lower()}`":
+                problems.append(f"{key}: {rows[key]}, expected `{str(default).lower()}`")
+        elif isinstance(default, int | float):
+            if rows[key].strip("`") != str(default) and \
+                    float(rows[key].strip("`")) != float(default):
+                problems.append(f"{key}: {rows[key]}, expected `{default}`")
+        elif isinstance(default, str | Path) and rows[key] != f"`{default}`":
+            problems.append(f"{key}: {rows[key]}, expected `{default}`")
+    assert problems == []
