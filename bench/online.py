@@ -249,10 +249,11 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in tests}
     import gc
 
+    from features.heap import freeze_heap
+
     # The load generator shares this process with Feast, Polars and 2M rows: its garbage
     # collections would land in both servers' measured latencies. Freeze what exists now.
-    gc.collect()
-    gc.freeze()
+    frozen = freeze_heap()
     # One server up at a time: with an idle `feast serve` beside it (gunicorn heartbeats,
     # registry refresh threads), Tessera's sequential p99 measured ~3 ms in two runs, against
     # ~1.1 ms alone. So no interleaving here: all rounds of one server, then of the other.
@@ -272,7 +273,8 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
                         with console.status(f"round {r + 1}/{args.rounds}: {name}"):
                             rounds[name].append(fn(None, feast))
     finally:
-        gc.unfreeze()
+        if frozen:
+            gc.unfreeze()
     for name, got in rounds.items():
         out[name] = median_round(got)
     out["http rounds"] = rounds

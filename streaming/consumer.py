@@ -35,6 +35,7 @@ from typing import Any
 from features.config import RepoConfig
 from features.definitions import FeatureView
 from features.errors import OnlineUnavailableError, TesseraError
+from features.heap import freeze_heap
 from features.online.redis_store import RedisOnline
 from features.windows import parse_duration
 from streaming.apply import OFFSET_BITS, ViewWriter
@@ -227,10 +228,9 @@ class StreamConsumer:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
         fetcher = self._connect(max_events)
-        frozen = _freeze_heap()
+        frozen = freeze_heap()  # its libraries out of every full collection (freshness)
         fetcher.start()
         began = last_event = last_status = time.monotonic()
-        quiet_landed = True
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -258,12 +258,10 @@ class StreamConsumer:
                         fetcher.done(offsets)
                     else:  # committed once landed, while the next batch is applied
                         lander.submit(land, offsets)
-                        quiet_landed = False
                     last_event = time.monotonic()  # idle counts from the end of the work
-                elif (lander is not None and not quiet_landed
-                      and fetcher.idle_since is not None):  # a poll round found nothing
-                    lander.flush()  # a quiet stream lands now, not after land_every_ms
-                    quiet_landed = True
+                elif lander is not None and fetcher.idle_since is not None:
+                    lander.flush()  # a quiet stream lands now, not after land_every_ms (a
+                    # flush with nothing waiting is skipped by the lander)
                 self.metrics.lag(fetcher.lag)
                 if status is not None and time.monotonic() - last_status >= \
                         self.settings.status_every_s:
@@ -382,25 +380,6 @@ def _warm_up() -> None:
     import pandas  # noqa: F401
     import polars  # noqa: F401
     import pyarrow.compute  # noqa: F401
-
-
-def _freeze_heap() -> bool:
-    """Move every object alive now (the imported libraries, the consumer) out of the cyclic
-    garbage collector's reach for the run; True if this call froze them.
-
-    A full collection walks every tracked object: with Polars, pyarrow, pandas, kafka-python
-    and redis-py imported that is 60-140 ms here, a pause of the whole consumer that came a few
-    times a minute at 5,000 events/s (each batch allocates thousands of records) and set the
-    freshness p99. Frozen objects are skipped, so a full collection walks only what the run
-    allocated (~15 ms). Collected first, so no garbage is frozen; unfrozen when the run ends
-    (the host process may go on). A process that froze already (another consumer in it) is
-    left as it is.
-    """
-    if gc.get_freeze_count():
-        return False
-    gc.collect()
-    gc.freeze()
-    return True
 
 
 def _tps(tps: Any) -> str:

@@ -252,18 +252,13 @@ class RedisOnline:
         """Run ``commands`` (argument lists, or commands already packed as RESP bytes on a
         single node) pipelined; their replies in order. With ``script``, an ``EVALSHA`` of it
         answered ``NOSCRIPT`` (a restarted Redis forgot it) loads the script and runs again."""
-        import redis
 
         if not commands:
             return []
         if self.cluster:
             return self._call_cluster(commands, script)
         replies = self._pipelined(self.client.connection_pool, commands, script)
-        for r in replies:
-            if isinstance(r, redis.ResponseError):
-                raise OnlineUnavailableError(f"online store {self.shown_url} refused a command: "
-                                             f"{r}")
-        return replies
+        return self._accepted(replies)
 
     def _pipelined(self, pool: Any, commands: Sequence[Sequence[str | bytes] | bytes],
                    script: str | None) -> list[Any]:
@@ -336,11 +331,17 @@ class RedisOnline:
             if isinstance(e, OnlineUnavailableError):
                 raise
             raise self._unavailable(e) from None
-        for r in out:
+        return self._accepted(out)
+
+    def _accepted(self, replies: list[Any]) -> list[Any]:
+        """``replies``, unless one is an error reply (a script error, a wrong type): raised."""
+        import redis
+
+        for r in replies:
             if isinstance(r, redis.ResponseError):
                 raise OnlineUnavailableError(f"online store {self.shown_url} refused a command: "
                                              f"{r}")
-        return out
+        return replies
 
     def get_text(self, key: str) -> str | None:
         try:
