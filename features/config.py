@@ -59,6 +59,9 @@ class OfflineConfig(_Model):
                                           "it DuckDB spills to spill_path.")
     spill_path: Path = Field(Path(".tessera/spill"),
                              description="Where DuckDB spills what does not fit in memory.")
+    online_snapshot: bool = Field(True, description="Batch runs also store every entity's "
+                                  "online values next to the tiles, so materialize copies them "
+                                  "instead of merging tiles.")
 
 
 class OnlineConfig(_Model):

@@ -22,6 +22,7 @@ from features import offline_store
 from features.config import RepoConfig
 from features.definitions import FeatureView
 from features.tiles import EXACT_TILE_US
+from pipelines import online_snapshot
 from pipelines.counts import Counts
 from pipelines.errors import PipelineError
 from pipelines.sources import SourceScan, day_of, landing_root, scan_source
@@ -56,6 +57,7 @@ class RunSummary:
     empty_days: tuple[date, ...] = ()      # days in range without a source event, left as stored
     skipped_files: tuple[str, ...] = ()    # unreadable files whose date partition is far away
     notes: tuple[str, ...] = field(default=())
+    snapshot: online_snapshot.SnapshotSummary | None = None  # the online snapshot written (None: none)
 
     def warnings(self) -> list[str]:
         """What a person running this should know (empty when all went as expected)."""
@@ -137,7 +139,7 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
              end: date | None = None, *, allow_empty_days: bool = False,
              scan: SourceScan | None = None,
              progress: Callable[[int, int], None] | None = None,
-             gate: Gate | None = None) -> RunSummary:
+             gate: Gate | None = None, now_us: int | None = None) -> RunSummary:
     """Run one view over ``[start, end)`` (default: all the source's days) and commit its tiles.
 
     Args:
@@ -148,6 +150,7 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
             Polars, layers for Spark).
         gate: validates the batch first (the source's expectations); it raises to stop the
             run before anything is staged, or returns warnings for the summary.
+        now_us: the instant the online snapshot is built as of (default: when the run ends).
     """
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: expected 'polars' or 'spark'")
@@ -189,6 +192,10 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
                       "rows_rejected": counts.rejected, "range": [start.isoformat(),
                                                                   end.isoformat()]})
             stage.mark_committed()
+    snapshot = None
+    if manifest is not None and cfg.offline.online_snapshot:
+        snapshot, note = _snapshot(root, view, manifest, now_us)
+        warnings += [note] if note else []
     source_first = day_of(span[0]) if span is not None else None
     empty = tuple(d for d in days if d not in replace
                   and (source_first is None or d >= source_first))
@@ -200,7 +207,20 @@ def run_view(cfg: RepoConfig, view: FeatureView, engine: Engine, start: date | N
         partial_rows_written=counts.written,
         manifest_version=None if manifest is None else manifest.version,
         seconds=time.perf_counter() - began, days_replaced=len(replace), empty_days=empty,
-        skipped_files=tuple(str(f.path) for f in skipped), notes=tuple(warnings))
+        skipped_files=tuple(str(f.path) for f in skipped), notes=tuple(warnings),
+        snapshot=snapshot)
+
+
+def _snapshot(root: Path, view: FeatureView, manifest: offline_store.Manifest,
+              now_us: int | None) -> tuple[online_snapshot.SnapshotSummary | None, str]:
+    """Write the online snapshot of a committed version; a failure is a warning, not a failed
+    run: the tiles are committed, and materialize builds from them without a snapshot."""
+    try:
+        return online_snapshot.write(root, view, manifest, now_us), ""
+    except Exception as e:  # any failure leaves the run's tiles valid
+        return None, (f"{view.name}: online snapshot of version {manifest.version} not "
+                      f"written ({type(e).__name__}: {e}); materialize will build from the "
+                      f"tiles")
 
 
 def _run_engine(cfg: RepoConfig, view: FeatureView, engine: Engine, opened: list,
@@ -237,7 +257,7 @@ def _midnight_us(d: date) -> int:
 def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
         start: date | datetime | str | None = None, end: date | datetime | str | None = None,
         show_progress: bool = True, allow_empty_days: bool = False,
-        gate: Gate | None = None) -> list[RunSummary]:
+        gate: Gate | None = None, now_us: int | None = None) -> list[RunSummary]:
     """Run every view over the whole days ``[start, end)`` (default: all the source's days).
 
     A rich progress bar shows each view's days (Polars) or layers (Spark) as they finish.
@@ -264,7 +284,7 @@ def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
         for view in views:
             task = bar.add_task(f"{engine}: {view.name}", total=None)
 
-            def progress(done: int, total: int, task: int = task) -> None:
+            def progress(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
             if view.source.name not in scans:
@@ -272,7 +292,7 @@ def run(cfg: RepoConfig, views: Sequence[FeatureView], engine: Engine,
             summaries.append(run_view(cfg, view, engine, first, last,
                                       allow_empty_days=allow_empty_days,
                                       scan=scans[view.source.name], progress=progress,
-                                      gate=gate))
+                                      gate=gate, now_us=now_us))
     return summaries
 
 

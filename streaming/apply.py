@@ -27,7 +27,7 @@ from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
 from pipelines import online_pack as pk
 from pipelines.engine_polars import project
-from pipelines.materialize import entity_tag_array
+from pipelines.online_build import entity_tag_array
 from streaming import offsets as O
 from streaming.decode import NULL_KEY, RULE_ERROR, TOO_LATE, Bad
 from streaming.state import merge_batch

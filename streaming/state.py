@@ -39,7 +39,7 @@ from features.online.codec import (
 from features.tiles import Input, layout, merge_pairs, suffix_merge
 from pipelines import online_pack as pk
 from pipelines.engine_polars import partial_aggs
-from pipelines.materialize import expire_at
+from pipelines.online_build import expire_at
 
 if TYPE_CHECKING:
     import polars as pl

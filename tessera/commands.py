@@ -82,15 +82,19 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
     finally:
         online.close()
     table = Table(title=f"materialized into {cfg.online.url}")
-    for name in ("view", "fingerprint", "mode", "days", "entities", "keys written",
+    for name in ("view", "fingerprint", "mode", "from", "days", "entities", "keys written",
                  "keys deleted", "s", "entities/s"):
-        table.add_column(name, justify="right" if name not in ("view", "mode", "days") else "left")
+        table.add_column(name, justify="left" if name in ("view", "mode", "from", "days")
+                         else "right")
     for m in summaries:
         days = (f"{m.days[0]}..{m.days[-1]} ({len(m.days)})" if m.days else "all")
-        table.add_row(m.view, m.fingerprint[:16], m.mode, days, f"{m.entities:,}",
+        table.add_row(m.view, m.fingerprint[:16], m.mode, m.source, days, f"{m.entities:,}",
                       f"{m.keys_written:,}", f"{m.keys_deleted:,}", f"{m.seconds:.2f}",
                       f"{m.rate:,.0f}")
     console.print(table)
+    for m in summaries:
+        if m.note:
+            console.print(f"[yellow]note:[/] {m.view}: {m.note}", soft_wrap=True)
     return summaries
 
 
@@ -178,7 +182,7 @@ def render_runs(console: Console, summaries: list[RunSummary]) -> None:
     from rich.table import Table
 
     table = Table("view", "engine", "days", "files", "read", "outside range", "rejected",
-                  "filtered", "partials", "version", "s")
+                  "filtered", "partials", "version", "s", "online snapshot")
     for s in summaries:
         days = (f"{s.first_day}..{s.last_day}" if s.days > 1 else str(s.first_day))
         table.add_row(s.view, s.engine, f"{days} ({s.days_replaced}/{s.days})",
@@ -186,7 +190,9 @@ def render_runs(console: Console, summaries: list[RunSummary]) -> None:
                       f"{s.rows_rejected:,}", f"{s.rows_filtered:,}",
                       f"{s.partial_rows_written:,}",
                       "-" if s.manifest_version is None else str(s.manifest_version),
-                      f"{s.seconds:.1f}")
+                      f"{s.seconds:.1f}",
+                      "-" if s.snapshot is None else
+                      f"{s.snapshot.mode}, {s.snapshot.rebuilt:,} built, {s.snapshot.seconds:.1f} s")
     console.print(table)
     for s in summaries:
         for warning in s.warnings():

@@ -95,7 +95,7 @@ def test_entity_tags_are_unique_and_keep_the_hash_tag_closed() -> None:
 def test_vectorized_entity_tags_equal_the_reference() -> None:
     import pyarrow as pa
 
-    from pipelines.materialize import entity_tags
+    from pipelines.online_build import entity_tags
 
     ints = [1, -5, 0, 2**62]
     strs = ["a,b", "x}y", "x\\]y", "}", "\\", "plain", "", "é"]

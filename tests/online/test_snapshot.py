@@ -1,0 +1,202 @@
+"""The batch run's online snapshot (pipelines.online_snapshot): materialize copies it into real
+Redis with the same reads as building from the tiles, keeps it right across incremental runs,
+and falls back to the tiles whenever it cannot be used."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from features import offline_store
+from features.config import RepoConfig
+from features.online.codec import codec
+from features.store import FeatureStore
+from pipelines import online_build as ob
+from pipelines import online_snapshot as snap
+from pipelines.batch import run
+from tests.online.repo import historical, today
+from tests.online.test_materialize import NOW, materialize, state, views
+
+HOUR_US = 3_600_000_000
+
+
+def without_snapshots(cfg: RepoConfig) -> RepoConfig:
+    return cfg.model_copy(update={"offline": cfg.offline.model_copy(
+        update={"online_snapshot": False})})
+
+
+def clear(store: FeatureStore) -> None:
+    client = store.online.client
+    for key in list(client.scan_iter(f"{store.config.project}:*", count=1000)):
+        client.delete(key)
+
+
+def snapshot_rows(store: FeatureStore, view: str) -> dict[tuple[str, bool], tuple[bytes, int]]:
+    v = store.definitions.views[view]
+    root = store.config.resolve(store.config.offline.path)
+    manifest = offline_store.latest(root, v.name, v.fingerprint())
+    table = pq.read_table(snap.path(offline_store.view_dir(root, v.name, v.fingerprint()),
+                                    manifest.version))
+    return {(t, life): (blob, exp) for t, life, blob, exp in zip(
+        *(table.column(c).to_pylist() for c in ("tag", "lifetime", "blob", "expire_us")),
+        strict=True)}
+
+
+def built_rows(store: FeatureStore, view: str, now_us: int) -> dict:
+    """What the snapshot of the current manifest must hold: a full build from the tiles."""
+    v = store.definitions.views[view]
+    root = store.config.resolve(store.config.offline.path)
+    manifest = offline_store.latest(root, v.name, v.fingerprint())
+    base = offline_store.view_dir(root, v.name, v.fingerprint())
+    values = ob.build(ob.Reader(v, base, manifest, None), codec(v), now_us)
+    table = snap._table(values)
+    return {(t, life): (blob, exp) for t, life, blob, exp in zip(
+        *(table.column(c).to_pylist() for c in ("tag", "lifetime", "blob", "expire_us")),
+        strict=True) if exp < 0 or exp > now_us}
+
+
+def reads(store: FeatureStore, at_us: int) -> dict:
+    """Every feature of both views for every user and merchant of the source, read online."""
+    data = pl.read_parquet(store.config.resolve(Path("data/transactions")),
+                           hive_partitioning=False)
+    at = today() + timedelta(microseconds=at_us - NOW)
+    out = {}
+    for view, key in (("user_spend", "user_id"), ("merchant_activity", "merchant_id")):
+        refs = [f"{view}:{f.name}" for f in store.definitions.views[view].features]
+        ids = sorted(data[key].unique().to_list())
+        out[view] = store.get_online_features(refs, {key: ids}, now=at).to_dict()
+    return out
+
+
+def test_materialize_copies_the_snapshot_byte_for_byte_when_built_at_the_same_instant(
+        fresh: FeatureStore) -> None:
+    summaries = run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    assert [s.snapshot.mode for s in summaries] == ["full", "full"]
+    copied = materialize(fresh)
+    assert [m.source for m in copied] == ["snapshot", "snapshot"]
+    from_snapshot = state(fresh)
+    clear(fresh)
+    tiles = mat_tiles(fresh)
+    assert [m.source for m in tiles] == ["tiles", "tiles"]
+    assert [m.entities for m in tiles] == [m.entities for m in copied]
+    assert state(fresh) == from_snapshot
+
+
+def mat_tiles(store: FeatureStore, **kwargs) -> list:
+    from pipelines import materialize as mat
+
+    return mat.materialize(without_snapshots(store.config), views(store), store.online,
+                           now_us=NOW, show_progress=False, **kwargs)
+
+
+def test_a_snapshot_built_earlier_reads_the_same_as_the_tiles_later(fresh: FeatureStore) -> None:
+    """Built two hours before the materialization: its older tiles are skipped by the read, and
+    a key whose expiry passed in between is not written."""
+    run(fresh.config, views(fresh), "polars", now_us=NOW - 2 * HOUR_US, show_progress=False)
+    assert [m.source for m in materialize(fresh)] == ["snapshot", "snapshot"]
+    copied = reads(fresh, NOW)
+    clear(fresh)
+    mat_tiles(fresh)
+    assert reads(fresh, NOW) == copied
+    # A snapshot built after the materialization's instant is not used.
+    run(fresh.config, views(fresh), "polars", now_us=NOW + HOUR_US, show_progress=False)
+    clear(fresh)
+    assert [m.source for m in materialize(fresh)] == ["tiles", "tiles"]
+
+
+def test_an_incremental_run_keeps_the_snapshot_equal_to_a_full_build(fresh: FeatureStore) -> None:
+    """Both runs as of the same instant, so the kept rows are byte for byte a full build's."""
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    day = today().date() - timedelta(days=3)
+    second = run(fresh.config, views(fresh), "polars", day, day + timedelta(days=1),
+                 now_us=NOW, show_progress=False)
+    assert [s.snapshot.mode for s in second] == ["incremental", "incremental"]
+    spend = second[0].snapshot  # only the users of the rerun day were built again
+    assert 0 < spend.rebuilt < spend.entities
+    for view in ("user_spend", "merchant_activity"):
+        assert snapshot_rows(fresh, view) == built_rows(fresh, view, NOW), view
+
+
+def drop_user_on(store: FeatureStore, day: date) -> int:
+    """Remove one user's events of ``day`` from the source; returns that user."""
+    folder = store.config.resolve(Path("data/transactions"))
+    files = sorted(folder.rglob("*.parquet"))
+    frames = {f: pl.read_parquet(f, hive_partitioning=False) for f in files}
+    that_day = pl.concat(frames.values()).filter(pl.col("event_ts").dt.date() == day)
+    user = int(that_day["user_id"][0])
+    for f, frame in frames.items():
+        kept = frame.filter(~((pl.col("user_id") == user) & (pl.col("event_ts").dt.date() == day)))
+        if kept.height != frame.height:
+            kept.write_parquet(f)
+    return user
+
+
+def test_an_entity_whose_events_were_replaced_away_is_rewritten(fresh: FeatureStore) -> None:
+    """A corrected source drops a user's events of one day: the next run and materialization
+    (incremental) must forget them, from the snapshot and from the tiles alike."""
+    run(fresh.config, views(fresh), "polars", now_us=NOW - HOUR_US, show_progress=False)
+    materialize(fresh)
+    client = fresh.online.client
+    stored = {k: (client.get(k), client.pttl(k))
+              for k in client.scan_iter(f"{fresh.config.project}:*", count=1000)}
+    day = today().date() - timedelta(days=1)
+    user = drop_user_on(fresh, day)
+    run(fresh.config, views(fresh), "polars", day, day + timedelta(days=1), now_us=NOW,
+        show_progress=False)
+    expected = historical(fresh, "user_spend", "user_id", [user], today())["txn_count_7d"][0]
+    before = fresh.get_online_features(["user_spend:txn_count_7d"], [{"user_id": user}],
+                                       now=today()).to_dict()["txn_count_7d"][0]
+    assert before > expected  # the stale value still counts the dropped events
+    for copy, source in ((materialize, "snapshot"), (mat_tiles, "tiles")):
+        clear(fresh)
+        for k, (value, ttl) in stored.items():  # the state before this materialization
+            client.set(k, value, px=ttl if ttl > 0 else None)
+        summaries = copy(fresh)
+        assert (summaries[0].mode, summaries[0].source) == ("incremental", source)
+        got = fresh.get_online_features(["user_spend:txn_count_7d"], [{"user_id": user}],
+                                        now=today()).to_dict()["txn_count_7d"][0]
+        assert got == expected, source
+
+
+def test_an_unreadable_snapshot_falls_back_to_the_tiles_and_says_so(fresh: FeatureStore) -> None:
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    v = fresh.definitions.views["user_spend"]
+    root = fresh.config.resolve(fresh.config.offline.path)
+    manifest = offline_store.latest(root, v.name, v.fingerprint())
+    file = snap.path(offline_store.view_dir(root, v.name, v.fingerprint()), manifest.version)
+    file.write_bytes(b"not parquet at all")
+    [spend, merchant] = materialize(fresh)
+    assert (spend.source, merchant.source) == ("tiles", "snapshot")
+    assert str(file) in spend.note and "built from the tiles" in spend.note
+    copied = state(fresh)
+    clear(fresh)
+    mat_tiles(fresh)
+    assert state(fresh) == copied
+    # The next run replaces the broken file with a whole snapshot.
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    assert snapshot_rows(fresh, "user_spend") == built_rows(fresh, "user_spend", NOW)
+
+
+def test_snapshots_off_writes_none_and_reads_none(fresh: FeatureStore) -> None:
+    cfg = without_snapshots(fresh.config)
+    [spend, _] = run(cfg, views(fresh), "polars", now_us=NOW, show_progress=False)
+    assert spend.snapshot is None
+    v = fresh.definitions.views["user_spend"]
+    root = cfg.resolve(cfg.offline.path)
+    manifest = offline_store.latest(root, v.name, v.fingerprint())
+    assert not snap.path(offline_store.view_dir(root, v.name, v.fingerprint()),
+                         manifest.version).exists()
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, redis_url: str) -> FeatureStore:
+    from tests.online.repo import build
+
+    s = build(tmp_path / "repo", redis_url, rows=6_000, days=10)
+    yield s
+    clear(s)
+    s.close()
