@@ -46,8 +46,8 @@ class SnapshotSummary:
     view: str
     version: int
     mode: str  # "full" or "incremental"
-    entities: int  # rows in the snapshot
-    rebuilt: int  # entities whose values were built by this run
+    entities: int  # entities in the snapshot
+    rebuilt: int  # entities whose values this run built
     seconds: float
 
 
@@ -164,8 +164,15 @@ def write(root: Path, view: FeatureView, manifest: offline_store.Manifest,
         if p.stem.isdigit() and int(p.stem) < manifest.version:
             p.unlink(missing_ok=True)
     return SnapshotSummary(view.name, manifest.version,
-                           "full" if increment is None else "incremental", table.num_rows,
-                           rebuilt.num_rows, time.perf_counter() - started)
+                           "full" if increment is None else "incremental", _count(table),
+                           _count(rebuilt), time.perf_counter() - started)
+
+
+def _count(table: Any) -> int:
+    """Distinct entities of snapshot rows (an entity with lifetime features has two rows)."""
+    import pyarrow.compute as pc
+
+    return int(pc.count_distinct(table.column("tag")).as_py())
 
 
 def load(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Values | None:

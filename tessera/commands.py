@@ -68,7 +68,7 @@ def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str | None,
 
 def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: str | None,
                      views: list[str] | None) -> list[MaterializeSummary]:
-    """``tessera materialize``: offline tiles into Redis (incremental unless days are given)."""
+    """``tessera materialize``: online values into Redis (incremental unless days are given)."""
     from rich.table import Table
 
     from features.online.redis_store import RedisOnline

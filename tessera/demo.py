@@ -221,7 +221,7 @@ def run_online(cfg: RepoConfig, console: Console, defs: object) -> None:
     from features.store import FeatureStore
     from tessera.commands import materialize_repo
 
-    console.rule("[bold]7. tessera materialize: tiles into Redis")
+    console.rule("[bold]7. tessera materialize: the run's online values into Redis")
     materialize_repo(cfg, console, None, None, None)
     console.rule("[bold]8. get_online_features: windows merged at request time")
     store = FeatureStore(config=cfg)
