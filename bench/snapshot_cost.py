@@ -48,7 +48,7 @@ def main() -> None:
         began = time.perf_counter()
         [summary] = run(config(snapshot), [view], "polars", start, end, show_progress=False)
         snap = summary.snapshot
-        rows.append((label, time.perf_counter() - began, snap and snap.seconds,
+        rows.append((label, time.perf_counter() - began, None if snap is None else snap.seconds,
                      "" if snap is None else f"{snap.mode}, {snap.rebuilt:,} of "
                                              f"{snap.entities:,} built"))
         return summary
