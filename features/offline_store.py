@@ -7,6 +7,8 @@ Layout under ``offline.path``::
         data/<run_id>/_COMMITTED                               # written once its manifest is live
         data/<run_id>/tile_us=<s>/day=<YYYY-MM-DD>/*.parquet   # partial rows, never rewritten
         _manifest/<version:010d>.json                          # which files are live
+        _online/<version:010d>.parquet                         # online values (derived, see
+                                                               # pipelines.online_snapshot)
 
 A run stages its files under a fresh ``data/<run_id>/`` (:class:`Staging`) and then commits: the
 next manifest version is created with ``os.link`` (create-if-absent, atomic), replacing the

@@ -5,7 +5,8 @@ A batch run that commits a manifest version also writes what materialization wou
 
     <view>/<fingerprint[:16]>/_online/<version:010d>.parquet
         tag (string), lifetime (bool), blob (binary), expire_us (int64; -1: never)
-        metadata: tessera.version, tessera.now_us, tessera.partitions (the manifest's, JSON)
+        metadata: tessera.version, tessera.now_us, tessera.partitions (the manifest's, JSON),
+                  tessera.format (features.online.codec.VERSION: another one is never copied)
 
 ``tessera materialize`` then copies those values into Redis instead of re-reading and merging
 the tiles: the same bytes, 3-4x faster (docs/benchmarks.md). This is the split Feast and
@@ -34,11 +35,11 @@ from typing import Any
 
 from features import offline_store
 from features.definitions import FeatureView
-from features.online.codec import codec
+from features.online.codec import VERSION, codec
 from pipelines import online_build as ob
 
 SNAPSHOT_DIR = "_online"
-_META = (b"tessera.version", b"tessera.now_us", b"tessera.partitions")
+_META = (b"tessera.version", b"tessera.now_us", b"tessera.partitions", b"tessera.format")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,14 @@ def _newest(base: Path, below: int) -> tuple[int, Path] | None:
 
 
 def _meta(table_or_schema: Any) -> tuple[int, int, dict[str, list[str]]]:
+    """(manifest version, built at µs, partitions) of a snapshot in this Tessera's value format;
+    raises ValueError for anything else (a file in an older format is never copied)."""
     meta = table_or_schema.metadata or {}
     if any(k not in meta for k in _META):
         raise ValueError(f"not an online snapshot (metadata {sorted(meta)})")
+    if int(meta[_META[3]]) != VERSION:
+        raise ValueError(f"online value format {int(meta[_META[3]])}, this Tessera writes "
+                         f"{VERSION}")
     return (int(meta[_META[0]]), int(meta[_META[1]]), json.loads(meta[_META[2]]))
 
 
@@ -150,7 +156,7 @@ def write(root: Path, view: FeatureView, manifest: offline_store.Manifest,
     table = table.filter(pc.or_(pc.less(expire, 0), pc.greater(expire, now_us)))
     table = table.replace_schema_metadata({
         _META[0]: str(manifest.version), _META[1]: str(now_us),
-        _META[2]: json.dumps(manifest.partitions)})
+        _META[2]: json.dumps(manifest.partitions), _META[3]: str(VERSION)})
     target = path(base, manifest.version)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"

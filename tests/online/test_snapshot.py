@@ -181,6 +181,21 @@ def test_an_unreadable_snapshot_falls_back_to_the_tiles_and_says_so(fresh: Featu
     assert snapshot_rows(fresh, "user_spend") == built_rows(fresh, "user_spend", NOW)
 
 
+def test_a_snapshot_in_another_value_format_is_not_copied(fresh: FeatureStore) -> None:
+    """After an upgrade that changed the online value format, an old snapshot must not reach
+    Redis: materialize builds from the tiles and says why."""
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    v = fresh.definitions.views["user_spend"]
+    root = fresh.config.resolve(fresh.config.offline.path)
+    manifest = offline_store.latest(root, v.name, v.fingerprint())
+    file = snap.path(offline_store.view_dir(root, v.name, v.fingerprint()), manifest.version)
+    table = pq.read_table(file)
+    old = {**table.schema.metadata, b"tessera.format": b"1"}
+    pq.write_table(table.replace_schema_metadata(old), file)
+    [spend, _] = materialize(fresh)
+    assert spend.source == "tiles" and "online value format 1" in spend.note
+
+
 def test_snapshots_off_writes_none_and_reads_none(fresh: FeatureStore) -> None:
     cfg = without_snapshots(fresh.config)
     [spend, _] = run(cfg, views(fresh), "polars", now_us=NOW, show_progress=False)
