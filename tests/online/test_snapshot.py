@@ -196,6 +196,24 @@ def test_a_snapshot_in_another_value_format_is_not_copied(fresh: FeatureStore) -
     assert spend.source == "tiles" and "online value format 1" in spend.note
 
 
+def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failed_run(
+        fresh: FeatureStore) -> None:
+    v = fresh.definitions.views["user_spend"]
+    root = fresh.config.resolve(fresh.config.offline.path)
+    folder = offline_store.view_dir(root, v.name, v.fingerprint()) / snap.SNAPSHOT_DIR
+    for old in folder.glob("*"):
+        old.unlink()
+    folder.rmdir()
+    folder.write_text("a file where the snapshot folder should be")
+    [spend, merchant] = run(fresh.config, views(fresh), "polars", now_us=NOW,
+                            show_progress=False)
+    assert spend.snapshot is None and merchant.snapshot is not None
+    assert spend.manifest_version is not None  # the tiles were committed
+    [warning] = spend.warnings()
+    assert "online snapshot of version" in warning and "build from the tiles" in warning
+    assert [m.source for m in materialize(fresh)] == ["tiles", "snapshot"]
+
+
 def test_snapshots_off_writes_none_and_reads_none(fresh: FeatureStore) -> None:
     cfg = without_snapshots(fresh.config)
     [spend, _] = run(cfg, views(fresh), "polars", now_us=NOW, show_progress=False)
