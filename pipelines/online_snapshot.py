@@ -166,12 +166,24 @@ def write(root: Path, view: FeatureView, manifest: offline_store.Manifest,
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    for p in (base / SNAPSHOT_DIR).glob("*.parquet"):  # only the newest one is ever read
-        if p.stem.isdigit() and int(p.stem) < manifest.version:
-            p.unlink(missing_ok=True)
+    _collect(target.parent, manifest.version)
     return SnapshotSummary(view.name, manifest.version,
                            "full" if increment is None else "incremental", _count(table),
                            _count(rebuilt), time.perf_counter() - started)
+
+
+def _collect(folder: Path, version: int) -> None:
+    """Remove older snapshots (only the newest is ever read) and the temporary files of
+    writers killed mid-write (older than offline_store.STALE_RUN_S; a live writer's is newer)."""
+    stale = time.time() - offline_store.STALE_RUN_S
+    for p in folder.iterdir():
+        try:
+            if ((p.suffix == ".parquet" and p.stem.isdigit() and int(p.stem) < version)
+                    or (p.name.startswith(".") and p.name.endswith(".tmp")
+                        and p.stat().st_mtime < stale)):
+                p.unlink()
+        except FileNotFoundError:  # another writer collected it
+            pass
 
 
 def _count(table: Any) -> int:

@@ -4,6 +4,7 @@ and falls back to the tiles whenever it cannot be used."""
 
 from __future__ import annotations
 
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -212,6 +213,24 @@ def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failed_run(
     [warning] = spend.warnings()
     assert "online snapshot of version" in warning and "build from the tiles" in warning
     assert [m.source for m in materialize(fresh)] == ["tiles", "snapshot"]
+
+
+def test_only_the_newest_snapshot_and_no_dead_writers_files_are_kept(
+        fresh: FeatureStore) -> None:
+    import os
+
+    v = fresh.definitions.views["user_spend"]
+    root = fresh.config.resolve(fresh.config.offline.path)
+    folder = offline_store.view_dir(root, v.name, v.fingerprint()) / snap.SNAPSHOT_DIR
+    dead = folder / ".0000000001.parquet.0123abcd.tmp"  # a writer killed mid-write, long ago
+    live = folder / ".0000000002.parquet.4567ef01.tmp"  # one writing now
+    dead.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    old = time.time() - offline_store.STALE_RUN_S - 60
+    os.utime(dead, (old, old))
+    [spend, _] = run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        live.name, f"{spend.manifest_version:010d}.parquet"]
 
 
 def test_snapshots_off_writes_none_and_reads_none(fresh: FeatureStore) -> None:
