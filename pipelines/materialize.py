@@ -118,8 +118,7 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     base = offline_store.view_dir(root, view.name, fp)
     entities = None
     if before is not None:
-        changed = {key.split("/", 1)[1] for key in set(manifest.partitions) | set(before)
-                   if manifest.partitions.get(key) != before.get(key)} | forced
+        changed = ob.changed_days(manifest.partitions, before) | forced
         summary.days = sorted(changed)
         summary.mode = "incremental"
         if not changed:

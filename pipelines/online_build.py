@@ -59,6 +59,12 @@ class Reader:
         return self.con.sql(sql).to_arrow_table()
 
 
+def changed_days(partitions: Mapping[str, Any], before: Mapping[str, Any]) -> set[str]:
+    """Days with a (tile size, day) partition that differs between two manifests' partitions."""
+    return {key.split("/", 1)[1] for key in set(partitions) | set(before)
+            if partitions.get(key) != before.get(key)}
+
+
 class OldFilesGone(LookupError):
     """Files of a superseded manifest are gone, so which entities they held is unknown."""
 

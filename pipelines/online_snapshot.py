@@ -118,8 +118,7 @@ def _increment(view: FeatureView, base: Path, manifest: offline_store.Manifest,
         _, old_now, old_parts = _meta(old.schema)
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return None  # unreadable: build it all (and replace it)
-    days = {k.split("/", 1)[1] for k in set(manifest.partitions) | set(old_parts)
-            if manifest.partitions.get(k) != old_parts.get(k)}
+    days = ob.changed_days(manifest.partitions, old_parts)
     if old_now > now_us or set(manifest.days()) <= days:
         return None
     try:
