@@ -65,16 +65,20 @@ def _newest(base: Path, below: int) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
-def _meta(table_or_schema: Any) -> tuple[int, int, dict[str, list[str]]]:
-    """(manifest version, built at µs, partitions) of a snapshot in this Tessera's value format;
-    raises ValueError for anything else (a file in an older format is never copied)."""
-    meta = table_or_schema.metadata or {}
+def _open(file: Path) -> tuple[Any, int, int, dict[str, list[str]]]:
+    """(the open file, manifest version, built at µs, partitions) of a snapshot in this
+    Tessera's value format, from its footer alone (the rows are read only when used); raises
+    ValueError for anything else (a file in an older format is never copied)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)  # not read_table: it goes through pyarrow.dataset, slower
+    meta = parquet.schema_arrow.metadata or {}
     if any(k not in meta for k in _META):
         raise ValueError(f"not an online snapshot (metadata {sorted(meta)})")
     if int(meta[_META[3]]) != VERSION:
         raise ValueError(f"online value format {int(meta[_META[3]])}, this Tessera writes "
                          f"{VERSION}")
-    return (int(meta[_META[0]]), int(meta[_META[1]]), json.loads(meta[_META[2]]))
+    return (parquet, int(meta[_META[0]]), int(meta[_META[1]]), json.loads(meta[_META[2]]))
 
 
 def _table(values: ob.Values | None) -> Any:
@@ -108,14 +112,12 @@ def _increment(view: FeatureView, base: Path, manifest: offline_store.Manifest,
     when everything must be built: no usable previous snapshot, or every day changed."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     previous = _newest(base, manifest.version)
     if previous is None:
         return None
     try:
-        old = pq.ParquetFile(previous[1]).read()
-        _, old_now, old_parts = _meta(old.schema)
+        parquet, _, old_now, old_parts = _open(previous[1])
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return None  # unreadable: build it all (and replace it)
     days = ob.changed_days(manifest.partitions, old_parts)
@@ -124,8 +126,9 @@ def _increment(view: FeatureView, base: Path, manifest: offline_store.Manifest,
     try:
         entities = ob.changed_entities(ob.Reader(view, base, manifest, None), sorted(days),
                                        old_parts)
-    except ob.OldFilesGone:
-        return None
+        old = parquet.read()
+    except (ob.OldFilesGone, OSError, pa.ArrowException):
+        return None  # replaced tiles collected, or rows unreadable: build it all
     wanted = (pa.array([], pa.string()) if entities is None else
               ob.entity_tag_array([entities.column(k) for k in view.join_keys]))
     kept = old.filter(pc.invert(pc.is_in(old.column("tag"), value_set=wanted)))
@@ -199,15 +202,14 @@ def load(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Values
     Raises ``OSError``/``ValueError``/``pyarrow.ArrowException`` for an unreadable file.
     """
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     file = path(base, version)
     if not file.is_file():
         return None
-    version_in, built_us, _ = _meta(pq.read_schema(file))
+    parquet, version_in, built_us, _ = _open(file)
     if version_in != version or built_us > now_us:
         return None
-    table = pq.ParquetFile(file).read()  # read_table goes through pyarrow.dataset: slower
+    table = parquet.read()
     if wanted is not None:
         table = table.filter(pc.is_in(table.column("tag"), value_set=wanted))
     life = table.column("lifetime").combine_chunks()

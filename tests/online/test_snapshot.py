@@ -4,6 +4,7 @@ and falls back to the tiles whenever it cannot be used."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,13 +17,22 @@ from features import offline_store
 from features.config import RepoConfig
 from features.online.codec import codec
 from features.store import FeatureStore
+from pipelines import materialize as mat
 from pipelines import online_build as ob
 from pipelines import online_snapshot as snap
 from pipelines.batch import run
-from tests.online.repo import historical, today
+from tests.online.repo import build, historical, today
 from tests.online.test_materialize import NOW, materialize, state, views
 
 HOUR_US = 3_600_000_000
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, redis_url: str) -> FeatureStore:
+    s = build(tmp_path / "repo", redis_url, rows=6_000, days=10)
+    yield s
+    clear(s)
+    s.close()
 
 
 def without_snapshots(cfg: RepoConfig) -> RepoConfig:
@@ -36,28 +46,36 @@ def clear(store: FeatureStore) -> None:
         client.delete(key)
 
 
-def snapshot_rows(store: FeatureStore, view: str) -> dict[tuple[str, bool], tuple[bytes, int]]:
+def current(store: FeatureStore, view: str) -> tuple[Path, offline_store.Manifest]:
+    """The view's offline folder and its newest manifest."""
     v = store.definitions.views[view]
     root = store.config.resolve(store.config.offline.path)
-    manifest = offline_store.latest(root, v.name, v.fingerprint())
-    table = pq.read_table(snap.path(offline_store.view_dir(root, v.name, v.fingerprint()),
-                                    manifest.version))
+    return (offline_store.view_dir(root, v.name, v.fingerprint()),
+            offline_store.latest(root, v.name, v.fingerprint()))
+
+
+def snapshot_file(store: FeatureStore, view: str) -> Path:
+    base, manifest = current(store, view)
+    return snap.path(base, manifest.version)
+
+
+def rows_of(table, now_us: int | None = None) -> dict[tuple[str, bool], tuple[bytes, int]]:
+    """(tag, lifetime) → (blob, expire µs) of snapshot rows; alive at ``now_us`` if given."""
     return {(t, life): (blob, exp) for t, life, blob, exp in zip(
         *(table.column(c).to_pylist() for c in ("tag", "lifetime", "blob", "expire_us")),
-        strict=True)}
+        strict=True) if now_us is None or exp < 0 or exp > now_us}
+
+
+def snapshot_rows(store: FeatureStore, view: str) -> dict:
+    return rows_of(pq.read_table(snapshot_file(store, view)))
 
 
 def built_rows(store: FeatureStore, view: str, now_us: int) -> dict:
     """What the snapshot of the current manifest must hold: a full build from the tiles."""
+    base, manifest = current(store, view)
     v = store.definitions.views[view]
-    root = store.config.resolve(store.config.offline.path)
-    manifest = offline_store.latest(root, v.name, v.fingerprint())
-    base = offline_store.view_dir(root, v.name, v.fingerprint())
-    values = ob.build(ob.Reader(v, base, manifest, None), codec(v), now_us)
-    table = snap._table(values)
-    return {(t, life): (blob, exp) for t, life, blob, exp in zip(
-        *(table.column(c).to_pylist() for c in ("tag", "lifetime", "blob", "expire_us")),
-        strict=True) if exp < 0 or exp > now_us}
+    return rows_of(snap._table(ob.build(ob.Reader(v, base, manifest, None), codec(v), now_us)),
+                   now_us)
 
 
 def reads(store: FeatureStore, at_us: int) -> dict:
@@ -88,8 +106,6 @@ def test_materialize_copies_the_snapshot_byte_for_byte_when_built_at_the_same_in
 
 
 def mat_tiles(store: FeatureStore, **kwargs) -> list:
-    from pipelines import materialize as mat
-
     return mat.materialize(without_snapshots(store.config), views(store), store.online,
                            now_us=NOW, show_progress=False, **kwargs)
 
@@ -165,10 +181,7 @@ def test_an_entity_whose_events_were_replaced_away_is_rewritten(fresh: FeatureSt
 
 def test_an_unreadable_snapshot_falls_back_to_the_tiles_and_says_so(fresh: FeatureStore) -> None:
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
-    v = fresh.definitions.views["user_spend"]
-    root = fresh.config.resolve(fresh.config.offline.path)
-    manifest = offline_store.latest(root, v.name, v.fingerprint())
-    file = snap.path(offline_store.view_dir(root, v.name, v.fingerprint()), manifest.version)
+    file = snapshot_file(fresh, "user_spend")
     file.write_bytes(b"not parquet at all")
     [spend, merchant] = materialize(fresh)
     assert (spend.source, merchant.source) == ("tiles", "snapshot")
@@ -186,10 +199,7 @@ def test_a_snapshot_in_another_value_format_is_not_copied(fresh: FeatureStore) -
     """After an upgrade that changed the online value format, an old snapshot must not reach
     Redis: materialize builds from the tiles and says why."""
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
-    v = fresh.definitions.views["user_spend"]
-    root = fresh.config.resolve(fresh.config.offline.path)
-    manifest = offline_store.latest(root, v.name, v.fingerprint())
-    file = snap.path(offline_store.view_dir(root, v.name, v.fingerprint()), manifest.version)
+    file = snapshot_file(fresh, "user_spend")
     table = pq.read_table(file)
     old = {**table.schema.metadata, b"tessera.format": b"1"}
     pq.write_table(table.replace_schema_metadata(old), file)
@@ -199,9 +209,7 @@ def test_a_snapshot_in_another_value_format_is_not_copied(fresh: FeatureStore) -
 
 def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failed_run(
         fresh: FeatureStore) -> None:
-    v = fresh.definitions.views["user_spend"]
-    root = fresh.config.resolve(fresh.config.offline.path)
-    folder = offline_store.view_dir(root, v.name, v.fingerprint()) / snap.SNAPSHOT_DIR
+    folder = current(fresh, "user_spend")[0] / snap.SNAPSHOT_DIR
     for old in folder.glob("*"):
         old.unlink()
     folder.rmdir()
@@ -217,11 +225,7 @@ def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failed_run(
 
 def test_only_the_newest_snapshot_and_no_dead_writers_files_are_kept(
         fresh: FeatureStore) -> None:
-    import os
-
-    v = fresh.definitions.views["user_spend"]
-    root = fresh.config.resolve(fresh.config.offline.path)
-    folder = offline_store.view_dir(root, v.name, v.fingerprint()) / snap.SNAPSHOT_DIR
+    folder = current(fresh, "user_spend")[0] / snap.SNAPSHOT_DIR
     dead = folder / ".0000000001.parquet.0123abcd.tmp"  # a writer killed mid-write, long ago
     live = folder / ".0000000002.parquet.4567ef01.tmp"  # one writing now
     dead.write_bytes(b"partial")
@@ -237,18 +241,4 @@ def test_snapshots_off_writes_none_and_reads_none(fresh: FeatureStore) -> None:
     cfg = without_snapshots(fresh.config)
     [spend, _] = run(cfg, views(fresh), "polars", now_us=NOW, show_progress=False)
     assert spend.snapshot is None
-    v = fresh.definitions.views["user_spend"]
-    root = cfg.resolve(cfg.offline.path)
-    manifest = offline_store.latest(root, v.name, v.fingerprint())
-    assert not snap.path(offline_store.view_dir(root, v.name, v.fingerprint()),
-                         manifest.version).exists()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path, redis_url: str) -> FeatureStore:
-    from tests.online.repo import build
-
-    s = build(tmp_path / "repo", redis_url, rows=6_000, days=10)
-    yield s
-    clear(s)
-    s.close()
+    assert not snapshot_file(fresh, "user_spend").exists()
