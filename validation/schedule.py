@@ -23,6 +23,7 @@ See docs/schedule.md.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import signal
@@ -350,6 +351,9 @@ def run_foreground(cfg: RepoConfig, repo: Path, echo: Callable[[str], None] = pr
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: a scheduler that does not stop
+    # says where it waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         scheduler.start()
         say(f"scheduling {len(runner.schedules)} job(s); history in "
@@ -367,6 +371,7 @@ def run_foreground(cfg: RepoConfig, repo: Path, echo: Callable[[str], None] = pr
         scheduler.shutdown(wait=True)
         say("scheduler stopped")
     finally:
+        faulthandler.unregister(signal.SIGUSR1)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0

@@ -373,11 +373,39 @@ def test_sigterm_stops_the_foreground_scheduler_with_exit_0(card_repo: Path) -> 
         head += read_until(proc, "typo-run: next run", 10)
         assert "day-run: next run" in head
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        out = communicate_or_dump(proc, 20)
     finally:
         proc.kill()
     assert proc.returncode == 0, head + out
     assert "scheduler stopped" in out
+
+
+def test_sigusr1_prints_the_threads_and_the_scheduler_keeps_running(card_repo: Path) -> None:
+    proc = start_foreground([TESSERA, "schedule", "--repo", str(card_repo)], card_repo)
+    try:
+        read_until(proc, "typo-run: next run", 60)
+        proc.send_signal(signal.SIGUSR1)
+        # The main thread, waiting for a signal, and the scheduler's own thread.
+        dump = read_until(proc, "in run_foreground", 10)
+        proc.send_signal(signal.SIGTERM)
+        out = communicate_or_dump(proc, 20)
+    finally:
+        proc.kill()
+    assert "Thread 0x" in dump and "apscheduler" in dump + out, dump + out
+    assert proc.returncode == 0 and "scheduler stopped" in out, dump + out
+
+
+def communicate_or_dump(proc: subprocess.Popen[str], seconds: float) -> str:
+    """``proc``'s remaining output once it exits; past ``seconds``, fail with its threads'
+    stacks (``tessera schedule`` prints them on SIGUSR1), so a hang says where it waits."""
+    try:
+        return proc.communicate(timeout=seconds)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        out = proc.communicate()[0]
+        pytest.fail(f"still running {seconds} s after SIGTERM; its threads:\n{out}")
 
 
 SCRIPT = """
@@ -411,7 +439,7 @@ def test_sigterm_waits_for_a_running_job_up_to_the_bound(tmp_path: Path, sleep: 
         wait_for(started.exists, 20, "the job to start")
         proc.send_signal(signal.SIGTERM)
         began = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
+        out = communicate_or_dump(proc, 30)
     finally:
         proc.kill()
     assert proc.returncode == 0, out
