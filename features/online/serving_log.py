@@ -212,14 +212,21 @@ class ServingLog:
 
     @staticmethod
     def prepare() -> None:
-        """Import what the writer needs (pyarrow, numpy: ~0.5-1 s, holding the GIL).
+        """Import what the writer needs (numpy, pyarrow and, through pyarrow, pandas: ~2 s).
 
         Done by the writer thread when it starts, and by ``tessera serve`` before its first
-        request, so the import does not stall the first requests that get logged.
+        request. An import holds the GIL in long stretches: done by the writer while requests
+        are served, it slowed 110-120 of ~20,000 one-entity reads past 5 ms (up to 112 ms) in
+        a 2.5 s window (docs/serving_log.md).
         """
         import numpy  # noqa: F401
+        import pyarrow as pa
         import pyarrow.compute
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
+
+        # pyarrow imports pandas, when installed, on its first conversion of Python objects
+        # (1.5-1.7 s here): the writer's first flush did that, in the middle of serving.
+        pa.array([0])
 
     def _run(self) -> None:
         self.prepare()

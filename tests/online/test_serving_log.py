@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -323,3 +326,31 @@ def test_tessera_serve_logs_its_responses(repo: Path, users: list[int]) -> None:
                 # The log always uses full names; the first request asked for short ones.
                 column = name if "__" in name or name.endswith("_id") else f"user_spend__{name}"
                 assert same(row[column], value), (column, row[column], value)
+
+
+def test_after_prepare_a_flush_imports_nothing(repo: Path, users: list[int],
+                                               tmp_path: Path) -> None:
+    """``prepare`` (what ``tessera serve`` runs before its first request) leaves no import to
+    the writer's flushes: an import in the writer holds the GIL in long stretches while
+    requests are served (pyarrow importing pandas on its first conversion took ~2 s). In a
+    fresh process, so that nothing this test module imports hides one."""
+    script = textwrap.dedent(f"""
+        import sys
+        from features.config import load_config
+        from features.config_jobs import ServingLogConfig
+        from features.online.serving_log import ServingLog
+        from features.store import FeatureStore
+        cfg = load_config({str(repo)!r})
+        log = ServingLogConfig(sample_rate=1.0, path={str(tmp_path)!r}, flush_seconds=3600)
+        store = FeatureStore(config=cfg.model_copy(update={{"serving_log": log}}))
+        ServingLog.prepare()
+        store.get_online_features({USER_FEATURES!r}, [{{"user_id": u}} for u in {users!r}])
+        before = set(sys.modules)
+        store.serving_log.flush()
+        assert store.serving_log.stats().files_written == 1, store.serving_log.stats()
+        print(sorted(set(sys.modules) - before))
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
