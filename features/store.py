@@ -113,7 +113,7 @@ class FeatureStore:
 
             cfg = self.config.online
             self._online = RedisOnline(cfg.url, cluster=cfg.cluster,
-                                       timeout_s=cfg.timeout_ms / 1000)
+                                       timeout_s=cfg.timeout_ms / 1000, spin_us=cfg.spin_us)
         return self._online
 
     def plan(self, features: Sequence[str] | None = None, feature_service: str | None = None,

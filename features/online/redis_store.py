@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from features.errors import OnlineUnavailableError
-from features.online.resp import pack, read_replies, write_replies
+from features.online.resp import call_spinning, pack, read_replies, write_replies
 
 WRITE_BATCH = 2_000  # commands per pipeline flush when writing
 
@@ -27,13 +27,15 @@ WRITE_BATCH = 2_000  # commands per pipeline flush when writing
 class RedisOnline:
     """A connection to the online store (single node or cluster)."""
 
-    def __init__(self, url: str, *, cluster: bool = False, timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, *, cluster: bool = False, timeout_s: float = 0.5,
+                 spin_us: int = 0) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.url = url
         self.cluster = cluster
+        self.spin_s = spin_us / 1e6  # reads poll for their reply this long before blocking
         self._local = threading.local()
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError,
                                                          redis.TimeoutError)
@@ -68,17 +70,33 @@ class RedisOnline:
         for key in keys:
             k = key.encode()
             parts.append(b"$%d\r\n%b\r\n" % (len(k), k))
-        command = [b"".join(parts)]
+        command = b"".join(parts)
         for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
             conn = self._connection()
             try:
-                conn.send_packed_command(command, check_health=False)
+                if self.spin_s > 0:
+                    reply: list[bytes | None] = call_spinning(conn, command, self._reader(),
+                                                              self.spin_s)
+                    return reply
+                conn.send_packed_command([command], check_health=False)
                 return conn.read_response()
             except self._errors as e:
                 conn.disconnect()
+                self._local.reader = None  # it may hold part of a reply
                 if attempt:
                     raise self._unavailable(e) from None
         raise AssertionError("unreachable")
+
+    def _reader(self) -> Any:
+        """This thread's hiredis reader for :func:`call_spinning`, raising reply errors as
+        redis-py does."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            import hiredis
+            from redis._parsers.base import BaseParser
+
+            reader = self._local.reader = hiredis.Reader(replyError=BaseParser.parse_error)
+        return reader
 
     def _get_cluster(self, keys: Sequence[str]) -> list[bytes | None]:
         """``get`` on a cluster, where ``MGET`` cannot span slots: one ``GET`` per key, grouped

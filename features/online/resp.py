@@ -4,6 +4,7 @@ or, for writes, a count of line ends). Used by :mod:`features.online.redis_store
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,4 +79,49 @@ def read_replies(conn: Any, count: int, reader: Any) -> list[Any]:
     return replies
 
 
-__all__ = ["pack", "read_replies", "write_replies"]
+def call_spinning(conn: Any, command: bytes, reader: Any, spin_s: float) -> Any:
+    """Send one packed command on ``conn`` (connecting it if needed) and read its reply,
+    polling the socket for up to ``spin_s`` before blocking.
+
+    On a virtual machine a process that blocks waits for its idle vCPU to be woken when the
+    reply lands: measured here, a bare ``PING`` took 117-137 µs at p50 blocking and 42-50 µs
+    polling (docs/online.md, "Spin reads"). Past ``spin_s`` it blocks with the connection's
+    own timeout, so a hung Redis fails exactly as before. An error reply is raised as the
+    exception redis-py would raise (``reader`` is made with its ``parse_error``).
+    """
+    import redis
+
+    if conn._sock is None:
+        conn.connect()  # redis-py's handshake (AUTH, SELECT), blocking
+    sock = conn._sock
+    timeout = conn.socket_timeout
+    try:
+        sock.sendall(command)  # redis-py's send_packed_command costs ~6 µs more, per call
+        deadline = time.perf_counter() + spin_s
+        sock.settimeout(0.0)
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except BlockingIOError:
+                if time.perf_counter() < deadline:
+                    continue
+                sock.settimeout(timeout)
+                chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise redis.ConnectionError("Redis closed the connection")
+            reader.feed(chunk)
+            reply = reader.gets()
+            if reply is not False:
+                break
+    except TimeoutError as e:
+        raise redis.TimeoutError(f"Timeout reading from socket: {e}") from None
+    except OSError as e:
+        raise redis.ConnectionError(f"Error on the socket: {e}") from None
+    finally:
+        sock.settimeout(timeout)
+    if isinstance(reply, redis.RedisError):  # from parse_error: ResponseError, AuthenticationError
+        raise reply
+    return reply
+
+
+__all__ = ["call_spinning", "pack", "read_replies", "write_replies"]

@@ -211,3 +211,77 @@ def test_a_refused_write_names_the_reply_and_keeps_the_rest(redis_url: str) -> N
     assert client.mget([a, b]) == [b"3", None]
     client.delete(a)
     client.close()
+
+
+@pytest.mark.parametrize("spin_us", [200, 1])  # 1 µs: the reply is waited for, blocking
+def test_a_polling_read_returns_what_a_blocking_read_returns(redis_url: str,
+                                                             spin_us: int) -> None:
+    """Reads poll for their reply (``online.spin_us``) before blocking: same bytes, in order,
+    None where missing, for replies of one packet and of many (a 3 MB value)."""
+    import uuid
+
+    import redis as redis_py
+
+    from features.online.redis_store import RedisOnline
+
+    prefix = f"t:{uuid.uuid4().hex}"
+    values = {f"{prefix}:small": b"\x00\r\n1", f"{prefix}:empty": b"",
+              f"{prefix}:big": bytes(range(256)) * 12_000}
+    client = redis_py.Redis.from_url(redis_url)
+    client.mset(values)
+    keys = [*values, f"{prefix}:missing"]
+    try:
+        polling, blocking = RedisOnline(redis_url, spin_us=spin_us), RedisOnline(redis_url)
+        want = [*values.values(), None]
+        for _ in range(3):  # and the connection stays in step
+            assert polling.get(keys) == want
+            assert polling.get(keys[::-1]) == want[::-1]
+        assert blocking.get(keys) == want
+    finally:
+        client.delete(*values)
+        client.close()
+
+
+def test_a_polling_read_fails_like_a_blocking_one(tmp_path: Path) -> None:
+    """An error reply (here NOAUTH) raises what redis-py raises, and a Redis that stops
+    answering (SIGSTOP) fails within the timeout, not after the polling: both as
+    OnlineUnavailableError naming the store."""
+    import os
+    import signal
+    import time
+
+    import redis as redis_py
+
+    from features.errors import OnlineUnavailableError
+    from features.online.redis_store import RedisOnline
+    from tests.online.private_redis import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        redis_py.Redis(port=server.port).config_set("requirepass", "pw")
+        polling = RedisOnline(server.url, timeout_s=0.3, spin_us=200)
+        blocking = RedisOnline(server.url, timeout_s=0.3, spin_us=0)
+        errors = []
+        for online in (polling, blocking):
+            with pytest.raises(OnlineUnavailableError) as e:
+                online.get(["k"])
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+        assert errors[0].startswith(f"online store {server.url} is unavailable: ")
+        assert "Authentication required" in errors[0]
+
+        redis_py.Redis(port=server.port, password="pw").config_set("requirepass", "")
+        assert polling.get(["k"]) == [None]  # works again: the connection was replaced
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(OnlineUnavailableError, match="is unavailable: Timeout"):
+                polling.get(["k"])
+            assert time.monotonic() - began < 2 * 0.3 + 1.0  # two attempts, and slack
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert polling.get(["k"]) == [None]
+    finally:
+        server.stop(save=False)
