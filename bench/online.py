@@ -11,8 +11,9 @@ the same Redis (``bench/feast_baseline.py``). Measured in this order, all loops 
 1. materialization: Tessera from the batch run's online snapshot (the default) and from the
    tiles (``offline.online_snapshot`` off), and Feast (rows → Redis), entity-rows/s; the batch
    run's time with the cost of building the snapshot;
-2. SDK, 1 entity × 10 features and 100 × 10: Tessera, Feast, and the raw floor (a redis-py
-   ``HMGET`` of 10 fields of Feast's hash; pipelined for 100);
+2. SDK, 1 entity × 10 features and 100 × 10: Tessera (with its default ``online.spin_us``
+   and with reads that block at once), Feast, and the raw floor (a redis-py ``HMGET`` of 10
+   fields of Feast's hash; pipelined for 100);
 3. HTTP, 1 × 10, sequential and with ``--concurrency`` clients: ``tessera serve`` and
    ``feast serve``.
 
@@ -150,6 +151,16 @@ def tessera_latency(store: Any, users: list[int], batch: int, iterations: int,
     return summarize(lat, seconds, batch)
 
 
+def without_spin(store: Any, fn: Any) -> Any:
+    """``fn()`` with the store's reads blocking at once (``online.spin_us: 0``), to show what
+    polling for the reply changes."""
+    saved, store.online.spin_s = store.online.spin_s, 0.0
+    try:
+        return fn()
+    finally:
+        store.online.spin_s = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -203,10 +214,14 @@ def measure(args: Any, url: str, console: Any) -> None:
         runs = [
             ("raw HMGET 1x10", lambda: raw_hmget_latency(client, keys, fields, 1, n, sec)),
             ("tessera sdk 1x10", lambda: tessera_latency(store, users, 1, n, sec)),
+            ("tessera sdk 1x10, spin off",
+             lambda: without_spin(store, lambda: tessera_latency(store, users, 1, n, sec))),
             ("feast sdk 1x10", lambda: side.online_latency(users, 1, n, sec)),
             (f"raw pipelined HMGET {bt}x10",
              lambda: raw_hmget_latency(client, keys, fields, bt, n // 4, sec)),
             (f"tessera sdk {bt}x10", lambda: tessera_latency(store, users, bt, n // 4, sec)),
+            (f"tessera sdk {bt}x10, spin off", lambda: without_spin(
+                store, lambda: tessera_latency(store, users, bt, n // 4, sec))),
             (f"feast sdk {bt}x10", lambda: side.online_latency(users, bt, n // 4, sec)),
         ]
         # Interleaved rounds: the machine is shared, so each ratio is taken within a round
@@ -271,7 +286,12 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
         (f"feast http 1x10 x{conc}", lambda t, f: f.http_latency(
             users, it * 2, sec, concurrency=conc, **kw)),
     ]
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in tests}
+    # Tessera's server as configured (reads poll for the reply, online.spin_us), and with
+    # reads that block at once.
+    variants = {"": {}, ", spin off": {"TESSERA__ONLINE__SPIN_US": "0"}}
+    rounds: dict[str, list[dict[str, Any]]] = {
+        name + (suffix if name.startswith("tessera") else ""): []
+        for name, _ in tests for suffix in variants}
     import gc
 
     from features.heap import freeze_heap
@@ -283,14 +303,15 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
     # registry refresh threads), Tessera's sequential p99 measured ~3 ms in two runs, against
     # ~1.1 ms alone. So no interleaving here: all rounds of one server, then of the other.
     try:
-        with TesseraServer(store.config.root) as tessera:
-            tessera.http_latency(users, refs, "user_id", iterations=50, max_seconds=5,
-                                 check=all_present(), **kw)
-            for r in range(args.rounds):
-                for name, fn in tests:
-                    if name.startswith("tessera"):
-                        with console.status(f"round {r + 1}/{args.rounds}: {name}"):
-                            rounds[name].append(fn(tessera, None))
+        for suffix, env in variants.items():
+            with TesseraServer(store.config.root, env=env) as tessera:
+                tessera.http_latency(users, refs, "user_id", iterations=50, max_seconds=5,
+                                     check=all_present(), **kw)
+                for r in range(args.rounds):
+                    for name, fn in tests:
+                        if name.startswith("tessera"):
+                            with console.status(f"round {r + 1}/{args.rounds}: {name}{suffix}"):
+                                rounds[name + suffix].append(fn(tessera, None))
         with side.serve() as feast:
             for r in range(args.rounds):
                 for name, fn in tests:
@@ -333,6 +354,9 @@ def report(console: Any, r: dict[str, Any], args: Any) -> None:
          round_ratio(r, "feast sdk 1x10", "tessera sdk 1x10"), "≥ 5×"),
         ("SDK 1x10 p50: feast / tessera",
          round_ratio(r, "feast sdk 1x10", "tessera sdk 1x10", "p50_ms"), ""),
+        ("SDK 1x10 p50: spin off / on",
+         round_ratio(r, "tessera sdk 1x10, spin off", "tessera sdk 1x10", "p50_ms"),
+         "online.spin_us 0 vs the default"),
         (f"SDK {bt}x10 p99: feast / tessera",
          round_ratio(r, f"feast sdk {bt}x10", f"tessera sdk {bt}x10"),
          "≥ 7× (and tessera p99 ≤ 3 ms)"),
