@@ -72,8 +72,9 @@ class OnlineConfig(_Model):
     cluster: bool = Field(False, description="The URL is a Redis Cluster node.")
     timeout_ms: int = Field(500, gt=0, description="Connect and read timeout of one call.")
     spin_us: int = Field(200, ge=0, le=100_000, description=(
-        "A read polls for Redis's reply this long before it sleeps (0: never polls). On a VM "
-        "it saves the wake-up of an idle vCPU, ~80 µs a read; it costs that CPU time."))
+        "A read with no other in flight polls for Redis's reply this long before it sleeps "
+        "(0: never). On a VM it saves the wake-up of an idle vCPU, ~80 µs a read; it costs "
+        "that CPU time."))
 
     @field_validator("url")
     @classmethod
