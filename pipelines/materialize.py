@@ -131,9 +131,7 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
         except ob.OldFilesGone as e:  # which entities the replaced tiles held is unknown
             summary.mode, summary.note = "full", f"{e}: rewrote every entity"
         if summary.mode == "incremental" and (entities is None or entities.num_rows == 0):
-            online.set_text(state_key, json.dumps({"version": manifest.version,
-                                                   "partitions": manifest.partitions,
-                                                   "at_us": at_us}))
+            _save_state(online, state_key, manifest, at_us)
             summary.seconds = time.perf_counter() - started
             return summary
     elif forced:
@@ -151,12 +149,18 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
         gone = wanted.filter(pc.invert(pc.is_in(wanted, value_set=values.window_tags))
                              ).to_pylist()
     written, deleted = _write(online, project, view, fp, cod, values, gone, now_us, progress)
-    online.set_text(state_key, json.dumps({"version": manifest.version,
-                                           "partitions": manifest.partitions, "at_us": at_us}))
+    _save_state(online, state_key, manifest, at_us)
     summary.entities = values.entities
     summary.keys_written, summary.keys_deleted = written, deleted
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _save_state(online: RedisOnline, state_key: str, manifest: offline_store.Manifest,
+                at_us: int) -> None:
+    """Record what Redis now holds: the next run diffs against these partitions."""
+    online.set_text(state_key, json.dumps({"version": manifest.version,
+                                           "partitions": manifest.partitions, "at_us": at_us}))
 
 
 def _ms(us: Any) -> Any:

@@ -4,9 +4,24 @@ or, for writes, a count of line ends). Used by :mod:`features.online.redis_store
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+
+@contextlib.contextmanager
+def _socket_errors(doing: str) -> Iterator[None]:
+    """Socket failures while ``doing`` something, as redis-py's exceptions (what callers of
+    :class:`features.online.redis_store.RedisOnline` catch), worded as redis-py words them."""
+    import redis
+
+    try:
+        yield
+    except TimeoutError as e:
+        raise redis.TimeoutError(f"Timeout {doing}: {e}") from None
+    except OSError as e:
+        raise redis.ConnectionError(f"Error {doing}: {e}") from None
 
 
 def pack(args: Sequence[str | bytes]) -> bytes:
@@ -34,17 +49,13 @@ def write_replies(conn: Any, pending: int) -> None:
         raise redis.ConnectionError("connection closed while writing")
     got: list[bytes] = []
     lines = 0
-    try:
+    with _socket_errors("reading write replies"):
         while lines < pending:
             chunk = sock.recv(1 << 20)
             if not chunk:
                 raise redis.ConnectionError("Redis closed the connection while writing")
             got.append(chunk)
             lines += chunk.count(b"\n")
-    except TimeoutError as e:
-        raise redis.TimeoutError(f"timeout reading write replies: {e}") from None
-    except OSError as e:
-        raise redis.ConnectionError(f"error reading write replies: {e}") from None
     replies = b"".join(got)
     if lines != pending:  # more replies than commands: the stream is out of step
         raise redis.ConnectionError(f"expected {pending} write replies, read {lines}")
@@ -54,71 +65,59 @@ def write_replies(conn: Any, pending: int) -> None:
             "utf-8", "replace"))
 
 
-def read_replies(conn: Any, count: int, reader: Any) -> list[Any]:
-    """``count`` replies read off ``conn``'s socket with a hiredis ``reader``."""
+def read_replies(conn: Any, count: int, reader: Any, spin_s: float = 0.0) -> list[Any]:
+    """``count`` replies read off ``conn``'s socket with a hiredis ``reader``.
+
+    ``spin_s`` > 0: poll the socket that long before blocking. On a virtual machine a process
+    that blocks waits for its idle vCPU to be woken when the reply lands: measured here, a
+    bare ``PING`` took 117-137 µs at p50 blocking and 42-50 µs polling (docs/online.md, "Spin
+    reads"). Past ``spin_s`` it blocks with the connection's own timeout, so a hung Redis
+    fails exactly as without.
+    """
     import redis
 
     sock = conn._sock
     if sock is None:
         raise redis.ConnectionError("connection closed before the replies were read")
     replies: list[Any] = []
+    timeout = conn.socket_timeout
+    deadline = time.perf_counter() + spin_s
+    if spin_s > 0:
+        sock.settimeout(0.0)
     try:
-        while len(replies) < count:
-            reply = reader.gets()
-            if reply is False:  # more bytes needed
-                chunk = sock.recv(1 << 20)
+        with _socket_errors("reading from socket"):
+            while len(replies) < count:
+                reply = reader.gets()
+                if reply is not False:
+                    replies.append(reply)
+                    continue
+                try:  # more bytes needed
+                    chunk = sock.recv(1 << 20)
+                except BlockingIOError:  # polling, nothing yet
+                    if time.perf_counter() < deadline:
+                        continue
+                    sock.settimeout(timeout)
+                    chunk = sock.recv(1 << 20)
                 if not chunk:
                     raise redis.ConnectionError("Redis closed the connection")
                 reader.feed(chunk)
-                continue
-            replies.append(reply)
-    except TimeoutError as e:
-        raise redis.TimeoutError(f"timeout reading replies: {e}") from None
-    except OSError as e:
-        raise redis.ConnectionError(f"error reading replies: {e}") from None
+    finally:
+        if spin_s > 0:
+            sock.settimeout(timeout)
     return replies
 
 
 def call_spinning(conn: Any, command: bytes, reader: Any, spin_s: float) -> Any:
     """Send one packed command on ``conn`` (connecting it if needed) and read its reply,
-    polling the socket for up to ``spin_s`` before blocking.
-
-    On a virtual machine a process that blocks waits for its idle vCPU to be woken when the
-    reply lands: measured here, a bare ``PING`` took 117-137 µs at p50 blocking and 42-50 µs
-    polling (docs/online.md, "Spin reads"). Past ``spin_s`` it blocks with the connection's
-    own timeout, so a hung Redis fails exactly as before. An error reply is raised as the
-    exception redis-py would raise (``reader`` is made with its ``parse_error``).
-    """
+    polling for up to ``spin_s`` first (:func:`read_replies`). An error reply is raised as the
+    exception redis-py would raise (``reader`` is made with its ``parse_error``)."""
     import redis
 
     if conn._sock is None:
         conn.connect()  # redis-py's handshake (AUTH, SELECT), blocking
-    sock = conn._sock
-    timeout = conn.socket_timeout
-    try:
-        sock.sendall(command)  # redis-py's send_packed_command costs ~6 µs more, per call
-        deadline = time.perf_counter() + spin_s
-        sock.settimeout(0.0)
-        while True:
-            try:
-                chunk = sock.recv(1 << 20)
-            except BlockingIOError:
-                if time.perf_counter() < deadline:
-                    continue
-                sock.settimeout(timeout)
-                chunk = sock.recv(1 << 20)
-            if not chunk:
-                raise redis.ConnectionError("Redis closed the connection")
-            reader.feed(chunk)
-            reply = reader.gets()
-            if reply is not False:
-                break
-    except TimeoutError as e:
-        raise redis.TimeoutError(f"Timeout reading from socket: {e}") from None
-    except OSError as e:
-        raise redis.ConnectionError(f"Error on the socket: {e}") from None
-    finally:
-        sock.settimeout(timeout)
+    with _socket_errors("writing to socket"):
+        conn._sock.sendall(command)  # redis-py's send_packed_command costs ~6 µs more a call
+    [reply] = read_replies(conn, 1, reader, spin_s)
     if isinstance(reply, redis.RedisError):  # from parse_error: ResponseError, AuthenticationError
         raise reply
     return reply
