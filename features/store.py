@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig, load_config
 from features.online.keys import entity_tag
-from features.online.read import NOT_FOUND
 from features.online.request import Plan, resolve
 from features.repo import Definitions, load_definitions
 
@@ -209,56 +208,54 @@ class FeatureStore:
 
 def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
          now_us: int) -> OnlineResponse:
-    """One online read: build every key, one ``MGET``, evaluate each view per entity."""
+    """One online read: build every key, one ``MGET``, evaluate each view over its entities."""
     key_columns = [columns[k] for k in plan.join_keys]
     keys: list[str] = []
-    where: list[tuple[int, int, int, int]] = []  # (read, row, window key pos, lifetime pos)
-    for r, (read_, positions, (head, tail, life)) in enumerate(
-            zip(plan.reads, plan.view_keys, plan.key_parts, strict=True)):
-        single = key_columns[positions[0]] if len(positions) == 1 else None
-        for i in range(n):
-            if single is not None:  # one join key (the common case): no list per entity
-                v = single[i]
-                if v is None:  # a null key reads as not found
-                    where.append((r, i, -1, -1))
-                    continue
-                key = head + entity_tag((v,)) + tail
-            else:
-                values = [key_columns[p][i] for p in positions]
-                if None in values:
-                    where.append((r, i, -1, -1))
-                    continue
-                key = head + entity_tag(values) + tail
-            w = lt = -1
-            if read_.window:
-                w = len(keys)
-                keys.append(key)
-            if read_.lifetime:
-                lt = len(keys)
-                keys.append(key + life)
-            where.append((r, i, w, lt))
+    spans = []  # per read: (entity tags, None for a null key; first window key; first lifetime)
+    for read_, positions, (head, tail, life) in zip(plan.reads, plan.view_keys, plan.key_parts,
+                                                    strict=True):
+        if len(positions) == 1:  # one join key (the common case): no list per entity
+            tags = [v if v is None else str(v) if type(v) is int else entity_tag((v,))
+                    for v in key_columns[positions[0]]]
+        else:
+            tags = [None if None in values else entity_tag(values)
+                    for values in zip(*[key_columns[p] for p in positions], strict=True)]
+        w = lt = -1
+        if read_.window:
+            w = len(keys)
+            keys += [head + t + tail for t in tags if t is not None]
+        if read_.lifetime:
+            lt = len(keys)
+            keys += [head + t + tail + life for t in tags if t is not None]
+        spans.append((tags, w, lt))
     blobs = online.get(keys)
     width = len(plan.names)
     values_out: list[list[Any]] = [[]] * width
     statuses: list[list[str]] = [[]] * width
     times: list[list[Any]] = [[]] * width
-    for r, read_ in enumerate(plan.reads):
-        evaluate = read_.evaluate
-        rows = [evaluate(None if w < 0 else blobs[w], None if lt < 0 else blobs[lt], now_us)
-                for rr, _i, w, lt in where if rr == r]
-        k = len(plan.slots[r])
-        not_found = [NOT_FOUND] * k
-        # Transpose entity rows into feature columns (zip is C; per-value loops were 1/3 of
-        # a 100-entity read).
-        vals = list(zip(*[row[0] for row in rows], strict=True)) if rows else [()] * k
-        stats = list(zip(*[row[1] or not_found for row in rows], strict=True)) or [()] * k
-        newest = [row[2] if row[1] is not None else None for row in rows]
-        for j, slot in enumerate(plan.slots[r]):
-            values_out[slot] = list(vals[j])
-            statuses[slot] = list(stats[j])
+    for read_, slots, (tags, w, lt) in zip(plan.reads, plan.slots, spans, strict=True):
+        vals, stats, newest = read_.evaluate(_per_entity(blobs, w, tags),
+                                             _per_entity(blobs, lt, tags), now_us)
+        for j, slot in enumerate(slots):
+            values_out[slot] = vals[j]
+            statuses[slot] = stats[j]
             times[slot] = list(newest)
     for s, dtype in enumerate(plan.dtypes):
         if dtype == "timestamp":  # stored as µs since the epoch
             values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
     entities = {k: list(columns[k]) for k in plan.join_keys}
     return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times)
+
+
+def _per_entity(blobs: list[bytes | None], start: int,
+                tags: list[str | None]) -> list[bytes | None]:
+    """The values fetched for one read's keys, one per entity (None where its key is null, or
+    for every entity when ``start`` is -1: not fetched)."""
+    if start < 0:
+        return [None] * len(tags)
+    found = sum(t is not None for t in tags)
+    fetched = blobs[start:start + found]
+    if found == len(tags):
+        return fetched
+    it = iter(fetched)
+    return [None if t is None else next(it) for t in tags]

@@ -210,47 +210,69 @@ class Codec:
 
     # --- decode ---------------------------------------------------------------------------
 
-    def read_window(self, blob: bytes, with_latest: bool, now_us: int,
-                    groups: Sequence[Sequence[tuple[int, int, Sequence[tuple[int, Any]]]]],
-                    values: list[Any]) -> tuple[int, list[Any]]:
-        """The hot path of a read: walk a window value once, and for each requested window
-        (``groups[section]``: (tile size, tiles, ((output position, finalizer), ...))) put
-        its features' values into ``values``. Returns (newest event, latest items).
+    def read_windows(self, blobs: Sequence[bytes | None], with_latest: bool,
+                     groups: Sequence[Sequence[tuple[int, Sequence[tuple[int, Any]]]]],
+                     rows: Sequence[list[Any]]) -> tuple[list[int], list[list[Any] | None]]:
+        """The hot path of a read: walk each entity's window value once, and for each
+        requested window (``groups[section]``: (first tile index inside the window, ((output
+        position, finalizer), ...))) put its features' values into that entity's ``rows[i]``.
+        Returns per entity (newest event, latest items); ``NO_EVENT`` and None where the
+        entity has no window value.
 
-        Nothing is built per entity but the records it reads (per-entity objects cost a third
-        of a 100-entity read).
+        One loop over every entity of the request, with nothing built per entity but the
+        records it reads: per-entity calls and objects cost a third of a 100-entity read.
         """
-        version, newest = _HEAD.unpack_from(blob, 0)
-        if version != VERSION:
-            raise ValueError(f"online value of view {self.view.name!r} has version {version}, "
-                             f"expected {VERSION} (re-materialize)")
-        latest: list[Any] = []
-        if not self.latest:
-            pos = _HEAD.size
-        elif with_latest:
-            latest, pos = _decode_latest(self.latest, blob, _HEAD.size)
-        else:
-            pos = _skip_latest(self.latest, blob, _HEAD.size)
+        head, counts, records = _HEAD.unpack_from, _COUNT.unpack_from, self.records
+        latest_inputs = self.latest
         last = len(groups) - 1
         while last >= 0 and not groups[last]:
             last -= 1
-        records = self.records
-        for k in range(last + 1):
-            _rec, unpack, size = records[k]
-            (count,) = _COUNT.unpack_from(blob, pos)
-            pos += 4
-            wanted = groups[k]
-            if wanted and count:
-                tiles = _tiles_struct(count, size).unpack_from(blob, pos)
-                width = 8 + size
-                for tile_us, n_tiles, finals in wanted:
-                    p = bisect_left(tiles, now_us // tile_us - n_tiles + 1)
-                    if p < count:
-                        record = unpack(blob, pos + p * width + 8)
-                        for at, final in finals:
-                            values[at] = final(record)
-            pos += count * (8 + size)
-        return newest, latest
+        plan = [(records[k][1], records[k][2] + 8, groups[k], self._tile_readers(k))
+                for k in range(last + 1)]
+        newest_out: list[int] = []
+        latest_out: list[list[Any] | None] = []
+        for blob, values in zip(blobs, rows, strict=True):
+            if blob is None:
+                newest_out.append(NO_EVENT)
+                latest_out.append(None)
+                continue
+            version, newest = head(blob, 0)
+            if version != VERSION:
+                raise ValueError(f"online value of view {self.view.name!r} has version "
+                                 f"{version}, expected {VERSION} (re-materialize)")
+            newest_out.append(newest)
+            pos = _HEAD.size
+            if not latest_inputs:
+                latest_out.append([])
+            elif with_latest:
+                latest, pos = _decode_latest(latest_inputs, blob, pos)
+                latest_out.append(latest)
+            else:
+                latest_out.append([])
+                pos = _skip_latest(latest_inputs, blob, pos)
+            for unpack, width, wanted, readers in plan:
+                (count,) = counts(blob, pos)
+                pos += 4
+                if wanted and count:
+                    tiles_at = readers.get(count)
+                    if tiles_at is None:
+                        tiles_at = readers[count] = struct.Struct(
+                            "<" + f"q{width - 8}x" * count).unpack_from
+                    tiles = tiles_at(blob, pos)
+                    for first, finals in wanted:
+                        p = bisect_left(tiles, first)
+                        if p < count:
+                            record = unpack(blob, pos + p * width + 8)
+                            for at, final in finals:
+                                values[at] = final(record)
+                pos += count * width
+        return newest_out, latest_out
+
+    def _tile_readers(self, section: int) -> dict[int, Any]:
+        """Per tile count, the unpack_from that reads a section's tile indices, skipping the
+        records between them (one dict per section, filled as counts appear)."""
+        readers = self.__dict__.setdefault("_tile_reader_cache", {})
+        return readers.setdefault(section, {})  # type: ignore[no-any-return]
 
     def decode_lifetime(self, blob: bytes) -> tuple[int, dict[str, Any], list[Any]]:
         """(newest event time, merged partials of every tile, latest per lifetime last input)."""
@@ -263,12 +285,6 @@ class Codec:
         merged = rec.to_dict(rec.struct.unpack_from(blob, _HEAD.size))
         latest, _ = _decode_latest(self.lifetime_latest, blob, _HEAD.size + rec.size)
         return newest, merged, latest
-
-
-@cache
-def _tiles_struct(count: int, record_size: int) -> struct.Struct:
-    """Reads the ``count`` tile indices of a section, skipping the records between them."""
-    return struct.Struct("<" + f"q{record_size}x" * count)
 
 
 def _skip_latest(inputs: Sequence[Input], blob: bytes, pos: int) -> int:

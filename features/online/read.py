@@ -97,48 +97,70 @@ class ViewRead:
                                in groups.items() if sec == k)
                          for k in range(len(c.sections))))
 
-    def evaluate(self, window: bytes | None, lifetime: bytes | None,
-                 now_us: int) -> tuple[list[Any], list[str] | None, int | None]:
-        """(values, statuses, newest event µs) of the features for one entity at ``now_us``.
+    def evaluate(self, windows: Sequence[bytes | None], lifetimes: Sequence[bytes | None],
+                 now_us: int) -> tuple[list[list[Any]], list[list[str]], list[int | None]]:
+        """The features at ``now_us`` for every entity of a request, from each entity's window
+        and lifetime value (None: none stored, or not needed).
 
-        Statuses None: every value is NOT_FOUND (no online value at all).
+        Returns per feature a column of values and a column of statuses, and per entity its
+        newest event time (None when it has no online value or no event).
         """
-        values = list(self.empty)
-        if window is None and lifetime is None:
-            return values, None, None
-        newest = NO_EVENT
-        latest: list[Any] | None = None
-        if window is not None:
-            newest, latest = self.codec.read_window(window, self.needs_latest, now_us,
-                                                    self.by_section, values)
-        life: tuple[int, Any, list[Any]] | None = None
-        if lifetime is not None and self.lifetime:
-            life = self.codec.decode_lifetime(lifetime)
-            newest = max(newest, life[0])
-        if not self.others:
-            return (values, [NULL_VALUE if v is None else PRESENT for v in values],
-                    None if newest == NO_EVENT else newest)
-        statuses: list[str] = [PRESENT] * len(values)
-        for k, step in self.others:
-            how = step.how
-            if how == _LIFETIME:
-                if life is not None:
-                    values[k] = step.final(life[1])
-                continue
-            if how == _LIFETIME_LAST:
-                item = None if life is None else life[2][step.index]
+        n = len(windows)
+        rows = [list(self.empty) for _ in range(n)]
+        if self.window:
+            groups = [tuple((now_us // tile - tiles + 1, finals) for tile, tiles, finals in g)
+                      for g in self.by_section]
+            newest, latest = self.codec.read_windows(windows, self.needs_latest, groups, rows)
+        else:
+            newest, latest = [NO_EVENT] * n, [None] * n
+        marked: list[tuple[int, int]] = []  # (entity, feature) OUTSIDE_MAX_AGE
+        if self.lifetime or self.others:
+            for i, values in enumerate(rows):
+                life: tuple[int, Any, list[Any]] | None = None
+                if lifetimes[i] is not None and self.lifetime:
+                    life = self.codec.decode_lifetime(lifetimes[i])  # type: ignore[arg-type]
+                    newest[i] = max(newest[i], life[0])
+                for k, step in self.others:
+                    if self._other(step, values, k, latest[i], life, now_us):
+                        marked.append((i, k))
+        values_out = list(map(list, zip(*rows, strict=True))) if rows else [
+            [] for _ in self.steps]
+        statuses = [[NULL_VALUE if v is None else PRESENT for v in column]
+                    for column in values_out]
+        for i, k in marked:
+            statuses[k][i] = OUTSIDE_MAX_AGE
+        times: list[int | None] = []
+        for i, t in enumerate(newest):
+            if windows[i] is None and lifetimes[i] is None:  # no online value at all
+                for column in statuses:
+                    column[i] = NOT_FOUND
+                times.append(None)
             else:
-                item = None if latest is None else latest[step.index]
-            if item is not None:
-                lt = item[1]
-                if how == _WINDOW_LAST:
-                    if lt // step.tile_us > now_us // step.tile_us - step.tiles:
-                        values[k] = item[0]
-                elif how == _PLAIN and step.ttl_us is not None and lt < now_us - step.ttl_us:
-                    statuses[k] = OUTSIDE_MAX_AGE
-                else:
-                    values[k] = item[0]
-        for k, value in enumerate(values):
-            if value is None and statuses[k] is PRESENT:
-                statuses[k] = NULL_VALUE
-        return values, statuses, None if newest == NO_EVENT else newest
+                times.append(None if t == NO_EVENT else t)
+        return values_out, statuses, times
+
+    @staticmethod
+    def _other(step: _Step, values: list[Any], k: int, latest: list[Any] | None,
+               life: tuple[int, Any, list[Any]] | None, now_us: int) -> bool:
+        """Put one non-window feature's value into ``values[k]``; True when it is
+        OUTSIDE_MAX_AGE."""
+        how = step.how
+        if how == _LIFETIME:
+            if life is not None:
+                values[k] = step.final(life[1])
+            return False
+        if how == _LIFETIME_LAST:
+            item = None if life is None else life[2][step.index]
+        else:
+            item = None if latest is None else latest[step.index]
+        if item is None:
+            return False
+        lt = item[1]
+        if how == _WINDOW_LAST:
+            if lt // step.tile_us > now_us // step.tile_us - step.tiles:
+                values[k] = item[0]
+        elif how == _PLAIN and step.ttl_us is not None and lt < now_us - step.ttl_us:
+            return True
+        else:
+            values[k] = item[0]
+        return False
