@@ -211,11 +211,12 @@ class Codec:
     # --- decode ---------------------------------------------------------------------------
 
     def read_windows(self, blobs: Sequence[bytes | None], with_latest: bool,
-                     groups: Sequence[Sequence[tuple[int, Sequence[tuple[int, Any]]]]],
+                     groups: Sequence[Sequence[tuple[int, Any]]],
                      rows: Sequence[list[Any]]) -> tuple[list[int], list[list[Any] | None]]:
         """The hot path of a read: walk each entity's window value once, and for each
-        requested window (``groups[section]``: (first tile index inside the window, ((output
-        position, finalizer), ...))) put its features' values into that entity's ``rows[i]``.
+        requested window (``groups[section]``: (first tile index inside the window, ``fill``))
+        put its features' values into that entity's ``rows[i]`` with ``fill(record, rows[i])``
+        (:func:`features.tiles.finalizers`).
         Returns per entity (newest event, latest items); ``NO_EVENT`` and None where the
         entity has no window value.
 
@@ -259,12 +260,10 @@ class Codec:
                         tiles_at = readers[count] = struct.Struct(
                             "<" + f"q{width - 8}x" * count).unpack_from
                     tiles = tiles_at(blob, pos)
-                    for first, finals in wanted:
+                    for first, fill in wanted:
                         p = bisect_left(tiles, first)
                         if p < count:
-                            record = unpack(blob, pos + p * width + 8)
-                            for at, final in finals:
-                                values[at] = final(record)
+                            fill(unpack(blob, pos + p * width + 8), values)
                 pos += count * width
         return newest_out, latest_out
 

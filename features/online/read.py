@@ -19,7 +19,7 @@ from typing import Any
 
 from features.definitions import Feature, FeatureView
 from features.online.codec import NO_EVENT, Codec, codec
-from features.tiles import finalize, finalizer
+from features.tiles import finalize, finalizer, finalizers
 
 PRESENT = "PRESENT"
 NULL_VALUE = "NULL_VALUE"
@@ -54,8 +54,9 @@ class ViewRead:
     others: tuple[tuple[int, _Step], ...]  # (position, step) of every other feature
 
     needs_latest: bool  # some feature reads the newest values (last)
-    # per section, its requested windows: (tile size, tiles, ((position, finalizer), ...))
-    by_section: tuple[tuple[tuple[int, int, tuple[tuple[int, Any], ...]], ...], ...]
+    # per section, its requested windows: (tile size, tiles, fill(record, values)) where fill
+    # is features.tiles.finalizers of the window's features
+    by_section: tuple[tuple[tuple[int, int, Any], ...], ...]
 
     @classmethod
     def of(cls, view: FeatureView, features: Sequence[Feature]) -> ViewRead:
@@ -76,15 +77,13 @@ class ViewRead:
                 pos = c.latest.index(c.layout.input_of(f))  # type: ignore[arg-type]
                 steps.append(_Step(f, _WINDOW_LAST, pos, w.tile_us, w.tiles, **common))
             else:
-                k = c.section_of(f)
-                common["final"] = finalizer(c.layout, f, c.sections[k].record.position)
-                steps.append(_Step(f, _WINDOW, k, w.tile_us, w.tiles, **common))
-        groups: dict[tuple[int, int, int], list[tuple[int, Any]]] = {}
+                steps.append(_Step(f, _WINDOW, c.section_of(f), w.tile_us, w.tiles, **common))
+        groups: dict[tuple[int, int, int], list[tuple[int, Feature]]] = {}
         others = []
         for k, step in enumerate(steps):
             if step.how == _WINDOW:
                 groups.setdefault((step.index, step.tile_us, step.tiles), []).append(
-                    (k, step.final))
+                    (k, step.feature))
             else:
                 others.append((k, step))
         hows = {s.how for s in steps}
@@ -93,8 +92,8 @@ class ViewRead:
                    bool(hows & {_LIFETIME, _LIFETIME_LAST}),
                    tuple(step.empty for step in steps),
                    tuple(others), bool(hows & {_PLAIN, _WINDOW_LAST}),
-                   tuple(tuple((tile, tiles, tuple(fs)) for (sec, tile, tiles), fs
-                               in groups.items() if sec == k)
+                   tuple(tuple((tile, tiles, finalizers(c.layout, fs, c.sections[k].record.position))
+                               for (sec, tile, tiles), fs in groups.items() if sec == k)
                          for k in range(len(c.sections))))
 
     def evaluate(self, windows: Sequence[bytes | None], lifetimes: Sequence[bytes | None],
@@ -108,7 +107,7 @@ class ViewRead:
         n = len(windows)
         rows = [list(self.empty) for _ in range(n)]
         if self.window:
-            groups = [tuple((now_us // tile - tiles + 1, finals) for tile, tiles, finals in g)
+            groups = [tuple((now_us // tile - tiles + 1, fill) for tile, tiles, fill in g)
                       for g in self.by_section]
             newest, latest = self.codec.read_windows(windows, self.needs_latest, groups, rows)
         else:

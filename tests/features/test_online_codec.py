@@ -213,3 +213,33 @@ def test_the_stream_decodes_many_stored_values_as_the_reference_decoder() -> Non
             entity, stored = got.sections[k]
             mine = stored[entity == i]
             assert [(int(r["tile"]), r.tobytes()[8:]) for r in mine] == rows
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_fill_per_window_equals_finalize_feature_by_feature(seed: int) -> None:
+    """The online read finalizes a window's features with one generated function
+    (tiles.finalizers); it must give what tiles.finalize gives each feature, bit for bit,
+    with nulls (an empty min, a stddev of one value) where finalize has them."""
+    from features.tiles import finalize, finalizers
+
+    rng = random.Random(seed)
+    lay = layout(VIEW)
+    record = codec(VIEW).sections[0].record
+    fill = finalizers(lay, [(k, f) for k, f in enumerate(VIEW.features)], record.position)
+    rows = [r for g in _tiles(rng, 20) for r in g]
+    for row in rows:
+        raw: list = []  # the record tuple as struct.unpack gives it: flag before a nullable
+        for column, null in zip(record.columns, record.nullable, strict=True):
+            if null:
+                raw.append(row[column] is not None)
+                raw.append(0.0 if row[column] is None else row[column])
+            else:
+                raw.append(row[column])
+        got: list = [object()] * len(VIEW.features)
+        fill(tuple(raw), got)
+        want = [finalize(lay, f, record.to_dict(raw)) for f in VIEW.features]
+        assert [repr(v) for v in got] == [repr(v) for v in want]
+    empty = finalizers(lay, [], record.position)
+    untouched = [1, 2]
+    empty((), untouched)
+    assert untouched == [1, 2]
