@@ -210,26 +210,35 @@ class Codec:
 
     # --- decode ---------------------------------------------------------------------------
 
-    def read_windows(self, blobs: Sequence[bytes | None], with_latest: bool,
-                     groups: Sequence[Sequence[tuple[int, Any]]],
-                     rows: Sequence[list[Any]]) -> tuple[list[int], list[list[Any] | None]]:
+    def window_plan(self, groups: Sequence[Sequence[tuple[int, int, Any]]]) -> tuple[Any, ...]:
+        """What :meth:`read_windows` walks, fixed per request shape: per section up to the
+        last one with a requested window (``groups[section]``: (tile size, tiles in the window,
+        ``fill``)), its record's unpack_from, its tile width, its tile-index readers and those
+        windows."""
+        last = len(groups) - 1
+        while last >= 0 and not groups[last]:
+            last -= 1
+        records = self.records
+        return tuple((records[k][1], records[k][2] + 8, self._tile_readers(k), tuple(groups[k]))
+                     for k in range(last + 1))
+
+    def read_windows(self, blobs: Sequence[bytes | None], with_latest: bool, now_us: int,
+                     plan: Sequence[Any], rows: Sequence[list[Any]]
+                     ) -> tuple[list[int], list[list[Any] | None]]:
         """The hot path of a read: walk each entity's window value once, and for each
-        requested window (``groups[section]``: (first tile index inside the window, ``fill``))
-        put its features' values into that entity's ``rows[i]`` with ``fill(record, rows[i])``
-        (:func:`features.tiles.finalizers`).
-        Returns per entity (newest event, latest items); ``NO_EVENT`` and None where the
-        entity has no window value.
+        requested window of ``plan`` (:meth:`window_plan`) put its features' values at
+        ``now_us`` into that entity's ``rows[i]`` with ``fill(record, rows[i])``
+        (:func:`features.tiles.finalizers`). Returns per entity (newest event, latest items);
+        ``NO_EVENT`` and None where the entity has no window value.
 
         One loop over every entity of the request, with nothing built per entity but the
         records it reads: per-entity calls and objects cost a third of a 100-entity read.
         """
-        head, counts, records = _HEAD.unpack_from, _COUNT.unpack_from, self.records
+        head, counts = _HEAD.unpack_from, _COUNT.unpack_from
         latest_inputs = self.latest
-        last = len(groups) - 1
-        while last >= 0 and not groups[last]:
-            last -= 1
-        plan = [(records[k][1], records[k][2] + 8, groups[k], self._tile_readers(k))
-                for k in range(last + 1)]
+        sections = [(unpack, width, readers,
+                     tuple((now_us // tile - tiles + 1, fill) for tile, tiles, fill in wanted))
+                    for unpack, width, readers, wanted in plan]
         newest_out: list[int] = []
         latest_out: list[list[Any] | None] = []
         for blob, values in zip(blobs, rows, strict=True):
@@ -251,7 +260,7 @@ class Codec:
             else:
                 latest_out.append([])
                 pos = _skip_latest(latest_inputs, blob, pos)
-            for unpack, width, wanted, readers in plan:
+            for unpack, width, readers, wanted in sections:
                 (count,) = counts(blob, pos)
                 pos += 4
                 if wanted and count:

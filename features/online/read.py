@@ -54,9 +54,10 @@ class ViewRead:
     others: tuple[tuple[int, _Step], ...]  # (position, step) of every other feature
 
     needs_latest: bool  # some feature reads the newest values (last)
-    # per section, its requested windows: (tile size, tiles, fill(record, values)) where fill
-    # is features.tiles.finalizers of the window's features
-    by_section: tuple[tuple[tuple[int, int, Any], ...], ...]
+    # Codec.window_plan of the requested windows; per section, (tile size, tiles,
+    # fill(record, values)) with fill the features.tiles.finalizers of a window's features
+    walk: tuple[Any, ...]
+    never_null: tuple[bool, ...]  # per feature: a count or sum over tiles, never null
 
     @classmethod
     def of(cls, view: FeatureView, features: Sequence[Feature]) -> ViewRead:
@@ -87,14 +88,18 @@ class ViewRead:
             else:
                 others.append((k, step))
         hows = {s.how for s in steps}
+        by_section = tuple(
+            tuple((tile, tiles, finalizers(c.layout, fs, c.sections[k].record.position))
+                  for (sec, tile, tiles), fs in groups.items() if sec == k)
+            for k in range(len(c.sections)))
         return cls(view, c, tuple(steps),
                    bool(hows & {_WINDOW, _WINDOW_LAST, _PLAIN}),
                    bool(hows & {_LIFETIME, _LIFETIME_LAST}),
                    tuple(step.empty for step in steps),
                    tuple(others), bool(hows & {_PLAIN, _WINDOW_LAST}),
-                   tuple(tuple((tile, tiles, finalizers(c.layout, fs, c.sections[k].record.position))
-                               for (sec, tile, tiles), fs in groups.items() if sec == k)
-                         for k in range(len(c.sections))))
+                   c.window_plan(by_section),
+                   tuple(s.how in (_WINDOW, _LIFETIME) and s.feature.function in ("count", "sum")
+                         for s in steps))
 
     def evaluate(self, windows: Sequence[bytes | None], lifetimes: Sequence[bytes | None],
                  now_us: int) -> tuple[list[list[Any]], list[list[str]], list[int | None]]:
@@ -107,9 +112,8 @@ class ViewRead:
         n = len(windows)
         rows = [list(self.empty) for _ in range(n)]
         if self.window:
-            groups = [tuple((now_us // tile - tiles + 1, fill) for tile, tiles, fill in g)
-                      for g in self.by_section]
-            newest, latest = self.codec.read_windows(windows, self.needs_latest, groups, rows)
+            newest, latest = self.codec.read_windows(windows, self.needs_latest, now_us,
+                                                     self.walk, rows)
         else:
             newest, latest = [NO_EVENT] * n, [None] * n
         marked: list[tuple[int, int]] = []  # (entity, feature) OUTSIDE_MAX_AGE
@@ -124,19 +128,16 @@ class ViewRead:
                         marked.append((i, k))
         values_out = list(map(list, zip(*rows, strict=True))) if rows else [
             [] for _ in self.steps]
-        statuses = [[NULL_VALUE if v is None else PRESENT for v in column]
-                    for column in values_out]
+        statuses = [[PRESENT] * n if never else [NULL_VALUE if v is None else PRESENT
+                                                 for v in column]
+                    for column, never in zip(values_out, self.never_null, strict=True)]
         for i, k in marked:
             statuses[k][i] = OUTSIDE_MAX_AGE
-        times: list[int | None] = []
-        for i, t in enumerate(newest):
-            if windows[i] is None and lifetimes[i] is None:  # no online value at all
+        for i, (window, lifetime) in enumerate(zip(windows, lifetimes, strict=True)):
+            if window is None and lifetime is None:  # no online value at all
                 for column in statuses:
                     column[i] = NOT_FOUND
-                times.append(None)
-            else:
-                times.append(None if t == NO_EVENT else t)
-        return values_out, statuses, times
+        return values_out, statuses, [None if t == NO_EVENT else t for t in newest]
 
     @staticmethod
     def _other(step: _Step, values: list[Any], k: int, latest: list[Any] | None,
