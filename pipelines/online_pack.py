@@ -64,21 +64,21 @@ def _spread(values: Any, index: Any, entities: int, empty: bytes) -> Any:
     return taken.fill_null(_lb(empty))
 
 
-def section_values(entities: int, index: Any, sec: Section, record_size: int) -> Any:
-    """Per entity, its section bytes: count (u32), then (tile, record) per tile; ``index``
-    maps each group to its entity. Entities without rows get a count of 0."""
+def section_values(entities: int, index: Any, sec: Section, record_size: int
+                   ) -> tuple[Any, Any]:
+    """Per entity, its section bytes ((tile, record) per tile) and its tile count; ``index``
+    maps each group to its entity. Entities without rows get no bytes and a count of 0."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     width = 8 + record_size
     offsets = np.append(sec.starts, sec.ends[-1] if len(sec.ends) else 0).astype(np.int64) * width
     rows = pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), len(sec.starts),
         [None, pa.py_buffer(offsets), pa.py_buffer(sec.records)])
-    counts = fixed((sec.ends - sec.starts).astype("<u4").tobytes(), 4, len(sec.starts))
-    per_group = pc.binary_join_element_wise(counts, rows, _lb(b""))
-    return _spread(per_group, index, entities, b"\x00\x00\x00\x00")
+    counts = np.zeros(entities, np.int64)
+    counts[index] = sec.ends - sec.starts
+    return _spread(rows, index, entities, b""), counts
 
 
 def latest_values(inputs: Sequence[Input], latest: Latest | None, entities: int,
@@ -127,11 +127,25 @@ def numbers(column: Any) -> Any:
 
 
 def head_values(newest: Any) -> Any:
-    """version (u8) and newest event time (i64) per entity."""
+    """version (u8) and newest event time (i64) per entity: the lifetime value's head."""
     import numpy as np
 
     head = np.zeros(len(newest), np.dtype([("v", "u1"), ("t", "<i8")]))
     head["v"], head["t"] = VERSION, newest
+    return fixed(head.tobytes(), head.dtype.itemsize, len(newest))
+
+
+def window_head_values(newest: Any, latest_bytes: Any, counts: Sequence[Any]) -> Any:
+    """The window value's head per entity (``Codec.head``): version, newest event time, size
+    of the latest section, tile count per section."""
+    import numpy as np
+
+    fields = [("v", "u1"), ("t", "<i8"), ("n", "<u4")]
+    fields += [(f"c{k}", "<u4") for k in range(len(counts))]
+    head = np.zeros(len(newest), np.dtype(fields))
+    head["v"], head["t"], head["n"] = VERSION, newest, latest_bytes
+    for k, count in enumerate(counts):
+        head[f"c{k}"] = count
     return fixed(head.tobytes(), head.dtype.itemsize, len(newest))
 
 
@@ -149,16 +163,21 @@ def window_blobs(cod: Codec, entities: int,
                  sections: Sequence[tuple[int, tuple[Any, Section]]],
                  latest: Latest | None, latest_index: Any, newest: Any) -> Any:
     """Every entity's window value (Arrow binary), in entity order."""
-    parts = [head_values(newest)]
-    parts += latest_values(cod.latest, latest, entities, latest_index)
-    by_section: dict[int, Any] = dict.fromkeys(range(len(cod.sections)))
+    import numpy as np
+    import pyarrow.compute as pc
+
+    latest_parts = latest_values(cod.latest, latest, entities, latest_index)
+    latest_bytes = np.zeros(entities, np.int64)
+    for part in latest_parts:
+        latest_bytes += pc.binary_length(part).to_numpy(zero_copy_only=False)
+    counts: list[Any] = [np.zeros(entities, np.int64)] * len(cod.sections)
+    section_parts = []
     for k, (index, sec) in sections:
-        by_section[k] = section_values(entities, index, sec, cod.sections[k].record.size)
-    for arr in by_section.values():
-        if arr is None:  # no rows of this size at all: a count of 0 per entity
-            arr = fixed(bytes(4 * entities), 4, entities)
-        parts.append(arr)
-    return join(parts)
+        values, counts[k] = section_values(entities, index, sec, cod.sections[k].record.size)
+        section_parts.append((k, values))
+    # sections without rows at all add no bytes: their count is 0 for every entity
+    return join([window_head_values(newest, latest_bytes, counts), *latest_parts,
+                 *(values for _, values in sorted(section_parts, key=lambda kv: kv[0]))])
 
 
 def resp_set(keys: Any, blobs: Any, expire_ms: Any) -> Any:
@@ -216,4 +235,4 @@ def _lb(data: bytes) -> Any:
 
 __all__ = ["NO_EVENT", "Latest", "Section", "bulk", "fixed", "head_values", "join",
            "latest_values", "lb_array", "numbers", "resp_set", "section_values", "span",
-           "window_blobs"]
+           "window_blobs", "window_head_values"]

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from features.definitions import FeatureView
 from features.online.codec import (
     _CODES,
-    _COUNT,
     _HEAD,
+    COUNTS_AT,
     NO_EVENT,
     NUMPY_CODES,
     VERSION,
@@ -192,7 +192,8 @@ class _Stored:
                 raise ValueError(f"online value of view {cod.view.name!r} has version {bad}, "
                                  f"expected {VERSION} (re-materialize)")
             self.newest[have] = _read(data, pos + 1, "<i8")
-        pos = pos + _HEAD.size
+        first = pos
+        pos = pos + cod.head.size
         self.latest = []
         for inp in cod.latest:
             flag = data[pos] != 0
@@ -215,11 +216,9 @@ class _Stored:
                 pos = np.where(flag, start + np.dtype(code).itemsize, pos + 1)
             self.latest.append(_Latest(present, at, seq, values))
         self.sections = []
-        first = offsets[have]
-        for sec in cod.sections:
+        for j, sec in enumerate(cod.sections):
             dtype = row_dtype(sec.record)
-            count = _read(data, pos, "<u4").astype(np.int64)
-            pos = pos + _COUNT.size
+            count = _read(data, first + COUNTS_AT + 4 * j, "<u4").astype(np.int64)
             size = count * dtype.itemsize
             # whole slices of each value (a memcpy each) beat a gather byte by byte here
             rows = np.frombuffer(b"".join([
