@@ -240,9 +240,8 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
             values_out[slot] = vals[j]
             statuses[slot] = stats[j]
             times[slot] = list(newest)
-    for s, dtype in enumerate(plan.dtypes):
-        if dtype == "timestamp":  # stored as µs since the epoch
-            values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
+    for s in plan.timestamps:  # stored as µs since the epoch
+        values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
     entities = {k: list(columns[k]) for k in plan.join_keys}
     return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times)
 
@@ -253,9 +252,7 @@ def _per_entity(blobs: list[bytes | None], start: int,
     for every entity when ``start`` is -1: not fetched)."""
     if start < 0:
         return [None] * len(tags)
-    found = sum(t is not None for t in tags)
-    fetched = blobs[start:start + found]
-    if found == len(tags):
-        return fetched
-    it = iter(fetched)
+    if None not in tags:
+        return blobs[start:start + len(tags)]
+    it = iter(blobs[start:start + len(tags) - tags.count(None)])
     return [None if t is None else next(it) for t in tags]

@@ -189,7 +189,11 @@ class Codec:
     def head(self) -> struct.Struct:
         """The window value's head: version, newest event, latest section bytes, tile count
         per section."""
-        return _window_head(len(self.sections))
+        head = self.__dict__.get("_head")
+        if head is None:
+            head = _window_head(len(self.sections))
+            object.__setattr__(self, "_head", head)
+        return head
 
     def section_of(self, feature: Feature) -> int:
         assert feature.window is not None
@@ -229,14 +233,14 @@ class Codec:
     def window_plan(self, groups: Sequence[Sequence[tuple[int, int, Any]]]) -> tuple[Any, ...]:
         """What :meth:`read_windows` walks, fixed per request shape: per section up to the
         last one with a requested window (``groups[section]``: (tile size, tiles in the window,
-        ``fill``)), its record's unpack_from, its tile width, its tile-index readers and those
-        windows."""
+        ``fill``)), the place of its tile count in the head, its record's unpack_from, its tile
+        width, its tile-index readers and those windows."""
         last = len(groups) - 1
         while last >= 0 and not groups[last]:
             last -= 1
         records = self.records
-        return tuple((records[k][1], records[k][2] + 8, self._tile_readers(k), tuple(groups[k]))
-                     for k in range(last + 1))
+        return tuple((3 + k, records[k][1], records[k][2] + 8, self._tile_readers(k),
+                      tuple(groups[k])) for k in range(last + 1))
 
     def read_windows(self, blobs: Sequence[bytes | None], with_latest: bool, now_us: int,
                      plan: Sequence[Any], rows: Sequence[list[Any]]
@@ -253,9 +257,12 @@ class Codec:
         head = self.head
         unpack_head, start = head.unpack_from, head.size
         latest_inputs = self.latest if with_latest else ()
-        sections = [(3 + k, unpack, width, readers,
-                     tuple((now_us // tile - tiles + 1, fill) for tile, tiles, fill in wanted))
-                    for k, (unpack, width, readers, wanted) in enumerate(plan)]
+        sections = []  # plain loops: a comprehension or generator is a call per request
+        for at, unpack, width, readers, wanted in plan:
+            firsts = []
+            for tile, tiles, fill in wanted:
+                firsts.append((now_us // tile - tiles + 1, fill))
+            sections.append((at, unpack, width, readers, firsts))
         newest_out: list[int] = []
         latest_out: list[list[Any] | None] = []
         for blob, values in zip(blobs, rows, strict=True):

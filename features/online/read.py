@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from features.definitions import Feature, FeatureView
@@ -110,7 +111,7 @@ class ViewRead:
         newest event time (None when it has no online value or no event).
         """
         n = len(windows)
-        rows = [list(self.empty) for _ in range(n)]
+        rows = list(map(list, repeat(self.empty, n)))  # per entity, its features' values
         if self.window:
             newest, latest = self.codec.read_windows(windows, self.needs_latest, now_us,
                                                      self.walk, rows)
@@ -128,16 +129,22 @@ class ViewRead:
                         marked.append((i, k))
         values_out = list(map(list, zip(*rows, strict=True))) if rows else [
             [] for _ in self.steps]
-        statuses = [[PRESENT] * n if never else [NULL_VALUE if v is None else PRESENT
-                                                 for v in column]
-                    for column, never in zip(values_out, self.never_null, strict=True)]
+        # Plain loops and C-level `in` tests: each comprehension is a call, and a 1-entity
+        # read is made of little else.
+        statuses = []
+        for column, never in zip(values_out, self.never_null, strict=True):
+            statuses.append([PRESENT] * n if never else
+                            [NULL_VALUE if v is None else PRESENT for v in column])
         for i, k in marked:
             statuses[k][i] = OUTSIDE_MAX_AGE
-        for i, (window, lifetime) in enumerate(zip(windows, lifetimes, strict=True)):
-            if window is None and lifetime is None:  # no online value at all
-                for column in statuses:
-                    column[i] = NOT_FOUND
-        return values_out, statuses, [None if t == NO_EVENT else t for t in newest]
+        if None in windows:
+            for i, (window, lifetime) in enumerate(zip(windows, lifetimes, strict=True)):
+                if window is None and lifetime is None:  # no online value at all
+                    for column in statuses:
+                        column[i] = NOT_FOUND
+        if NO_EVENT in newest:
+            return values_out, statuses, [None if t == NO_EVENT else t for t in newest]
+        return values_out, statuses, newest  # type: ignore[return-value]
 
     @staticmethod
     def _other(step: _Step, values: list[Any], k: int, latest: list[Any] | None,

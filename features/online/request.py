@@ -75,6 +75,7 @@ class Plan:
     view_keys: tuple[tuple[int, ...], ...]  # per read: positions of its join keys
     key_parts: tuple[tuple[str, str, str], ...]  # per read: (head, tail, lifetime suffix)
     dtypes: tuple[str, ...]  # output type per name
+    timestamps: tuple[int, ...]  # output positions of timestamp values (µs in Redis)
 
     @classmethod
     def of(cls, project: str, pairs: Sequence[tuple[FeatureView, Feature]],
@@ -110,7 +111,8 @@ class Plan:
             for f, pos in zip(feats, positions, strict=True):
                 dtypes[pos] = view.output_dtype(f)
         return cls(tuple(names), tuple(reads), tuple(slots), tuple(join_keys), key_types,
-                   tuple(view_keys), tuple(key_parts), tuple(dtypes))
+                   tuple(view_keys), tuple(key_parts), tuple(dtypes),
+                   tuple(k for k, dtype in enumerate(dtypes) if dtype == "timestamp"))
 
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
         """(row count, join key -> values) of the entity rows, checked against the key types."""
