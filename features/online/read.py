@@ -55,8 +55,8 @@ class ViewRead:
     others: tuple[tuple[int, _Step], ...]  # (position, step) of every other feature
 
     needs_latest: bool  # some feature reads the newest values (last)
-    # Codec.window_plan of the requested windows; per section, (tile size, tiles,
-    # fill(record, values)) with fill the features.tiles.finalizers of a window's features
+    # Codec.window_plan of the requested windows: what read_windows walks, and per window
+    # (tile size, tiles, fill) with fill the features.tiles.finalizers of its features
     walk: tuple[Any, ...]
     never_null: tuple[bool, ...]  # per feature: a count or sum over tiles, never null
 

@@ -243,3 +243,21 @@ def test_one_fill_per_window_equals_finalize_feature_by_feature(seed: int) -> No
     untouched = [1, 2]
     empty((), untouched)
     assert untouched == [1, 2]
+
+
+def test_a_value_of_another_format_is_refused_with_the_view_and_both_versions() -> None:
+    """A window value written in another byte format is never decoded: the read names the
+    view, the version it found and the one it reads, and says to re-materialize."""
+    from features.online.codec import VERSION
+    from features.online.read import ViewRead
+
+    c = codec(VIEW)
+    blob = c.encode_window(1_000, c.encode_latest(c.latest, [None] * len(c.latest)),
+                           [[] for _ in c.sections])
+    read = ViewRead.of(VIEW, VIEW.features)
+    values, statuses, _ = read.evaluate([blob], [None], 2_000)
+    assert values[0] == [0] and statuses[0] == ["PRESENT"]  # n: an empty window, but known
+    old = bytes([VERSION - 1]) + blob[1:]
+    with pytest.raises(ValueError, match=rf"view 'v' has version {VERSION - 1}, expected "
+                                         rf"{VERSION} \(re-materialize\)"):
+        read.evaluate([blob, old], [None, None], 2_000)
