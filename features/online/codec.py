@@ -114,12 +114,14 @@ class Record:
         return out
 
 
-COUNTS_AT = struct.calcsize("<BqI")  # where the window head's tile counts start (u32 each)
+_WINDOW_HEAD = "<BqI"  # version, newest event, latest part's bytes; then a u32 count a section
+COUNTS_AT = struct.calcsize(_WINDOW_HEAD)  # byte offset of the first tile count
+_FIRST_COUNT = len(_WINDOW_HEAD) - 1  # its index in the unpacked head
 
 
 @cache
 def _window_head(sections: int) -> struct.Struct:
-    return struct.Struct("<BqI" + "I" * sections)
+    return struct.Struct(_WINDOW_HEAD + "I" * sections)
 
 
 @cache
@@ -239,8 +241,8 @@ class Codec:
         while last >= 0 and not groups[last]:
             last -= 1
         records = self.records
-        return tuple((3 + k, records[k][1], records[k][2] + 8, self._tile_readers(k),
-                      tuple(groups[k])) for k in range(last + 1))
+        return tuple((_FIRST_COUNT + k, records[k][1], records[k][2] + 8,
+                      self._tile_readers(k), tuple(groups[k])) for k in range(last + 1))
 
     def read_windows(self, blobs: Sequence[bytes | None], with_latest: bool, now_us: int,
                      plan: Sequence[Any], rows: Sequence[list[Any]]
