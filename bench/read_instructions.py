@@ -30,11 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-REPO = ROOT / ".tessera" / "bench" / "online" / "repo"
+from bench.online import FEATURES, WORK  # noqa: E402  (the repo and features it measures)
+
+REPO = WORK / "repo"
+
 REPLY = ROOT / ".tessera" / "bench" / "read_instructions" / "reply.pkl"
-FEATURES = ["txn_count_1h", "txn_count_1d", "txn_count_7d", "spend_eur_1h", "spend_eur_1d",
-            "spend_eur_7d", "spend_eur_mean_7d", "spend_eur_max_7d", "spend_eur_std_7d",
-            "online_txn_count_7d"]
 REFS = [f"user_spend:{f}" for f in FEATURES]
 NOW_US = 1_796_000_000_000_000  # fixed: the same windows in every run
 

@@ -23,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1] / ".tessera" / "bench" / "online" / "repo"
-FEATURES = ["txn_count_1h", "txn_count_1d", "txn_count_7d", "spend_eur_1h", "spend_eur_1d",
-            "spend_eur_7d", "spend_eur_mean_7d", "spend_eur_max_7d", "spend_eur_std_7d",
-            "online_txn_count_7d"]
+from bench.online import FEATURES, WORK
+
+REPO = WORK / "repo"
+
 MAX_SECONDS = 30.0  # per measurement, whatever --calls says
 
 

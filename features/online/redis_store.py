@@ -104,17 +104,14 @@ class RedisOnline:
             parts.append(b"$%d\r\n%b\r\n" % (len(k), k))
         command = b"".join(parts)
         counted = self.spin_s > 0
-        spin = counted and _IN_FLIGHT.enter()
+        spin_s = self.spin_s if counted and _IN_FLIGHT.enter() else 0.0
         try:
             for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
                 conn = self._connection()
-                try:
-                    if spin:
-                        reply: list[bytes | None] = call_spinning(conn, command, self._reader(),
-                                                                  self.spin_s)
-                        return reply
-                    conn.send_packed_command([command], check_health=False)
-                    return conn.read_response()
+                try:  # one read path, polling or not (spin_s 0: it blocks at once)
+                    reply: list[bytes | None] = call_spinning(conn, command, self._reader(),
+                                                              spin_s)
+                    return reply
                 except self._errors as e:
                     conn.disconnect()
                     self._local.reader = None  # it may hold part of a reply
