@@ -219,10 +219,11 @@ class StreamConsumer:
             until_idle_s: float | None = None, status: Callable[[str], None] | None = None,
             handle_signals: bool = True) -> StreamSummary:
         """Consume until SIGTERM/SIGINT, or ``max_events`` / ``max_seconds`` /
-        ``until_idle_s`` (bounded runs for demos, tests and benchmarks): nothing left for this
-        process that long, i.e. the group gave it its partitions (none is fine), every one is
-        read to its end offset and written, and no event came since. A rebalance starts the
-        count again once the new assignment is read to its end."""
+        ``until_idle_s`` (bounded runs for demos, tests and benchmarks): nothing left to do
+        that long, i.e. the group gave this process its partitions (none is fine), every one is
+        read to its end offset and written, the group committed every partition of the topics
+        to its end offset (a killed member's too, once its session ended and the group moved
+        them), and no event came since. A rebalance starts the count again."""
         summary = StreamSummary()
         if handle_signals:
             signal.signal(signal.SIGTERM, self.stop)
@@ -259,9 +260,10 @@ class StreamConsumer:
                     else:  # committed once landed, while the next batch is applied
                         lander.submit(land, offsets)
                     last_event = time.monotonic()  # idle counts from the end of the work
-                elif lander is not None and fetcher.idle_since is not None:
+                elif lander is not None and fetcher.quiet:
                     lander.flush()  # a quiet stream lands now, not after land_every_ms (a
-                    # flush with nothing waiting is skipped by the lander)
+                    # flush with nothing waiting is skipped by the lander); its commits are
+                    # what the group-wide idle check waits for
                 self.metrics.lag(fetcher.lag)
                 if status is not None and time.monotonic() - last_status >= \
                         self.settings.status_every_s:

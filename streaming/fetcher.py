@@ -18,9 +18,13 @@ polled but not handed over yet is dropped (neither written nor committed: read a
 python 3 calls the rebalance listener on its IO thread, which also sends the heartbeats and may
 not make blocking consumer calls: the waiting and the commit there are awaited, not blocking.
 
-``idle_since`` tells a bounded run (``--until-idle``) when nothing is left for this process:
-the group has given it its partitions (maybe none) and every one of them is read up to its end
-offset, with nothing fetched since. A rebalance or any fetched event resets it.
+``idle_since`` tells a bounded run (``--until-idle``) when nothing is left to do: the group has
+given this process its partitions (maybe none), every one of them is read up to its end offset,
+with nothing fetched since, and the group has committed every partition of the topics up to its
+end offset. The last part matters after a crash: a member killed with ``kill -9`` keeps its
+partitions until its session times out (10 s), and a run that stopped once its own partitions
+were read would leave the dead member's events unlanded (they were applied online by the killed
+process, never committed). A rebalance or any fetched event resets it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Any
 
 log = logging.getLogger("tessera.stream")
 
+DRAINED_EVERY_S = 0.5  # how often an idle process asks whether the whole group is done
+
 
 class Fetcher(threading.Thread):
     """Polls micro-batches into ``batches`` (at most one waiting); commits what ``done`` gets."""
@@ -46,6 +52,7 @@ class Fetcher(threading.Thread):
         self.hungry = threading.Event()  # the main thread waits for a batch
         self.error: BaseException | None = None
         self.idle_since: float | None = None  # see the module docstring
+        self.quiet = False  # this process's partitions are read to their end: land what waits
         self.on_revoke: Callable[[], None] | None = None  # e.g. land what waits, now
         self.lag: dict[tuple[str, int], int] = {}
         self._joined = False  # the group gave us our partitions and no rebalance began since
@@ -56,6 +63,8 @@ class Fetcher(threading.Thread):
         self._max_events, self._max_ms, self._limit = max_events, max_ms, limit
         self._fetched = 0
         self._caught_up = False
+        self._drained = False  # the whole group's commits reach the end offsets
+        self._drained_checked = 0.0
         self.consumer = make_consumer(self)
 
     # --- called by the consumer's rebalance listener, on kafka-python's IO thread -----------
@@ -65,6 +74,7 @@ class Fetcher(threading.Thread):
         then commit. Never blocks the IO thread: heartbeats go on meanwhile."""
         self._joined = False
         self.idle_since = None
+        self._drained, self._drained_checked = False, 0.0
         self._rebalances += 1
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -219,10 +229,37 @@ class Fetcher(threading.Thread):
         self.lag = lag
 
     def _update_idle(self, fetched: bool) -> None:
-        if fetched or not self._joined or not self._caught_up:
+        if fetched:
+            self._drained = False  # asked again once these are committed
+            self._drained_checked = 0.0
+        self.quiet = not fetched and self._joined and self._caught_up
+        if not self.quiet or not self._group_drained():
             self.idle_since = None
         elif self.idle_since is None:
             self.idle_since = time.monotonic()
+
+    def _group_drained(self) -> bool:
+        """Every partition of the subscribed topics committed by the group up to its end offset
+        (asked of the broker at most every ``DRAINED_EVERY_S``, only once this process is read
+        to its own end)."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        now = time.monotonic()
+        if now - self._drained_checked < DRAINED_EVERY_S:
+            return self._drained
+        self._drained_checked = now
+        consumer = self.consumer
+        tps = [TopicPartition(topic, p) for topic in sorted(consumer.subscription() or ())
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        try:
+            ends = consumer.end_offsets(tps)
+            self._drained = bool(tps) and all(
+                (consumer.committed(tp, timeout_ms=5_000) or 0) >= ends[tp] for tp in tps)
+        except KafkaError as e:  # asked again next round
+            log.debug("group offsets unavailable: %s: %s", type(e).__name__, e)
+            self._drained = False
+        return self._drained
 
     def idle(self) -> float | None:
         """Since when nothing was left for this process to read or write (main thread), or

@@ -259,8 +259,9 @@ def stream_cmd(
     max_seconds: Annotated[float | None, typer.Option(min=0, help="Stop after this long.")]
     = None,
     until_idle: Annotated[float | None, typer.Option(
-        min=0, help="Stop once no event came for this many seconds (counted once the group "
-             "gave this process its partitions).")] = None,
+        min=0, help="Stop once no event came for this many seconds, counted once this "
+             "process read its partitions to the end and the group committed every partition "
+             "(a killed member's are waited for: its session ends in 10 s).")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (default kafka."
                                               "consumer_group, per view selection).")] = None,
     metrics_port: Annotated[int | None, typer.Option(

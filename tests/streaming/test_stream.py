@@ -5,6 +5,7 @@ restarts, SIGTERM)."""
 from __future__ import annotations
 
 import random
+import re
 import signal
 import threading
 import time
@@ -198,6 +199,38 @@ def test_kill_9_at_random_points_then_restart_gives_the_batch_result(
     landed = sum(1 for _ in (repo.cfg.resolve(repo.cfg.offline.path) / "landed").rglob(
         "*.parquet"))
     assert landed > 0
+
+
+def assigned_partitions(log: str) -> set[int]:
+    """The partitions the last "partitions assigned" line of a stream log names."""
+    text = last_assignment(log).partition("partitions revoked")[0]
+    return {int(p) for p in re.findall(r"\[(\d+)\]", text)}
+
+
+def test_until_idle_waits_for_the_partitions_a_killed_member_still_holds(
+        new_repo: Callable[..., StreamRepo]) -> None:
+    """A member killed with kill -9 keeps its partitions until its session ends (10 s). A bounded
+    run beside it must not stop once its own partitions are read: the dead member's events (in a
+    real crash: applied online, not yet landed) would wait for a member that never comes."""
+    repo = new_repo(rows=20_000, stream="max_batch_events: 2000")
+    doomed = repo.cli()  # unbounded
+    assert wait_for_logs(repo, "partitions assigned: t-", 1, timeout_s=180), logs_of(repo)
+    bounded = repo.cli("--until-idle", "3")
+    deadline = time.monotonic() + 180
+    while True:  # the group split the six partitions between the two
+        held = [assigned_partitions(log) for log in logs_of(repo)]
+        if len(held) == 2 and all(held) and not held[0] & held[1] and \
+                len(held[0] | held[1]) == 6:
+            break
+        assert time.monotonic() < deadline, logs_of(repo)
+        time.sleep(0.2)
+    doomed.kill()
+    doomed.wait(timeout=30)
+    repo.produce()
+    assert bounded.wait(timeout=240) == 0, logs_of(repo)
+    log = next(log for log in logs_of(repo) if "streamed" in log)
+    assert "streamed 20,000 events" in log, log  # its own partitions and the dead member's
+    assert repo.mismatches(datetime.now(UTC)) == []
 
 
 def test_two_consumer_processes_end_in_the_same_state_as_one(
