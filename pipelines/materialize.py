@@ -142,12 +142,14 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     values = _snapshot(cfg, base, manifest.version, now_us, wanted, summary)
     if values is None:
         values = ob.build(ob.Reader(view, base, manifest, entities), cod, now_us)
-    gone: list[str] = []
+    gone: tuple[list[str], list[str]] = ([], [])  # entities left without a window / lifetime
     if wanted is not None:
         import pyarrow.compute as pc
 
-        gone = wanted.filter(pc.invert(pc.is_in(wanted, value_set=values.window_tags))
-                             ).to_pylist()
+        def missing(tags: Any) -> list[str]:
+            return wanted.filter(pc.invert(pc.is_in(wanted, value_set=tags))).to_pylist()
+
+        gone = (missing(values.window_tags), missing(values.lifetime_tags))
     written, deleted = _write(online, project, view, fp, cod, values, gone, now_us, progress)
     _save_state(online, state_key, manifest, at_us)
     summary.entities = values.entities
@@ -178,16 +180,21 @@ def _chunks(rows: int) -> Any:
 
 
 def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: Codec,
-           values: ob.Values, gone: Sequence[str], now_us: int,
+           values: ob.Values, gone: tuple[Sequence[str], Sequence[str]], now_us: int,
            progress: Progress | None) -> tuple[int, int]:
-    """SET every entity's values (DEL those with nothing left), in pipelined chunks."""
+    """SET every entity's values, in pipelined chunks; DEL the window values of ``gone[0]``
+    and of those that expired by ``now_us``, and the lifetime values of ``gone[1]``."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     head, tail = K.prefix(project, view.name, fp)
     written = deleted = 0
-    deletes = [head + t + tail for t in gone]
+    # a window value that expired (its last tile left the longest window) goes; the entity's
+    # lifetime value stays
+    deletes = [head + t + tail for t in gone[0]]
+    if cod.lifetime is not None:
+        deletes += [head + t + tail + ":L" for t in gone[1]]
     total = len(values.window_tags) + len(values.lifetime_tags)
     batches: list[tuple[Any, Any, Any]] = []  # (keys, blobs, expire ms; -1 never)
     if values.window_blobs is not None:
@@ -195,10 +202,12 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
         expire = values.expire_us
         alive = (expire < 0) | (expire > now_us)
         dead = np.flatnonzero(~alive)
-        deletes += keys.take(pa.array(dead)).to_pylist()
-        keep = pa.array(alive)
-        batches.append((keys.filter(keep), values.window_blobs.filter(keep),
-                        np.where(expire[alive] < 0, -1, _ms(expire[alive]))))
+        blobs = values.window_blobs
+        if len(dead):  # a filter copies every blob: only when some value has expired
+            deletes += keys.take(pa.array(dead)).to_pylist()
+            keep = pa.array(alive)
+            keys, blobs, expire = keys.filter(keep), blobs.filter(keep), expire[alive]
+        batches.append((keys, blobs, np.where(expire < 0, -1, _ms(expire))))
     if values.lifetime_blobs is not None:
         keys = pc.binary_join_element_wise(head, values.lifetime_tags, tail + ":L", "")
         batches.append((keys, values.lifetime_blobs,
@@ -224,8 +233,6 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
 
             written += online.write_packed(sent())
     if deletes:
-        if cod.lifetime is not None:
-            deletes += [k + ":L" for k in deletes if not k.endswith(":L")]
         online.write((), deletes)
         deleted = len(deletes)
     if progress is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from features.windows import to_micros
 from pipelines import materialize as mat
 from pipelines.batch import run
 from tests.online.private_redis import PrivateRedis
-from tests.online.repo import build, today
+from tests.online.repo import build, equal, historical, today
 
 
 def state(store: FeatureStore) -> dict[str, tuple[bytes, bool]]:
@@ -247,3 +248,38 @@ def test_kill_9_mid_run_then_a_rerun_gives_the_clean_state(tmp_path: Path) -> No
         store.close()
     finally:
         server.stop(save=False)
+
+
+@pytest.mark.parametrize("rerun", [False, True], ids=["old-values", "batch-rerun-late"])
+def test_values_that_expired_by_the_run_are_deleted_and_reads_stay_exact(
+        fresh: FeatureStore, rerun: bool) -> None:
+    """Materialized again when some entities' last event has left the longest window (30 d):
+    their window values are deleted, not written; lifetime values stay; every read at that
+    instant still equals the point-in-time read. The values come from a batch run at midnight
+    (expired ones are among them) or from one run late (expired ones are left out of it)."""
+    materialize(fresh)  # at midnight: every entity has a live value
+    lifetimes = {k for k in state(fresh) if k.endswith(":L")}
+    late = today() + timedelta(days=29, hours=20)
+    if rerun:
+        run(fresh.config, views(fresh), "polars", show_progress=False, now_us=to_micros(late))
+    again = mat.materialize(fresh.config, views(fresh), fresh.online, now_us=to_micros(late),
+                            start="2000-01-01", end="2100-01-01", show_progress=False)
+    assert all(m.keys_deleted > 0 for m in again), again  # some went quiet long enough
+    after = state(fresh)
+    window_keys = [k for k in after if not k.endswith(":L")]
+    assert 0 < len(window_keys) < sum(m.entities for m in again)  # ...and some did not
+    client = fresh.online.client
+    assert all(client.pexpiretime(k) > to_micros(late) // 1000 for k in window_keys)
+    assert {k for k in after if k.endswith(":L")} == lifetimes
+    data = fresh.config.resolve(Path("data/transactions"))
+    events = pl.read_parquet(data, hive_partitioning=False)
+    for view, key in (("user_spend", "user_id"), ("merchant_activity", "merchant_id")):
+        keys = events[key].unique().sort().to_list()
+        fv = fresh.definitions.views[view]
+        got = fresh.get_online_features([f"{view}:{f.name}" for f in fv.features],
+                                        [{key: k} for k in keys], now=late).to_dict()
+        want = historical(fresh, view, key, keys, late)
+        bad = [(f.name, k, got[f.name][i], want[f.name][i]) for f in fv.features
+               for i, k in enumerate(keys) if not equal(f.function, got[f.name][i],
+                                                          want[f.name][i])]
+        assert bad == [], bad[:5]
