@@ -213,8 +213,12 @@ def load(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Values
     if wanted is not None:
         table = table.filter(pc.is_in(table.column("tag"), value_set=wanted))
     life = table.column("lifetime").combine_chunks()
-    window = table.filter(pc.invert(life))
-    lifetime = table.filter(life)
+    lifetimes = pc.sum(life).as_py() or 0
+    # a filter copies every blob (~1 KB an entity); most views have one kind of row only
+    window = (table if not lifetimes else table.slice(0, 0) if lifetimes == len(life)
+              else table.filter(pc.invert(life)))
+    lifetime = (table.slice(0, 0) if not lifetimes else table if lifetimes == len(life)
+                else table.filter(life))
 
     def col(t: Any, name: str) -> Any:
         return t.column(name).combine_chunks()
