@@ -558,7 +558,7 @@ class ServerProcess:
     ``GET /health``, ``stop`` (also at exit, and leaving a ``with``) always ends it."""
 
     label = "server"
-    healthy = (200,)
+    healthy: tuple[int, ...] = (200,)
     poll_s = 0.25
 
     url: str

@@ -68,8 +68,8 @@ def http_latency(url: str, feature_refs: Sequence[str], join_key: str,
     more than Tessera's server does, so it caps req/s and hides server differences; the stdlib
     client costs a fraction of that. Compare two servers with the same client only.
     """
-    if client not in ("httpx", "stdlib"):
-        raise ValueError(f"client must be 'httpx' or 'stdlib', got {client!r}")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
     bodies = [json.dumps({"features": list(feature_refs), "entities": {join_key: b},
                           "full_feature_names": full_feature_names}).encode()
               for b in _batches(entity_ids, batch, min(iterations, 20_000), seed)]
@@ -78,7 +78,7 @@ def http_latency(url: str, feature_refs: Sequence[str], join_key: str,
         headers["authorization"] = f"Bearer {token}"
     is_get = path == "/health"
 
-    open_client = _httpx_client if client == "httpx" else _stdlib_client
+    open_client = CLIENTS[client]
     with open_client(url, path, headers, is_get) as call:
         first = call(bodies[0])
         if not is_get and check is not None:
@@ -173,6 +173,62 @@ def _stdlib_client(url: str, path: str, headers: dict[str, str],
         yield call
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def _raw_client(url: str, path: str, headers: dict[str, str],
+                is_get: bool) -> Iterator[Callable[[bytes], bytes]]:
+    """HTTP/1.1 keep-alive on a bare socket, as load tools such as wrk do: the request written
+    in one ``sendall``, the response read by its ``Content-Length``. ``http.client`` parses
+    every response's headers with the ``email`` package; that client-side cost lands in both
+    servers' latencies alike and hides their difference (bench/http_client.py --clients)."""
+    import re
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    sock = socket.create_connection((host, port), timeout=30.0)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"{'GET' if is_get else 'POST'} {path} HTTP/1.1\r\nhost: {host}:{port}\r\n{lines}"
+    length = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+
+    def call(body: bytes) -> bytes:
+        sock.sendall(f"{head}\r\n".encode() if is_get else
+                     f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+        buf = b""
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            buf += _recv(sock)
+        header, rest = buf[:end + 2], buf[end + 4:]
+        m = length.search(header)
+        if m is None:
+            raise RuntimeError(f"{path}: no Content-Length (this client reads no chunked "
+                               f"responses): {header[:300]!r}")
+        n = int(m.group(1))
+        while len(rest) < n:
+            rest += _recv(sock)
+        if len(rest) > n:
+            raise RuntimeError(f"{path}: {len(rest) - n} bytes past the response body")
+        status = int(header[9:12])
+        if status != 200:
+            raise RuntimeError(f"{path}: HTTP {status}: {rest[:500]!r}")
+        return rest
+
+    try:
+        yield call
+    finally:
+        sock.close()
+
+
+def _recv(sock: Any) -> bytes:
+    chunk = sock.recv(1 << 16)
+    if not chunk:
+        raise RuntimeError("the server closed the connection")
+    return chunk
+
+
+CLIENTS = {"httpx": _httpx_client, "stdlib": _stdlib_client, "raw": _raw_client}
 
 
 def all_present(min_present: float = 0.5) -> Check:
@@ -314,7 +370,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--token", default=os.environ.get("TESSERA_BENCH_TOKEN"))
-    parser.add_argument("--client", choices=("httpx", "stdlib"), default="httpx")
+    parser.add_argument("--client", choices=tuple(CLIENTS), default="httpx")
     parser.add_argument("--feast-entities", type=int, default=0,
                         help="also measure `feast serve` on this many synthetic entities, "
                              "interleaved with tessera serve (imports Feast, ~15 s)")

@@ -86,9 +86,10 @@ def make_repo(folder: Path, rows: int, redis_url: str) -> Any:
     return store
 
 
-def tessera_materialize(store: Any, rounds: int = 3) -> dict[str, Any]:
+def tessera_materialize(store: Any, rounds: int = 5) -> dict[str, Any]:
     """Full materializations from an empty Redis, alternating the two sources: the batch run's
-    snapshot (the default) and the tiles (snapshots off); the median run of each."""
+    snapshot (the default) and the tiles (snapshots off); the median run of each (five runs:
+    on this shared box one run in three or four takes twice the others)."""
     from features.online import keys as K
     from pipelines.materialize import materialize
 
@@ -100,8 +101,9 @@ def tessera_materialize(store: Any, rounds: int = 3) -> dict[str, Any]:
     configs = {"snapshot": store.config, "tiles": tiles_cfg}
 
     def emptied() -> None:
-        for key in client.scan_iter("onlinebench:*", count=10_000):
-            client.delete(key)
+        keys = list(client.scan_iter("onlinebench:*", count=10_000))
+        for lo in range(0, len(keys), 1000):  # one DEL per key took ~8 s a round
+            client.delete(*keys[lo:lo + 1000])
         client.delete(state)
 
     # A first full run of each source pays the imports (numpy, pyarrow.compute, pandas via
@@ -180,7 +182,7 @@ def main() -> None:
     parser.add_argument("--redis-port", type=int, default=6390)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-http", action="store_true")
-    parser.add_argument("--http-client", choices=["stdlib", "httpx"], default="stdlib")
+    parser.add_argument("--http-client", choices=["raw", "stdlib", "httpx"], default="raw")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -282,8 +284,9 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
     out: dict[str, Any] = {}
     refs = [f"user_spend:{f}" for f in FEATURES]
     it, sec, conc = args.iterations // args.rounds, args.max_seconds, args.concurrency
-    # The stdlib client (http.client, one keep-alive connection per thread): httpx alone costs
-    # ~1 ms p50 and up to 3 ms p99 here, more than the server being measured.
+    # A bare-socket keep-alive client per thread (``raw``, as wrk does): httpx alone costs ~1
+    # ms p50 and up to 3 ms p99 here, more than the server being measured, and http.client
+    # ~0.1-0.16 ms (its header parsing); both land in each server's latency alike.
     kw = {"client": args.http_client}
     tests = [
         ("tessera http 1x10", lambda t, f: t.http_latency(
