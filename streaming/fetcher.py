@@ -262,8 +262,9 @@ class Fetcher(threading.Thread):
         return self._drained
 
     def idle(self) -> float | None:
-        """Since when nothing was left for this process to read or write (main thread), or
-        None: not joined, not read to the end, or a batch still waiting or being written."""
+        """Since when nothing was left to read or write (main thread), or None: not joined,
+        not read to the end, a batch still waiting or being written, or some partition of the
+        topics not yet committed to its end by the group."""
         since = self.idle_since
         with self._cond:
             if self._inflight or not self.batches.empty():
