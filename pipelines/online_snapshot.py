@@ -195,6 +195,14 @@ def _count(table: Any) -> int:
     return int(pc.count_distinct(table.column("tag")).as_py())
 
 
+def _rows(table: Any, mask: Any, count: int) -> Any:
+    """The rows of ``table`` where ``mask`` holds (``count`` of them). A filter copies every
+    blob (~1 KB an entity), and most views have one kind of row only: all or none is a slice."""
+    if count == len(table):
+        return table
+    return table.slice(0, 0) if count == 0 else table.filter(mask)
+
+
 def load(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Values | None:
     """The snapshot of manifest ``version`` as :class:`~pipelines.online_build.Values` (only the
     ``wanted`` entity tags, when given), or None when there is none usable at ``now_us``.
@@ -214,11 +222,8 @@ def load(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Values
         table = table.filter(pc.is_in(table.column("tag"), value_set=wanted))
     life = table.column("lifetime").combine_chunks()
     lifetimes = pc.sum(life).as_py() or 0
-    # a filter copies every blob (~1 KB an entity); most views have one kind of row only
-    window = (table if not lifetimes else table.slice(0, 0) if lifetimes == len(life)
-              else table.filter(pc.invert(life)))
-    lifetime = (table.slice(0, 0) if not lifetimes else table if lifetimes == len(life)
-                else table.filter(life))
+    window = _rows(table, pc.invert(life), len(life) - lifetimes)
+    lifetime = _rows(table, life, lifetimes)
 
     def col(t: Any, name: str) -> Any:
         return t.column(name).combine_chunks()

@@ -30,7 +30,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 from features.definitions import Feature, FeatureView
@@ -177,25 +177,18 @@ class Codec:
     lifetime: Record | None  # None: the view has no lifetime feature
     lifetime_latest: tuple[Input, ...]
 
-    @property
+    # cached_property writes the instance's __dict__ directly, so it works on a frozen
+    # dataclass; after the first use an access is a plain attribute lookup
+    @cached_property
     def records(self) -> list[tuple[Record, Any, int]]:
         """Per section: (record, its unpack_from, its size), computed once."""
-        cached = self.__dict__.get("_records")
-        if cached is None:
-            cached = [(s.record, s.record.struct.unpack_from, s.record.size)
-                      for s in self.sections]
-            object.__setattr__(self, "_records", cached)
-        return cached
+        return [(s.record, s.record.struct.unpack_from, s.record.size) for s in self.sections]
 
-    @property
+    @cached_property
     def head(self) -> struct.Struct:
         """The window value's head: version, newest event, latest section bytes, tile count
         per section."""
-        head = self.__dict__.get("_head")
-        if head is None:
-            head = _window_head(len(self.sections))
-            object.__setattr__(self, "_head", head)
-        return head
+        return _window_head(len(self.sections))
 
     def section_of(self, feature: Feature) -> int:
         assert feature.window is not None
