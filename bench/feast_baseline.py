@@ -112,6 +112,40 @@ def snapshots_paused(url: str) -> Iterator[str]:
         client.close()
 
 
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+@contextlib.contextmanager
+def halt_polling(ns: int | None) -> Iterator[int | None]:
+    """The guest kernel's idle polling set to ``ns`` for the block (None: left alone), restored
+    after; yields the value in force (None: no ``haltpoll`` cpuidle driver here).
+
+    On a virtual machine with the ``haltpoll`` driver, a vCPU with nothing to run polls up to
+    ``guest_halt_poll_ns`` before it halts; a halted vCPU is woken by the host, which costs a
+    round trip to Redis ~25 µs here (docs/benchmarks.md, "The VM's idle vCPUs"). The kernel's
+    default is 200,000; this machine ships 0. Writing it needs root.
+    """
+    if not HALT_POLL.exists():
+        if ns is not None:
+            raise SystemExit(f"--guest-halt-poll-ns: {HALT_POLL} does not exist (no haltpoll "
+                             f"cpuidle driver on this machine)")
+        yield None
+        return
+    saved = int(HALT_POLL.read_text())
+    if ns is None or ns == saved:
+        yield saved
+        return
+    try:
+        HALT_POLL.write_text(str(ns))
+    except OSError as e:
+        raise SystemExit(f"--guest-halt-poll-ns: cannot write {HALT_POLL}: {e} (needs root)"
+                         ) from None
+    try:
+        yield ns
+    finally:
+        HALT_POLL.write_text(str(saved))
+
+
 def summarize(lat_ns: Sequence[int], seconds: float, entities_per_op: int = 1) -> dict[str, Any]:
     """p50/p99/max/mean in ms (nearest-rank percentiles), calls/s and entities/s."""
     if not lat_ns:

@@ -19,6 +19,10 @@ the same Redis (``bench/feast_baseline.py``). Measured in this order, all loops 
 
     .venv/bin/python bench/online.py --rows 2000000
 
+The guest kernel's idle polling (``guest_halt_poll_ns`` of the ``haltpoll`` cpuidle driver)
+is printed with the results: on a VM it moves every short round trip (docs/benchmarks.md, "The
+VM's idle vCPUs"). ``--guest-halt-poll-ns N`` sets it for the run and restores it (root).
+
 Results print as a table with the ratios the goals are stated in, and go to
 ``.tessera/bench/online.json``.
 """
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.feast_baseline import (
     FeastSide,
     _batches,
+    halt_polling,
     raw_hmget_latency,
     snapshots_paused,
     summarize,
@@ -183,20 +188,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--http-client", choices=["raw", "stdlib", "httpx"], default="raw")
+    parser.add_argument("--guest-halt-poll-ns", type=int, default=None,
+                        help="set the guest kernel's idle polling (haltpoll cpuidle driver) "
+                             "for the run and restore it after; needs root (default: as is)")
     args = parser.parse_args()
 
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     url = f"redis://127.0.0.1:{args.redis_port}/0"
-    with snapshots_paused(url) as saved:
-        console.print(f"Redis snapshots (save {saved!r}) paused for the run")
+    with snapshots_paused(url) as saved, halt_polling(args.guest_halt_poll_ns) as poll:
+        console.print(f"Redis snapshots (save {saved!r}) paused for the run; guest_halt_poll_ns "
+                      f"{'n/a (no haltpoll driver)' if poll is None else f'{poll:,}'}")
+        args.halt_poll_ns = poll
         measure(args, url, console)
 
 
 def measure(args: Any, url: str, console: Any) -> None:
     store = make_repo(WORK / "repo", args.rows, url)
-    results: dict[str, Any] = {"rows": args.rows, "features": FEATURES}
+    results: dict[str, Any] = {"rows": args.rows, "features": FEATURES,
+                               "guest_halt_poll_ns": args.halt_poll_ns}
     results["batch run"] = dict(BATCH_RUN)
     mat = tessera_materialize(store)
     results["materialize tessera"] = mat["snapshot"]
@@ -342,7 +353,9 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
 def report(console: Any, r: dict[str, Any], args: Any) -> None:
     from rich.table import Table
 
-    t = Table(title=f"online serving, {args.rows:,} events, 10 windowed features")
+    poll = r["guest_halt_poll_ns"]
+    t = Table(title=f"online serving, {args.rows:,} events, 10 windowed features; "
+                    f"guest_halt_poll_ns {'n/a' if poll is None else f'{poll:,}'}")
     for col in ("measure", "n", "p50 ms", "p99 ms", "max ms", "calls/s"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for name, v in r.items():
