@@ -11,9 +11,10 @@ the same Redis (``bench/feast_baseline.py``). Measured in this order, all loops 
 1. materialization: Tessera from the batch run's online snapshot (the default) and from the
    tiles (``offline.online_snapshot`` off), and Feast (rows → Redis), entity-rows/s; the batch
    run's time with the cost of building the snapshot;
-2. SDK, 1 entity × 10 features and 100 × 10: Tessera (with its default ``online.spin_us``
-   and with reads that block at once), Feast, and the raw floor (a redis-py ``HMGET`` of 10
-   fields of Feast's hash; pipelined for 100);
+2. SDK, 1 entity × 10 features and 100 × 10: Tessera (with its default ``online.spin_us``,
+   which depends on the machine's ``guest_halt_poll_ns``, and with reads that block at once),
+   Feast, and the raw floor (a redis-py ``HMGET`` of 10 fields of Feast's hash; pipelined for
+   100);
 3. HTTP, 1 × 10, sequential and with ``--concurrency`` clients: ``tessera serve`` and
    ``feast serve``.
 
@@ -209,6 +210,7 @@ def measure(args: Any, url: str, console: Any) -> None:
     results: dict[str, Any] = {"rows": args.rows, "features": FEATURES,
                                "guest_halt_poll_ns": args.halt_poll_ns}
     results["batch run"] = dict(BATCH_RUN)
+    results["spin_us"] = round(store.online.spin_s * 1e6)  # unset in the repo: chosen by the box
     mat = tessera_materialize(store)
     results["materialize tessera"] = mat["snapshot"]
     results["materialize tessera (tiles)"] = mat["tiles"]
@@ -355,7 +357,8 @@ def report(console: Any, r: dict[str, Any], args: Any) -> None:
 
     poll = r["guest_halt_poll_ns"]
     t = Table(title=f"online serving, {args.rows:,} events, 10 windowed features; "
-                    f"guest_halt_poll_ns {'n/a' if poll is None else f'{poll:,}'}")
+                    f"guest_halt_poll_ns {'n/a' if poll is None else f'{poll:,}'}, "
+                    f"online.spin_us {r['spin_us']}")
     for col in ("measure", "n", "p50 ms", "p99 ms", "max ms", "calls/s"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for name, v in r.items():

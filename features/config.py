@@ -71,10 +71,11 @@ class OnlineConfig(_Model):
     url: str = Field("redis://127.0.0.1:6390/0", description="redis:// or rediss:// URL.")
     cluster: bool = Field(False, description="The URL is a Redis Cluster node.")
     timeout_ms: int = Field(500, gt=0, description="Connect and read timeout of one call.")
-    spin_us: int = Field(200, ge=0, le=100_000, description=(
+    spin_us: int | None = Field(None, ge=0, le=100_000, description=(
         "A read with no other in flight polls for Redis's reply this long before it sleeps "
-        "(0: never). On a VM it saves the wake-up of an idle vCPU, ~80 µs a read; it costs "
-        "that CPU time."))
+        "(0: never). On a VM it saves the wake-up of an idle vCPU, ~25-80 µs a read; it costs "
+        "that CPU time. Unset: 200, or 0 where the guest kernel already polls before it "
+        "halts an idle vCPU (haltpoll's guest_halt_poll_ns > 0), which does it better."))
 
     @field_validator("url")
     @classmethod

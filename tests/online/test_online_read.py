@@ -318,3 +318,33 @@ def test_only_a_lone_read_polls(redis_url: str, monkeypatch: pytest.MonkeyPatch)
     assert redis_store._IN_FLIGHT.reads == 0
     polled.clear()
     assert online.get(["t:absent"]) == [None] and len(polled) == 1  # alone again: polls
+
+
+def test_an_unset_spin_polls_only_where_the_kernel_does_not(tmp_path: Path,
+                                                            redis_url: str) -> None:
+    """``online.spin_us`` unset: 200 µs, but 0 on a VM whose kernel already polls before it
+    halts an idle vCPU (haltpoll's ``guest_halt_poll_ns`` > 0), where our poll only costs; a
+    value in the repo always wins."""
+    from features.config import load_config
+    from features.online import redis_store
+
+    knob = tmp_path / "guest_halt_poll_ns"
+    knob.write_text("200000\n")
+    assert redis_store.default_spin_us(str(knob)) == 0
+    knob.write_text("0\n")  # what this VM ships: every idle vCPU halts at once
+    assert redis_store.default_spin_us(str(knob)) == redis_store.SPIN_US == 200
+    assert redis_store.default_spin_us(str(tmp_path / "absent")) == 200  # no haltpoll driver
+    knob.write_text("garbage")
+    assert redis_store.default_spin_us(str(knob)) == 200
+
+    definitions = REPO_ROOT / "example" / "card_features.py"
+    (tmp_path / "unset").mkdir()
+    (tmp_path / "unset" / "feature_repo.yaml").write_text(
+        f"project: spin\ndefinitions: [{definitions}]\nonline:\n  url: {redis_url}\n")
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "feature_repo.yaml").write_text(
+        f"project: spin\ndefinitions: [{definitions}]\nonline:\n  url: {redis_url}\n"
+        f"  spin_us: 7\n")
+    unset = FeatureStore(config=load_config(tmp_path / "unset"))
+    assert unset.online.spin_s == redis_store.default_spin_us() / 1e6  # this machine's choice
+    assert FeatureStore(config=load_config(tmp_path / "set")).online.spin_s == 7e-6
