@@ -112,9 +112,6 @@ def snapshots_paused(url: str) -> Iterator[str]:
         client.close()
 
 
-HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
-
-
 @contextlib.contextmanager
 def halt_polling(ns: int | None) -> Iterator[int | None]:
     """The guest kernel's idle polling set to ``ns`` for the block (None: left alone), restored
@@ -125,6 +122,9 @@ def halt_polling(ns: int | None) -> Iterator[int | None]:
     round trip to Redis ~25 µs here (docs/benchmarks.md, "The VM's idle vCPUs"). The kernel's
     default is 200,000; this machine ships 0. Writing it needs root.
     """
+    from features.online.redis_store import HALT_POLL as KNOB
+
+    HALT_POLL = Path(KNOB)
     if not HALT_POLL.exists():
         if ns is not None:
             raise SystemExit(f"--guest-halt-poll-ns: {HALT_POLL} does not exist (no haltpoll "

@@ -64,8 +64,8 @@ def default_spin_us(halt_poll: str = HALT_POLL) -> int:
     machine whose kernel polls before it halts an idle vCPU (the ``haltpoll`` cpuidle driver
     with ``guest_halt_poll_ns`` > 0).
 
-    Both save the same thing, the host's wake-up of a halted vCPU when Redis's reply lands,
-    and the kernel's poll is the cheaper one. Measured here, SDK 1 × 10, four rounds of 6,000
+    Our poll saves the host's wake-up of this process's halted vCPU when Redis's reply lands;
+    the kernel's saves that more cheaply, and Redis's side as well. Measured here, SDK 1 × 10, four rounds of 6,000
     reads (docs/benchmarks.md, "The VM's idle vCPUs"): with the kernel polling 200 µs, p50
     37-38 µs either way and p99 68-81 µs without our poll against 77-109 with it; with the
     kernel not polling (this VM ships ``guest_halt_poll_ns`` 0), our poll halves the read
