@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from features.config import RepoConfig, load_config
 from features.online.keys import entity_tag
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from features.online.redis_async import AsyncReads
     from features.online.redis_store import RedisOnline
     from features.online.serving_log import ServingLog
     from pipelines.export import RetrievalJob
@@ -96,6 +97,7 @@ class FeatureStore:
         self.config = config if config is not None else load_config(Path(repo_path))
         self.definitions: Definitions = load_definitions(self.config)
         self._online: RedisOnline | None = None
+        self._aio: AsyncReads | Literal[False] | None = None  # False: it cannot read async
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self.serving_log: ServingLog | None = None
         log_cfg = self.config.serving_log
@@ -158,13 +160,38 @@ class FeatureStore:
             if self.serving_log is not None:  # a sample of the rows, buffered (a few µs)
                 self.serving_log.record(plan, response, now_us)
             return response
-        if isinstance(now, int):
-            now_us = now
-        else:
-            from features.windows import to_micros
+        return read(self.online, plan, n, columns, _now_us(now))
 
-            now_us = to_micros(now)
-        return read(self.online, plan, n, columns, now_us)
+    async def get_online_features_async(self, features: Sequence[str] | None = None,
+                                        entity_rows: Any = (), *,
+                                        feature_service: str | None = None,
+                                        full_feature_names: bool = False,
+                                        now: Any = None) -> OnlineResponse:
+        """:meth:`get_online_features` for asyncio code (Feast's name and call shape): the
+        Redis round trip is awaited, so the event loop runs other work meanwhile, and reads
+        started together share one connection, pipelined. Same arguments, values, statuses,
+        errors and serving log. On Redis Cluster, TLS or a Unix socket it is the blocking read.
+
+        A store's async reads belong to one event loop at a time.
+        """
+        plan = self.plan(features, feature_service, full_feature_names)
+        _, columns = plan.entity_columns(entity_rows)
+        now_us = _now_us(now)
+        keys, spans = _keys(plan, columns)
+        reads = self._async_reads()
+        blobs = self.online.get(keys) if reads is None else await reads.get(keys)
+        response = _respond(plan, columns, spans, blobs, now_us)
+        if now is None and self.serving_log is not None:  # live traffic only, as above
+            self.serving_log.record(plan, response, now_us)
+        return response
+
+    def _async_reads(self) -> AsyncReads | None:
+        """The store's event-loop reads (opened on first use); None where unsupported."""
+        if self._aio is None:
+            from features.online.redis_async import AsyncReads, supported
+
+            self._aio = AsyncReads(self.online) if supported(self.online) else False
+        return self._aio or None
 
     def materialize(self, start: Any = None, end: Any = None,
                     views: Sequence[str] | None = None) -> list[Any]:
@@ -201,14 +228,35 @@ class FeatureStore:
         """Write the buffered serving log and close the online connection."""
         if self.serving_log is not None:
             self.serving_log.close()
+        if self._aio:
+            self._aio.close()
+        self._aio = None
         if self._online is not None:
             self._online.close()
             self._online = None
 
 
+def _now_us(now: Any) -> int:
+    """The request instant in µs: ``now`` (datetime or µs), or the current time."""
+    if now is None:
+        return time.time_ns() // 1000
+    if isinstance(now, int):
+        return now
+    from features.windows import to_micros
+
+    return to_micros(now)
+
+
 def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
          now_us: int) -> OnlineResponse:
     """One online read: build every key, one ``MGET``, evaluate each view over its entities."""
+    keys, spans = _keys(plan, columns)
+    return _respond(plan, columns, spans, online.get(keys), now_us)
+
+
+def _keys(plan: Plan, columns: dict[str, list[Any]]) -> tuple[list[str], list[Any]]:
+    """Every key a read needs, and per view (entity tags, None for a null key; position of its
+    first window key; of its first lifetime key; -1 when not read)."""
     key_columns = [columns[k] for k in plan.join_keys]
     keys: list[str] = []
     spans = []  # per read: (entity tags, None for a null key; first window key; first lifetime)
@@ -228,7 +276,13 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
             lt = len(keys)
             keys += [head + t + tail + life for t in tags if t is not None]
         spans.append((tags, w, lt))
-    blobs = online.get(keys)
+    return keys, spans
+
+
+def _respond(plan: Plan, columns: dict[str, list[Any]], spans: list[Any],
+             blobs: list[bytes | None], now_us: int) -> OnlineResponse:
+    """The response from the values of :func:`_keys`' keys: each view evaluated at ``now_us``
+    over its entities."""
     width = len(plan.names)
     values_out: list[list[Any]] = [[]] * width
     statuses: list[list[str]] = [[]] * width

@@ -12,10 +12,13 @@ answer holds exactly the values and statuses of the Python call. Every malformed
 docs/serving.md for the measurements behind the choices below.
 
 The Redis read runs on the event loop: it is one ``MGET`` of a few hundred microseconds, and
-handing it to a thread costs more than it saves (measured). What a thread protects against is a
-Redis that hangs, which would stall the loop for ``online.timeout_ms`` per request; that is what
-the circuit breaker is for: after one failure, requests get the 503 at once while a background
-thread pings Redis, and the first successful ping closes it again.
+handing it to a thread costs more than it saves (measured). A lone request blocks on it (polling
+for the reply, the fastest alone); requests that queue await it instead, so the loop serves the
+others meanwhile (``FeatureStore.get_online_features_async``, see ``FeatureServer._features``).
+What a thread would protect against is a Redis that hangs, which would stall the loop for
+``online.timeout_ms`` per request; that is what the circuit breaker is for: after one failure,
+requests get the 503 at once while a background thread pings Redis, and the first successful
+ping closes it again.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 FEATURES_PATH = "/get-online-features"
 REPO_ENV = "TESSERA_SERVE_REPO"  # the repo file the workers of `--workers N` load
 PROBE_SECONDS = 0.2  # how often the breaker pings Redis while it is open
+# A request that starts within this long of the previous one's end was waiting on the loop: the
+# sign of a queue, and the switch to awaited reads. A lone client's next request takes longer
+# to arrive (its round trip over the loopback alone is ~50 µs here).
+QUEUED_S = 20e-6
 _JSON = [(b"content-type", b"application/json")]
 _CREDENTIALS = re.compile(r"(?<=//)[^/@\s]*@")  # user:password@ in a URL
 
@@ -71,18 +78,24 @@ class FeatureServer:
         max_body_bytes: request body size, at most.
         offload: run each Redis read in a thread instead of on the event loop (measured slower;
             kept for the benchmark that shows it).
+        queued_s: a feature request that starts within this long of the previous request's
+            end, or while another awaits Redis, awaits its own read instead of blocking on it.
     """
 
     def __init__(self, store: FeatureStore, *, token: str | None = None,
                  max_entities: int = 1000, max_body_bytes: int = 1 << 20,
-                 offload: bool = False) -> None:
+                 offload: bool = False, queued_s: float = QUEUED_S) -> None:
         self.store = store
         self.metrics = Metrics()
         self.max_entities = max_entities
         self.max_body_bytes = max_body_bytes
         self.offload = offload
+        self.queued_s = queued_s
         self._token = None if token is None else token.encode()
         self.down: str | None = None  # the breaker: Redis's last failure while it is open
+        self._busy = 0  # feature requests in progress on the loop
+        self._done = 0.0  # perf_counter when the last one finished
+        self.awaited = 0  # feature reads awaited rather than blocking (see _features)
         self._probe: asyncio.Task[None] | None = None
         self.warm()
 
@@ -126,7 +139,7 @@ class FeatureServer:
         try:
             if path == FEATURES_PATH:
                 self._allow(method, "POST")
-                status, body, entities = 200, *await self._features(scope, receive)
+                status, body, entities = 200, *await self._features(scope, receive, began)
             elif path == "/health":
                 self._allow(method, "GET")
                 status, body = await self._health()
@@ -155,7 +168,8 @@ class FeatureServer:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.observe(endpoint, status, time.perf_counter() - began, error, entities)
+        self._done = done = time.perf_counter()
+        self.metrics.observe(endpoint, status, done - began, error, entities)
         if entities and self.store.serving_log is not None:
             self.metrics.serving_log(self.store.serving_log.stats())
 
@@ -165,7 +179,8 @@ class FeatureServer:
             raise RequestError("method_not_allowed", f"method {method} is not allowed here; "
                                f"use {allowed}")
 
-    async def _features(self, scope: Scope, receive: Receive) -> tuple[bytes, int]:
+    async def _features(self, scope: Scope, receive: Receive, began: float
+                        ) -> tuple[bytes, int]:
         length = None
         authorization = None
         for name, value in scope["headers"]:
@@ -192,12 +207,20 @@ class FeatureServer:
             raise RequestError(kind, message) from None
         if self.down is not None:
             raise RequestError("unavailable", self.down)
+        self._busy += 1
         try:
             if self.offload:
                 resp = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: store.get_online_features(
                         features, entities, feature_service=service, full_feature_names=full))
-            else:
+            elif self._busy > 1 or began - self._done < self.queued_s:
+                # Requests are queueing (another one is awaiting Redis, or this one started
+                # right as the last finished): await the round trip, so the loop serves the
+                # others meanwhile and their reads follow on the same connection.
+                self.awaited += 1
+                resp = await store.get_online_features_async(
+                    features, entities, feature_service=service, full_feature_names=full)
+            else:  # alone: block, polling for the reply (online.spin_us), the fastest then
                 resp = store.get_online_features(features, entities, feature_service=service,
                                                  full_feature_names=full)
         except OnlineRequestError as e:
@@ -208,6 +231,8 @@ class FeatureServer:
         except OnlineUnavailableError as e:
             self._trip(str(e))
             raise RequestError("unavailable", str(e)) from None
+        finally:
+            self._busy -= 1
         n = len(next(iter(resp.entities.values()), ()))
         return encode_response(resp, list(entities)), n
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from features.errors import OnlineUnavailableError
-from features.online.resp import call_spinning, pack, read_replies, write_replies
+from features.online.resp import call_spinning, mget, pack, read_replies, write_replies
 
 WRITE_BATCH = 2_000  # commands per pipeline flush when writing
 
@@ -94,6 +94,7 @@ class RedisOnline:
 
         self.url = url
         self.cluster = cluster
+        self.timeout_s = timeout_s
         if spin_us is None:
             spin_us = default_spin_us()
         self.spin_s = spin_us / 1e6  # reads poll for their reply this long before blocking
@@ -127,11 +128,7 @@ class RedisOnline:
             return []
         if self.cluster:
             return self._get_cluster(keys)
-        parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
-        for key in keys:
-            k = key.encode()
-            parts.append(b"$%d\r\n%b\r\n" % (len(k), k))
-        command = b"".join(parts)
+        command = mget(keys)
         counted = self.spin_s > 0
         spin_s = self.spin_s if counted and _IN_FLIGHT.enter() else 0.0
         try:

@@ -46,6 +46,15 @@ def pack(args: Sequence[str | bytes]) -> bytes:
     return b"".join(parts)
 
 
+def mget(keys: Sequence[str]) -> bytes:
+    """``MGET`` of ``keys`` as RESP bytes (the one command of a single-node read)."""
+    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
+    for key in keys:
+        k = key.encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(k), k))
+    return b"".join(parts)
+
+
 def write_replies(conn: Any, pending: int) -> None:
     """Read the replies of ``pending`` SET/DEL commands straight off the socket.
 
@@ -136,4 +145,4 @@ def call_spinning(conn: Any, command: bytes, reader: Any, spin_s: float) -> Any:
     return reply
 
 
-__all__ = ["call_spinning", "pack", "read_replies", "write_replies"]
+__all__ = ["call_spinning", "mget", "pack", "read_replies", "write_replies"]

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from features.store import FeatureStore
-from tests.online.repo import build
+from features.windows import to_micros
+from pipelines.materialize import materialize
+from tests.online.repo import build, today
 
 
 @pytest.fixture(scope="module")
@@ -14,3 +16,11 @@ def store(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> FeatureSt
     s = build(Path(tmp_path_factory.mktemp("online")), redis_url)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def materialized(store: FeatureStore) -> FeatureStore:
+    """Materialized as of today's midnight: reads at any later instant are exact."""
+    materialize(store.config, list(store.definitions.views.values()), store.online,
+                now_us=to_micros(today()), show_progress=False)
+    return store

@@ -6,31 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from features.errors import OnlineRequestError
 from features.store import FeatureStore
 from features.windows import to_micros
 from pipelines.materialize import materialize
-from tests.online.repo import REPO_ROOT, build, equal, historical, today
-
-
-def ids(store: FeatureStore, key: str, n: int = 150) -> list[int]:
-    data = store.config.resolve(Path("data/transactions"))
-    counts = (pl.read_parquet(data, hive_partitioning=False).group_by(key).len()
-              .sort(["len", key], descending=[True, False]))
-    busiest = counts[key].head(n // 2).to_list()
-    rest = counts[key].tail(n // 2).to_list()
-    return busiest + rest + [424242424]  # and one never seen
-
-
-@pytest.fixture(scope="module")
-def materialized(store: FeatureStore) -> FeatureStore:
-    """Materialized as of today's midnight: reads at any later instant are exact."""
-    materialize(store.config, list(store.definitions.views.values()), store.online,
-                now_us=to_micros(today()), show_progress=False)
-    return store
+from tests.online.repo import REPO_ROOT, build, equal, historical, ids, today
 
 
 @pytest.mark.parametrize("after", [timedelta(minutes=10), timedelta(hours=1, minutes=5),
