@@ -106,6 +106,22 @@ class AsyncReads:
         self._replies: _Replies | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: Any = None
+        self._lock: asyncio.Lock | None = None  # one connect at a time, on self._lock_loop
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    async def _connection(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+        """This loop's open connection; a new one if it has none. Calls that find none at
+        once (after Redis restarted) wait for one connect rather than each making its own."""
+        replies = self._replies
+        if replies is not None and not replies.closed and self._loop is loop:
+            return replies
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            replies = self._replies
+            if replies is not None and not replies.closed and self._loop is loop:
+                return replies  # another call connected meanwhile
+            return await self._connect()
 
     async def _connect(self) -> _Replies:
         self.close()  # a connection of an earlier loop (asyncio.run closes its loop)
@@ -126,9 +142,7 @@ class AsyncReads:
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
             try:
-                replies = self._replies
-                if replies is None or replies.closed or self._loop is not loop:
-                    replies = await self._connect()
+                replies = await self._connection(loop)
                 future = loop.create_future()
                 replies.waiting.append(future)
                 assert replies.transport is not None

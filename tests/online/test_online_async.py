@@ -81,7 +81,13 @@ def test_an_awaited_read_survives_a_restart_and_fails_like_a_blocking_one(
             assert loop.run_until_complete(get(["a", "x", "b"])) == [b"1", None, b"\x00\r\n"]
             server.stop()  # saves, then starts again with the same data on the same port
             server.start()
-            assert loop.run_until_complete(get(["b", "a"])) == [b"\x00\r\n", b"1"]
+
+            async def many() -> list:
+                return await asyncio.gather(*[reads.get(["b", "a"]) for _ in range(20)])
+
+            assert loop.run_until_complete(many()) == [[b"\x00\r\n", b"1"]] * 20
+            clients = redis_py.Redis(port=server.port).client_list(_type="normal")
+            assert len(clients) == 2  # ours, one for the twenty calls, and this one
 
             assert server.proc is not None
             os.kill(server.proc.pid, signal.SIGSTOP)
