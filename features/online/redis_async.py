@@ -141,6 +141,7 @@ class AsyncReads:
         errors: tuple[type[BaseException], ...] = (*self.online._errors, OSError)
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
+            replies: _Replies | None = None
             try:
                 replies = await self._connection(loop)
                 future = loop.create_future()
@@ -158,8 +159,8 @@ class AsyncReads:
                 if attempt:
                     raise self.online._unavailable(e) from None
             except errors as e:
-                if self._replies is not None and not self._replies.closed:
-                    self._replies.fail(e)
+                if replies is not None and not replies.closed:  # this call's, not a newer one
+                    replies.fail(e)
                 if attempt:
                     raise self.online._unavailable(e) from None
         raise AssertionError("unreachable")
