@@ -95,7 +95,6 @@ class FeatureServer:
         self.down: str | None = None  # the breaker: Redis's last failure while it is open
         self._busy = 0  # feature requests in progress on the loop
         self._done = 0.0  # perf_counter when the last one finished
-        self.awaited = 0  # feature reads awaited rather than blocking (see _features)
         self._probe: asyncio.Task[None] | None = None
         self.warm()
 
@@ -217,10 +216,11 @@ class FeatureServer:
                 # Requests are queueing (another one is awaiting Redis, or this one started
                 # right as the last finished): await the round trip, so the loop serves the
                 # others meanwhile and their reads follow on the same connection.
-                self.awaited += 1
+                self.metrics.awaited_read.inc()
                 resp = await store.get_online_features_async(
                     features, entities, feature_service=service, full_feature_names=full)
             else:  # alone: block, polling for the reply (online.spin_us), the fastest then
+                self.metrics.blocking_read.inc()
                 resp = store.get_online_features(features, entities, feature_service=service,
                                                  full_feature_names=full)
         except OnlineRequestError as e:

@@ -65,6 +65,10 @@ class Metrics:
         self._entities = Counter("tessera_online_entities",
                                  "Entities read by successful feature requests",
                                  registry=self.registry)
+        reads = Counter("tessera_online_reads", "Feature requests' Redis reads by how they "
+                        "waited: blocking (a lone request) or awaited (requests queueing)",
+                        ["wait"], registry=self.registry)
+        self.blocking_read, self.awaited_read = reads.labels("blocking"), reads.labels("awaited")
         self._log = {name: Counter(f"tessera_serving_log_{name}", doc, registry=self.registry)
                      for name, doc in SERVING_LOG.items()}
         self._log_seen: Any = None
