@@ -116,10 +116,16 @@ def test_an_awaited_read_survives_a_restart_and_fails_like_a_blocking_one(
         server.stop(save=False)
 
 
-def test_the_server_awaits_reads_when_requests_queue(materialized: FeatureStore) -> None:
+def test_the_server_awaits_reads_when_requests_queue(materialized: FeatureStore,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``tessera serve`` blocks on a lone request's read (the fastest alone) and awaits the
     read of requests that queue, so the loop serves others meanwhile; both answer the same."""
     from tessera.server import FeatureServer
+
+    # Two servers in one process: each keeps its metrics in memory, as `tessera serve` with one
+    # worker does. With prometheus_client's multiprocess folder (Feast sets one when an earlier
+    # test imports it), same-named series of one process share a slot, and the counts mix.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
     users = ids(materialized, "user_id", 40)
     feats = [f"user_spend:{f.name}" for f in materialized.definitions.views["user_spend"].features]
