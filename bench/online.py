@@ -49,6 +49,7 @@ from bench.feast_baseline import (
     summarize,
     timed_loop,
 )
+from bench.http_client import CLIENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".tessera" / "bench" / "online"
@@ -188,7 +189,7 @@ def main() -> None:
     parser.add_argument("--redis-port", type=int, default=6390)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-http", action="store_true")
-    parser.add_argument("--http-client", choices=["raw", "stdlib", "httpx"], default="raw")
+    parser.add_argument("--http-client", choices=tuple(CLIENTS), default="raw")
     parser.add_argument("--guest-halt-poll-ns", type=int, default=None,
                         help="set the guest kernel's idle polling (haltpoll cpuidle driver) "
                              "for the run and restore it after; needs root (default: as is)")

@@ -154,13 +154,11 @@ class FeatureStore:
         """
         plan = self.plan(features, feature_service, full_feature_names)
         n, columns = plan.entity_columns(entity_rows)
-        if now is None:
-            now_us = time.time_ns() // 1000
-            response = read(self.online, plan, n, columns, now_us)
-            if self.serving_log is not None:  # a sample of the rows, buffered (a few µs)
-                self.serving_log.record(plan, response, now_us)
-            return response
-        return read(self.online, plan, n, columns, _now_us(now))
+        now_us = _now_us(now)
+        response = read(self.online, plan, n, columns, now_us)
+        if now is None and self.serving_log is not None:  # a sample, buffered (a few µs)
+            self.serving_log.record(plan, response, now_us)
+        return response
 
     async def get_online_features_async(self, features: Sequence[str] | None = None,
                                         entity_rows: Any = (), *,

@@ -102,7 +102,6 @@ class AsyncReads:
         if not supported(online):
             raise ValueError(f"{online.shown_url}: async reads need a single-node redis:// URL")
         self.online = online
-        self.timeout_s = online.timeout_s
         self._replies: _Replies | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: Any = None
@@ -148,8 +147,8 @@ class AsyncReads:
                 replies.waiting.append(future)
                 assert replies.transport is not None
                 replies.transport.write(command)
-                timer = loop.call_later(self.timeout_s, _expire, replies, future,
-                                        self.timeout_s)
+                timeout_s = self.online.timeout_s
+                timer = loop.call_later(timeout_s, _expire, replies, future, timeout_s)
                 try:
                     reply: list[bytes | None] = await future
                 finally:

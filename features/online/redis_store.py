@@ -65,11 +65,11 @@ def default_spin_us(halt_poll: str = HALT_POLL) -> int:
     with ``guest_halt_poll_ns`` > 0).
 
     Our poll saves the host's wake-up of this process's halted vCPU when Redis's reply lands;
-    the kernel's saves that more cheaply, and Redis's side as well. Measured here, SDK 1 × 10, four rounds of 6,000
-    reads (docs/benchmarks.md, "The VM's idle vCPUs"): with the kernel polling 200 µs, p50
-    37-38 µs either way and p99 68-81 µs without our poll against 77-109 with it; with the
-    kernel not polling (this VM ships ``guest_halt_poll_ns`` 0), our poll halves the read
-    (p50 59-76 against 104-141 µs).
+    the kernel's saves that more cheaply, and Redis's side as well. Measured here, SDK 1 × 10,
+    four rounds of 6,000 reads (docs/benchmarks.md, "The VM's idle vCPUs"): with the kernel
+    polling 200 µs, p50 37-38 µs either way and p99 68-81 µs without our poll against 77-109
+    with it; with the kernel not polling (this VM ships ``guest_halt_poll_ns`` 0), our poll
+    halves the read (p50 59-76 against 104-141 µs).
     """
     try:
         with open(halt_poll) as f:
