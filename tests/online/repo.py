@@ -30,8 +30,10 @@ def today() -> datetime:
 
 
 def make_repo(folder: Path, redis_url: str, *, rows: int = 20_000, days: int = 10,
-              seed: int = 5, cluster: bool = False, definitions: str | None = None) -> Path:
-    """Write a repo (config, definitions, generated events) into ``folder``."""
+              seed: int = 5, cluster: bool = False, definitions: str | None = None,
+              end: datetime | None = None) -> Path:
+    """Write a repo (config, definitions, generated events) into ``folder``: events of the
+    ``days`` before ``end`` (default today's midnight, UTC)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "example").mkdir(exist_ok=True)
     if definitions is None:
@@ -44,7 +46,8 @@ def make_repo(folder: Path, redis_url: str, *, rows: int = 20_000, days: int = 1
         f"definitions: [example/card_features.py]\n"
         f"offline: {{path: offline}}\n"
         f"online: {{url: '{redis_url}', cluster: {'true' if cluster else 'false'}}}\n")
-    spec = GenSpec(rows=rows, start=today() - timedelta(days=days), days=days, seed=seed)
+    spec = GenSpec(rows=rows, start=(end or today()) - timedelta(days=days), days=days,
+                   seed=seed)
     write_parquet(spec, folder / "data", progress=False)
     return folder
 

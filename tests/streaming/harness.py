@@ -24,16 +24,19 @@ from pipelines.batch import run
 from streaming import events as E
 from streaming import kafka_admin as A
 from streaming import produce as P
-from tests.online.repo import REPO_ROOT, equal, historical, make_repo
+from tests.online.repo import REPO_ROOT, equal, historical, make_repo, today
 
 VIEW_KEYS = (("user_spend", "user_id"), ("merchant_activity", "merchant_id"))
+# Where every repo's events end, fixed once: the tests read at END + 1 min, and a run that
+# crosses midnight UTC must not move the data a day past the instant they read at.
+END = today()
 
 
 class StreamRepo:
     def __init__(self, folder: Path, redis_url: str, bootstrap: str, *, rows: int = 20_000,
                  days: int = 10, partitions: int = 6, stream: str = "",
                  cluster: bool = False) -> None:
-        make_repo(folder, redis_url, rows=rows, days=days, cluster=cluster)
+        make_repo(folder, redis_url, rows=rows, days=days, cluster=cluster, end=END)
         self.folder = folder
         self.bootstrap = bootstrap
         self.topic = f"t-{uuid.uuid4().hex[:10]}"

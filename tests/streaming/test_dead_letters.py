@@ -15,10 +15,9 @@ from features.store import FeatureStore
 from features.windows import to_micros
 from streaming import apply as apply_mod
 from streaming.consumer import StreamConsumer
-from tests.online.repo import today
-from tests.streaming.harness import StreamRepo, dead_letters
+from tests.streaming.harness import END, StreamRepo, dead_letters
 
-AT = today() + timedelta(minutes=1)
+AT = END + timedelta(minutes=1)  # every generated event is before END
 
 
 @pytest.fixture

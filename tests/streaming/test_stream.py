@@ -20,10 +20,9 @@ from features.store import FeatureStore
 from features.windows import to_micros
 from streaming.consumer import StreamConsumer, StreamSummary
 from tests.online.private_redis import PrivateRedis
-from tests.online.repo import today
-from tests.streaming.harness import StreamRepo
+from tests.streaming.harness import END, StreamRepo
 
-AT = today() + timedelta(minutes=1)  # every generated event is before today's midnight
+AT = END + timedelta(minutes=1)  # every generated event is before END
 
 
 def logs_of(repo: StreamRepo) -> list[str]:
