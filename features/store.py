@@ -168,7 +168,8 @@ class FeatureStore:
         """:meth:`get_online_features` for asyncio code (Feast's name and call shape): the
         Redis round trip is awaited, so the event loop runs other work meanwhile, and reads
         started together share one connection, pipelined. Same arguments, values, statuses,
-        errors and serving log. On Redis Cluster, TLS or a Unix socket it is the blocking read.
+        errors and serving log. On Redis Cluster, one connection per master; over TLS or a Unix
+        socket it is the blocking read.
 
         A store's async reads belong to one event loop at a time.
         """

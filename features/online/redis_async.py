@@ -10,8 +10,10 @@ answers in order, so replies are matched to calls by a queue.
 Same failure contract as the synchronous read: a dropped connection is retried once on a new
 one (a restarted Redis works on the next call), a Redis that does not answer within the
 timeout fails the call, and either becomes :class:`~features.errors.OnlineUnavailableError`
-naming the store. Only single-node ``redis://`` over TCP reads this way; Redis Cluster, TLS
-and Unix sockets use the synchronous read (:func:`supported`).
+naming the store. On Redis Cluster each master gets its own connection and, as ``MGET`` cannot
+span slots, one ``MGET`` per hash slot (an entity's keys share one); a reply that says the
+slot moved sends the call to the synchronous read, which follows it. ``redis://`` over TCP
+reads this way; TLS and Unix sockets use the synchronous read (:func:`supported`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 
 
 def supported(online: RedisOnline) -> bool:
-    """Whether ``online`` can be read from an event loop (single node, plain TCP)."""
-    return not online.cluster and online.url.startswith("redis://")
+    """Whether ``online`` can be read from an event loop (plain TCP, single node or cluster)."""
+    return online.url.startswith("redis://")
 
 
 class _Timeout(Exception):
@@ -88,98 +90,145 @@ class _Replies(asyncio.Protocol):
                                                            f"{error}"))
 
 
-def _expire(replies: _Replies, future: asyncio.Future[Any], timeout_s: float) -> None:
-    if not future.done():
-        future.set_exception(_Timeout(f"Timeout reading from socket ({timeout_s} s)"))
-        replies.fail(ConnectionError("a read timed out"))  # later replies would be misread
+def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s: float) -> None:
+    """A call's time is up: fail what it still waits for, and close those connections (their
+    later replies would be misread)."""
+    for replies, future, _ in pending:
+        if not future.done():
+            future.set_exception(_Timeout(f"Timeout reading from socket ({timeout_s} s)"))
+            replies.fail(ConnectionError("a read timed out"))
 
 
 class AsyncReads:
     """``await reads.get(keys)``: :meth:`RedisOnline.get` for an event loop. One connection per
-    loop, opened on first use (its handshake, AUTH and SELECT, by redis-py in a thread)."""
+    node and loop, opened on first use (its handshake, AUTH and SELECT, by redis-py in a
+    thread): on a cluster, one per master, each sent its keys' ``MGET``s, one per hash slot."""
 
     def __init__(self, online: RedisOnline) -> None:
         if not supported(online):
-            raise ValueError(f"{online.shown_url}: async reads need a single-node redis:// URL")
+            raise ValueError(f"{online.shown_url}: async reads need a redis:// URL")
         self.online = online
-        self._replies: _Replies | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sock: Any = None
+        self._conns: dict[str, tuple[_Replies, Any]] = {}  # node name ("": single node)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop they belong to
         self._lock: asyncio.Lock | None = None  # one connect at a time, on self._lock_loop
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
-    async def _connection(self, loop: asyncio.AbstractEventLoop) -> _Replies:
-        """This loop's open connection; a new one if it has none. Calls that find none at
-        once (after Redis restarted) wait for one connect rather than each making its own."""
-        replies = self._replies
-        if replies is not None and not replies.closed and self._loop is loop:
-            return replies
+    async def _connection(self, loop: asyncio.AbstractEventLoop, node: Any) -> _Replies:
+        """This loop's open connection to ``node`` (None: the single node); a new one if it
+        has none. Calls that find none at once (after Redis restarted) wait for one connect
+        rather than each making its own."""
+        name = "" if node is None else node.name
+        if self._loop is loop:
+            got = self._conns.get(name)
+            if got is not None and not got[0].closed:
+                return got[0]
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
-            replies = self._replies
-            if replies is not None and not replies.closed and self._loop is loop:
-                return replies  # another call connected meanwhile
-            return await self._connect()
+            if self._loop is not loop:
+                self.close()  # connections of an earlier loop (asyncio.run closes its loop)
+                self._loop = loop
+            got = self._conns.pop(name, None)
+            if got is not None:
+                if not got[0].closed:
+                    self._conns[name] = got
+                    return got[0]  # another call connected meanwhile
+                got[1].close()
+            client = self.online.client
+            pool = (client if node is None else client.get_redis_connection(node)
+                    ).connection_pool
+            conn = pool.make_connection()
+            await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall it
+            sock, conn._sock = conn._sock, None  # the loop's from here (redis-py: TCP_NODELAY)
+            _, replies = await loop.create_connection(_Replies, sock=sock)
+            self._conns[name] = (replies, sock)
+            return replies
 
-    async def _connect(self) -> _Replies:
-        self.close()  # a connection of an earlier loop (asyncio.run closes its loop)
-        loop = asyncio.get_running_loop()
-        conn = self.online.client.connection_pool.make_connection()
-        await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall the loop
-        sock, conn._sock = conn._sock, None  # the loop's from here (redis-py set TCP_NODELAY)
-        _, replies = await loop.create_connection(_Replies, sock=sock)
-        self._replies, self._loop, self._sock = replies, loop, sock
-        return replies
+    def _batches(self, keys: Sequence[str]) -> list[tuple[Any, list[Sequence[int]]]]:
+        """Per node, the ``MGET``s to send it, each as its keys' positions: one of every key
+        on a single node; on a cluster, where ``MGET`` cannot span slots, one per hash slot
+        (an entity's keys share one), grouped by the master owning the slot."""
+        if not self.online.cluster:
+            return [(None, [range(len(keys))])]
+        from redis.crc import key_slot
+
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(key_slot(key.encode()), []).append(i)
+        slots = list(by_slot)
+        return [(node, [by_slot[slots[j]] for j in at])
+                for node, at in self.online._by_master(slots)]
 
     async def get(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values of ``keys`` (None where missing), in one round trip."""
+        """Values of ``keys`` (None where missing), in one round trip per node."""
         if not keys:
             return []
-        command = mget(keys)
-        errors: tuple[type[BaseException], ...] = (*self.online._errors, OSError)
+        import redis
+
+        online = self.online
+        errors: tuple[type[BaseException], ...] = (*online._errors, OSError)
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
-            replies: _Replies | None = None
+            pending: list[tuple[_Replies, asyncio.Future[Any], Sequence[int]]] = []
             try:
-                replies = await self._connection(loop)
-                future = loop.create_future()
-                replies.waiting.append(future)
-                assert replies.transport is not None
-                replies.transport.write(command)
-                timeout_s = self.online.timeout_s
-                timer = loop.call_later(timeout_s, _expire, replies, future, timeout_s)
+                for node, batches in self._batches(keys):
+                    replies = await self._connection(loop, node)
+                    for at in batches:
+                        pending.append((replies, loop.create_future(), at))
+                        replies.waiting.append(pending[-1][1])
+                    assert replies.transport is not None
+                    replies.transport.write(b"".join(mget([keys[i] for i in at])
+                                                      for at in batches))
+                timer = loop.call_later(online.timeout_s, _expire, pending, online.timeout_s)
                 try:
-                    reply: list[bytes | None] = await future
+                    if len(pending) == 1:
+                        got: list[bytes | None] = await pending[0][1]
+                        return got
+                    out: list[bytes | None] = [None] * len(keys)
+                    for _, future, at in pending:
+                        for i, value in zip(at, await future, strict=True):
+                            out[i] = value
+                    return out
                 finally:
                     timer.cancel()
-                return reply
+                    for _, future, _ in pending:
+                        future.cancel()  # after a failure: their replies are dropped
+            except redis.ResponseError:
+                if not online.cluster:
+                    raise
+                # MOVED/ASK while slots move: the blocking read refreshes the map and follows
+                await loop.run_in_executor(None, online._forget_slots)
+                return await loop.run_in_executor(None, online.get, keys)
             except _Timeout as e:
                 if attempt:
-                    raise self.online._unavailable(e) from None
+                    raise online._unavailable(e) from None
             except errors as e:
-                if replies is not None and not replies.closed:  # this call's, not a newer one
-                    replies.fail(e)
+                for replies in {id(p[0]): p[0] for p in pending}.values():
+                    if not replies.closed:  # this call's connections, not newer ones
+                        replies.fail(e)
+                if online.cluster:  # a node failed, maybe in a failover
+                    await loop.run_in_executor(None, online._forget_slots)
                 if attempt:
-                    raise self.online._unavailable(e) from None
+                    raise online._unavailable(e) from None
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the connection: through its loop when called on it, else (the loop closed or
-        elsewhere) the socket itself."""
-        replies, loop, sock = self._replies, self._loop, self._sock
-        self._replies = self._loop = self._sock = None
-        if replies is None or replies.closed:
-            return
+        """Close the connections: through their loop when called on it, else (the loop closed
+        or elsewhere) the sockets themselves."""
+        conns, loop = list(self._conns.values()), self._loop
+        self._conns.clear()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
-            replies.fail(ConnectionError("closed"))
-        else:
-            replies.closed = True
-            sock.close()
+        for replies, sock in conns:
+            if replies.closed:
+                continue
+            if running is loop:
+                replies.fail(ConnectionError("closed"))
+            else:
+                replies.closed = True
+                sock.close()
 
 
 __all__ = ["AsyncReads", "supported"]

@@ -114,3 +114,74 @@ def test_a_stale_slot_map_follows_moved_and_reads_and_writes_the_right_keys(
     finally:
         for key in keys:
             client.delete(key)
+
+
+def _mgets(client: object, node: object) -> int:
+    """``MGET`` calls a cluster node has served (its ``INFO commandstats``)."""
+    stats = client.get_redis_connection(node).info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+def test_awaited_cluster_reads_equal_blocking_ones_through_moved_slots_and_dropped_connections(
+        tmp_path: Path, redis_cluster_url: str) -> None:
+    """``get_online_features_async`` on a cluster (what ``tessera serve`` uses under load):
+    calls started together, each split by hash slot over every master, equal the blocking
+    read; a stale slot map (as after resharding) is followed through Redis's ``MOVED``
+    replies; connections the masters dropped are replaced on the next call."""
+    import asyncio
+
+    import redis
+
+    store = build(tmp_path / "repo", redis_cluster_url, rows=6_000, days=8, cluster=True)
+    now = to_micros(today())
+    materialize(store.config, list(store.definitions.views.values()), store.online,
+                now_us=now, show_progress=False)
+    at = now + 3_600_000_000
+    events = pl.read_parquet(store.config.root / "data" / "transactions",
+                             hive_partitioning=False)
+    pairs = events.select("user_id", "merchant_id").unique().sort("user_id").head(200).to_dicts()
+    asks = [pairs[lo:lo + 10] for lo in range(0, 200, 10)]
+    asks[0] += [{"user_id": 1, "merchant_id": 2}, {"user_id": None, "merchant_id": 5}]
+    client = store.online.client
+    masters = client.get_primaries()
+
+    def check(got: list) -> None:
+        for rows, response in zip(asks, got, strict=True):
+            blocking = store.get_online_features(feature_service="fraud_model_v1",
+                                                 entity_rows=rows, now=at,
+                                                 full_feature_names=True)
+            assert response.to_dict() == blocking.to_dict()
+            assert response.status_dict() == blocking.status_dict()
+            assert response.event_times_us == blocking.event_times_us
+        statuses = [s for r in got for col in r.statuses for s in col]
+        assert statuses.count("PRESENT") > 1000 and "NOT_FOUND" in statuses
+
+    async def awaited() -> list:
+        return await asyncio.gather(*[store.get_online_features_async(
+            feature_service="fraud_model_v1", entity_rows=rows, now=at,
+            full_feature_names=True) for rows in asks])
+
+    async def scenario() -> None:  # one event loop, so its connections live throughout
+        before = [_mgets(client, m) for m in masters]
+        check(await awaited())
+        # every master served MGETs: the awaited path (the blocking one sends GETs here)
+        assert all(_mgets(client, m) > b for m, b in zip(masters, before, strict=True))
+
+        # a stale slot map: every slot of the first master pointed at the second
+        cache = client.nodes_manager.slots_cache
+        moved = [slot for slot, nodes in cache.items() if nodes[0].name == masters[0].name]
+        for slot in moved:
+            cache[slot] = [masters[1]]
+        check(await awaited())
+        fresh = client.nodes_manager.slots_cache  # the map was read again
+        assert all(fresh[slot][0].name == masters[0].name for slot in moved)
+
+        # every master drops its clients (as a restart does): the next call reconnects
+        for m in masters:
+            admin = redis.Redis(host=m.host, port=m.port, socket_timeout=5)
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            admin.close()
+        check(await awaited())
+
+    asyncio.run(scenario())
+    store.close()
