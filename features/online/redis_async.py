@@ -112,6 +112,7 @@ class AsyncReads:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop they belong to
         self._lock: asyncio.Lock | None = None  # one connect at a time, on self._lock_loop
         self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._refresh: asyncio.Future[Any] | None = None  # a cluster slot map being read again
 
     async def _connection(self, loop: asyncio.AbstractEventLoop, node: Any) -> _Replies:
         """This loop's open connection to ``node`` (None: the single node); a new one if it
@@ -197,7 +198,7 @@ class AsyncReads:
                 if not online.cluster:
                     raise
                 # MOVED/ASK while slots move: the blocking read refreshes the map and follows
-                await loop.run_in_executor(None, online._forget_slots)
+                await self._forget_slots(loop)
                 return await loop.run_in_executor(None, online.get, keys)
             except _Timeout as e:
                 if attempt:
@@ -207,10 +208,18 @@ class AsyncReads:
                     if not replies.closed:  # this call's connections, not newer ones
                         replies.fail(e)
                 if online.cluster:  # a node failed, maybe in a failover
-                    await loop.run_in_executor(None, online._forget_slots)
+                    await self._forget_slots(loop)
                 if attempt:
                     raise online._unavailable(e) from None
         raise AssertionError("unreachable")
+
+    async def _forget_slots(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the cluster's slot map again, in a thread; calls that fail together (a
+        failover, a reshard) share one reading instead of queueing one each."""
+        refresh = self._refresh
+        if refresh is None or refresh.done() or refresh.get_loop() is not loop:
+            refresh = self._refresh = loop.run_in_executor(None, self.online._forget_slots)
+        await asyncio.shield(refresh)
 
     def close(self) -> None:
         """Close the connections: through their loop when called on it, else (the loop closed
