@@ -192,25 +192,23 @@ class AsyncReads:
                     return out
                 finally:
                     timer.cancel()
-                    for _, future, _ in pending:
-                        future.cancel()  # after a failure: their replies are dropped
             except redis.ResponseError:
                 if not online.cluster:
                     raise
                 # MOVED/ASK while slots move: the blocking read refreshes the map and follows
                 await self._forget_slots(loop)
                 return await loop.run_in_executor(None, online.get, keys)
-            except _Timeout as e:
+            except _Timeout as e:  # _expire closed the connections that did not answer
                 if attempt:
                     raise online._unavailable(e) from None
-            except errors as e:
-                for replies in {id(p[0]): p[0] for p in pending}.values():
-                    if not replies.closed:  # this call's connections, not newer ones
-                        replies.fail(e)
+            except errors as e:  # its connection closed (the others stay: their calls go on)
                 if online.cluster:  # a node failed, maybe in a failover
                     await self._forget_slots(loop)
                 if attempt:
                     raise online._unavailable(e) from None
+            finally:
+                for _, future, _ in pending:
+                    future.cancel()  # after a failure: the replies still to come are dropped
         raise AssertionError("unreachable")
 
     async def _forget_slots(self, loop: asyncio.AbstractEventLoop) -> None:
