@@ -12,8 +12,8 @@ there is a usable one (:mod:`pipelines.online_snapshot`), else they are built fr
   events there before or after); the others' values stay right, since windows slide at read
   time. ``--start/--end`` forces days.
 - **Rule changes**: the fingerprint names the keys, so new rules start from an empty state key
-  and are materialized in full; old keys expire (lifetime keys of old rules are left, see
-  docs/online.md).
+  and are materialized in full; old keys expire (lifetime keys of old rules stay until
+  ``tessera online gc --yes``, :mod:`pipelines.online_gc`).
 """
 
 from __future__ import annotations

@@ -355,6 +355,25 @@ def serve_cmd(
           console=_error_console())
 
 
+online_app = typer.Typer(help="Operate the online store (Redis).", no_args_is_help=True,
+                         rich_markup_mode=None)
+app.add_typer(online_app, name="online")
+
+
+@online_app.command("gc")
+@_friendly
+def online_gc_cmd(
+    yes: Annotated[bool, typer.Option("--yes", help="Delete the stale keys (without it: only "
+                                      "report them).")] = False,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Delete online state of rules, views or formats the repo no longer has (old fingerprints'
+    lifetime values never expire by themselves)."""
+    from tessera.commands import online_gc
+
+    online_gc(_config(repo), _console(), delete=yes)
+
+
 @app.command("check-consistency")
 @_friendly
 def check_consistency_cmd(

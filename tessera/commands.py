@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pipelines.batch import RunSummary
     from pipelines.export import ExportSummary
     from pipelines.materialize import MaterializeSummary
+    from pipelines.online_gc import GcSummary
     from streaming.consumer import StreamSummary
     from streaming.produce import ProduceSummary
 
@@ -96,6 +97,46 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
         if m.note:
             console.print(f"[yellow]note:[/] {m.view}: {m.note}", soft_wrap=True)
     return summaries
+
+
+def online_gc(cfg: RepoConfig, console: Console, *, delete: bool) -> GcSummary:
+    """``tessera online gc``: find (and with ``delete``, delete) stale online keys."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from features.online.redis_store import RedisOnline
+    from pipelines.online_gc import collect, estimate
+
+    defs = load_valid(cfg)
+    online = RedisOnline(cfg.online.url, cluster=cfg.online.cluster,
+                         timeout_s=max(cfg.online.timeout_ms / 1000, 5.0))
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                      TextColumn("{task.completed:,.0f} of ~{task.total:,.0f} keys"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(f"scanning {cfg.project}:*", total=estimate(online))
+            summary = collect(cfg.project, dict(defs.views), online, delete=delete,
+                              progress=lambda n: bar.update(task, completed=n))
+    finally:
+        online.close()
+    table = Table(title=f"stale online state of {cfg.project!r} in {online.shown_url}")
+    for name in ("view", "fingerprint", "format", "why", "window", "lifetime", "offsets",
+                 "state", "keys"):
+        table.add_column(name, justify="right" if name not in ("view", "fingerprint", "why")
+                         else "left")
+    for s in summary.stale:
+        table.add_row(s.view, s.fingerprint, f"v{s.format}", s.why,
+                      *(f"{s.keys.get(k, 0):,}" for k in ("window", "lifetime", "offsets",
+                                                           "state")), f"{s.total:,}")
+    if summary.stale:
+        console.print(table)
+    done = (f"deleted {summary.deleted:,} stale keys" if delete else
+            f"{summary.stale_keys:,} stale keys would be deleted: run again with --yes"
+            if summary.stale_keys else "nothing stale")
+    console.print(f"scanned {summary.scanned:,} keys in {summary.seconds:.2f} s: "
+                  f"{summary.current:,} current (kept), {summary.other:,} not in the online "
+                  f"layout (left); {done}")
+    return summary
 
 
 def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
