@@ -194,7 +194,7 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
     # lifetime value stays
     deletes = [head + t + tail for t in gone[0]]
     if cod.lifetime is not None:
-        deletes += [head + t + tail + ":L" for t in gone[1]]
+        deletes += [head + t + tail + K.LIFETIME for t in gone[1]]
     total = len(values.window_tags) + len(values.lifetime_tags)
     batches: list[tuple[Any, Any, Any]] = []  # (keys, blobs, expire ms; -1 never)
     if values.window_blobs is not None:
@@ -209,7 +209,7 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
             keys, blobs, expire = keys.filter(keep), blobs.filter(keep), expire[alive]
         batches.append((keys, blobs, np.where(expire < 0, -1, _ms(expire))))
     if values.lifetime_blobs is not None:
-        keys = pc.binary_join_element_wise(head, values.lifetime_tags, tail + ":L", "")
+        keys = pc.binary_join_element_wise(head, values.lifetime_tags, tail + K.LIFETIME, "")
         batches.append((keys, values.lifetime_blobs,
                         np.full(len(values.lifetime_tags), -1, np.int64)))
     done = 0

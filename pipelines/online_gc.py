@@ -28,17 +28,11 @@ from typing import Any
 
 from features.definitions import FeatureView
 from features.online.codec import VERSION
-from features.online.keys import FINGERPRINT_CHARS
+from features.online.keys import FINGERPRINT_CHARS, parse
 from features.online.redis_store import RedisOnline
 
 Progress = Callable[[int], None]  # keys scanned so far
 DELETE_BATCH = 1_000  # keys per DEL round of the pipelined write
-
-# what follows the hash tag: ":<view>:<fingerprint>:v<format>" and an optional kind
-_TAIL = re.compile(r":([A-Za-z_][A-Za-z0-9_]*):([0-9a-f]{" + str(FINGERPRINT_CHARS)
-                   + r"}):v([0-9]+)(?::([LO]))?")
-_KINDS = {None: "window", "L": "lifetime", "O": "offsets"}
-
 
 @dataclass
 class StaleState:
@@ -67,23 +61,6 @@ class GcSummary:
     @property
     def stale_keys(self) -> int:
         return sum(s.total for s in self.stale)
-
-
-def parse(project: str, key: str) -> tuple[str, str, int, str] | None:
-    """(view, fingerprint, format, kind) of a key of ``project``'s online layout, or None.
-    The hash tag ends at its first ``}`` (string join keys escape theirs, ``features.online
-    .keys``)."""
-    head = project + ":{"
-    if not key.startswith(head):
-        return None
-    close = key.find("}", len(head))
-    m = _TAIL.fullmatch(key, close + 1) if close > 0 else None
-    if m is None:
-        return None
-    kind = "state" if key[len(head):close] == "_materialized" else _KINDS[m.group(4)]
-    if kind == "state" and m.group(4) is not None:
-        return None
-    return m.group(1), m.group(2), int(m.group(3)), kind
 
 
 def collect(project: str, views: dict[str, FeatureView], online: RedisOnline, *,
@@ -161,4 +138,4 @@ def estimate(online: RedisOnline) -> int:
     return int(client.dbsize())
 
 
-__all__ = ["GcSummary", "StaleState", "collect", "estimate", "parse"]
+__all__ = ["GcSummary", "StaleState", "collect", "estimate"]

@@ -190,7 +190,7 @@ class ViewWriter:
 
     def _keys(self, tag: str) -> tuple[str, str, str]:
         window = self.head + tag + self.tail
-        return window + ":O", window, window + ":L"
+        return window + K.OFFSETS, window, window + K.LIFETIME
 
     def _read(self, tags: Sequence[str]) -> _Stored:
         with_life = self.cod.lifetime is not None
@@ -241,13 +241,13 @@ class ViewWriter:
         # (no Python formatting per entity), and a group is a slice of those bytes
         per = 2 * nkeys + 1
         w = pc.binary_join_element_wise(self.head, pa.array(tags, pa.string()), self.tail, "")
-        key_parts = [pk.bulk(pc.binary_join_element_wise(w, ":O", "")), pk.bulk(w)]
+        key_parts = [pk.bulk(pc.binary_join_element_wise(w, K.OFFSETS, "")), pk.bulk(w)]
         arg_parts = [pk.bulk(pa.array([e or b"" for e in expected], pa.large_binary())),
                      pk.bulk(pa.array(offsets, pa.large_binary())),
                      pk.bulk(pa.array(offsets_ms).cast(pa.string())),
                      pk.bulk(merged.window), pk.bulk(pa.array(window_ms).cast(pa.string()))]
         if life is not None:
-            key_parts.append(pk.bulk(pc.binary_join_element_wise(w, ":L", "")))
+            key_parts.append(pk.bulk(pc.binary_join_element_wise(w, K.LIFETIME, "")))
             arg_parts += [pk.bulk(life), pk.bulk(pk.lb_array(b"-1", len(tags)))]
         keys, args = pk.join(key_parts), pk.join(arg_parts)
         packed = []

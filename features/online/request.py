@@ -105,7 +105,7 @@ class Plan:
             slots.append(tuple(positions))
             view_keys.append(tuple(join_keys.index(k) for k in view.join_keys))
             head, tail = K.prefix(project, view.name, view.fingerprint())
-            key_parts.append((head, tail, ":L"))
+            key_parts.append((head, tail, K.LIFETIME))
         dtypes = [""] * len(names)
         for view, feats, positions in by_view.values():
             for f, pos in zip(feats, positions, strict=True):

@@ -137,3 +137,22 @@ def test_the_cli_reports_then_deletes_with_yes(tmp_path: Path, redis_url: str) -
     assert result.exit_code == 0 and "nothing stale" in result.output, result.output
     changed.close()
     store.close()
+
+
+def test_every_key_the_layout_builds_parses_back() -> None:
+    """``keys.parse`` is the inverse of the key builders (gc's only way to tell our keys):
+    int and string entities (escaped ``,``, ``}``, a ``:`` inside), every kind."""
+    fp = "0123456789abcdef" * 4
+    for values in ([1000003], ["a:b}c,d\\"], [7, "x"]):
+        tag = K.entity_tag(values)
+        window = K.window_key("proj", "user_spend", fp, tag)
+        assert K.parse("proj", window) == ("user_spend", fp[:16], VERSION, "window")
+        assert K.parse("proj", K.lifetime_key("proj", "user_spend", fp, tag)) == (
+            "user_spend", fp[:16], VERSION, "lifetime")
+        assert K.parse("proj", window + K.OFFSETS) == ("user_spend", fp[:16], VERSION,
+                                                       "offsets")
+        assert K.parse("other", window) is None and K.parse("pro", window) is None
+    assert K.parse("proj", K.state_key("proj", "v", fp)) == ("v", fp[:16], VERSION, "state")
+    for foreign in ("proj:notes", "proj:{1}:v:0123:v3", "proj:{1}:v:" + fp[:16] + ":v3:X",
+                    "proj:{_materialized}:v:" + fp[:16] + ":v3:L", "proj:{1"):
+        assert K.parse("proj", foreign) is None, foreign
