@@ -110,40 +110,46 @@ class AsyncReads:
         self.online = online
         self._conns: dict[str, tuple[_Replies, Any]] = {}  # node name ("": single node)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop they belong to
-        self._lock: asyncio.Lock | None = None  # one connect at a time, on self._lock_loop
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        # per node, the connect in progress: calls that find no connection share its outcome
+        self._connecting: dict[str, asyncio.Task[_Replies]] = {}
         self._refresh: asyncio.Future[Any] | None = None  # a cluster slot map being read again
 
     async def _connection(self, loop: asyncio.AbstractEventLoop, node: Any) -> _Replies:
         """This loop's open connection to ``node`` (None: the single node); a new one if it
-        has none. Calls that find none at once (after Redis restarted) wait for one connect
-        rather than each making its own."""
+        has none. Calls that find none at once (after Redis restarted) share one connect, and
+        its failure: a node that hangs costs them one timeout together, not one each in turn."""
         name = "" if node is None else node.name
-        if self._loop is loop:
-            got = self._conns.get(name)
-            if got is not None and not got[0].closed:
-                return got[0]
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            if self._loop is not loop:
-                self.close()  # connections of an earlier loop (asyncio.run closes its loop)
-                self._loop = loop
-            got = self._conns.pop(name, None)
-            if got is not None:
-                if not got[0].closed:
-                    self._conns[name] = got
-                    return got[0]  # another call connected meanwhile
-                got[1].close()
-            client = self.online.client
-            pool = (client if node is None else client.get_redis_connection(node)
-                    ).connection_pool
-            conn = pool.make_connection()
-            await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall it
-            sock, conn._sock = conn._sock, None  # the loop's from here (redis-py: TCP_NODELAY)
-            _, replies = await loop.create_connection(_Replies, sock=sock)
-            self._conns[name] = (replies, sock)
-            return replies
+        if self._loop is not loop:
+            self.close()  # connections of an earlier loop (asyncio.run closes its loop)
+            self._loop = loop
+        got = self._conns.get(name)
+        if got is not None and not got[0].closed:
+            return got[0]
+        task = self._connecting.get(name)
+        if task is None:
+            task = self._connecting[name] = loop.create_task(self._open(loop, name, node))
+            task.add_done_callback(lambda t: self._connected(name, t))
+        return await asyncio.shield(task)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, name: str, node: Any) -> _Replies:
+        got = self._conns.pop(name, None)
+        if got is not None:
+            got[1].close()  # a closed connection's socket
+        client = self.online.client
+        pool = (client if node is None else client.get_redis_connection(node)).connection_pool
+        conn = pool.make_connection()
+        await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall the loop
+        sock, conn._sock = conn._sock, None  # the loop's from here (redis-py set TCP_NODELAY)
+        _, replies = await loop.create_connection(_Replies, sock=sock)
+        self._conns[name] = (replies, sock)
+        return replies
+
+    def _connected(self, name: str, task: asyncio.Task[_Replies]) -> None:
+        """A connect ended: the next call that finds no connection tries again."""
+        if self._connecting.get(name) is task:
+            del self._connecting[name]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: its callers may all have been cancelled
 
     def _batches(self, keys: Sequence[str]) -> list[tuple[Any, list[Sequence[int]]]]:
         """Per node, the ``MGET``s to send it, each as its keys' positions: one of every key
@@ -224,6 +230,7 @@ class AsyncReads:
         or elsewhere) the sockets themselves."""
         conns, loop = list(self._conns.values()), self._loop
         self._conns.clear()
+        self._connecting.clear()  # an earlier loop's: never awaited again
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

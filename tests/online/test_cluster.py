@@ -204,3 +204,69 @@ def test_awaited_cluster_reads_equal_blocking_ones_through_moved_slots_and_dropp
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_a_hung_master_fails_only_the_awaited_reads_that_need_it(
+        tmp_path: Path, redis_cluster_url: str) -> None:
+    """One master stops answering (SIGSTOP): awaited reads of entities on the other masters go
+    on with the same values, those that need it fail with OnlineUnavailableError within a few
+    timeouts, and once it answers again (SIGCONT) every read works, with no restart."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from features.errors import OnlineUnavailableError
+    from features.store import _keys
+
+    built = build(tmp_path / "repo", redis_cluster_url, rows=5_000, days=8, cluster=True)
+    now = to_micros(today())
+    materialize(built.config, list(built.definitions.views.values()), built.online,
+                now_us=now, show_progress=False)
+    cfg = built.config
+    store = FeatureStore(config=cfg.model_copy(update={
+        "online": cfg.online.model_copy(update={"timeout_ms": 300})}))
+    client = store.online.client
+    hung = client.get_primaries()[0]
+    refs = [f"user_spend:{f.name}" for f in store.definitions.views["user_spend"].features]
+    events = pl.read_parquet(cfg.root / "data" / "transactions", hive_partitioning=False)
+    users = events["user_id"].unique().sort().head(400).to_list()
+    probe = store.plan(refs)
+    on_hung, elsewhere = [], []
+    for u in users:
+        [key] = _keys(probe, {"user_id": [u]})[0]  # the entity's one key: its slot's master
+        (on_hung if client.get_node_from_key(key).name == hung.name else elsewhere).append(u)
+    assert len(on_hung) > 20 and len(elsewhere) > 20
+    healthy = [[{"user_id": u}] for u in elsewhere[:20]]
+    needing = [[{"user_id": u}] for u in on_hung[:10]]
+    at = now + 3_600_000_000
+    expected = [store.get_online_features(refs, rows, now=at).to_dict() for rows in healthy]
+    pid = int(client.get_redis_connection(hung).info("server")["process_id"])
+
+    async def scenario() -> None:
+        async def read(rows: list) -> dict:
+            return (await store.get_online_features_async(refs, rows, now=at)).to_dict()
+
+        await asyncio.gather(*[read(rows) for rows in healthy + needing])  # connections open
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            got = await asyncio.gather(*[read(rows) for rows in healthy + needing],
+                                       return_exceptions=True)
+            took = time.monotonic() - began
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert got[:len(healthy)] == expected  # the other masters kept serving
+        for failure in got[len(healthy):]:
+            assert isinstance(failure, OnlineUnavailableError), failure
+            assert "is unavailable: Timeout" in str(failure)
+        # two attempts and two slot-map readings of up to one timeout each, and slack
+        assert took < 4 * 0.3 + 1.5, took
+        again = await asyncio.gather(*[read(rows) for rows in healthy + needing])
+        assert again[:len(healthy)] == expected
+        blocking = [store.get_online_features(refs, rows, now=at).to_dict() for rows in needing]
+        assert again[len(healthy):] == blocking
+
+    asyncio.run(scenario())
+    store.close()
+    built.close()
