@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-JOBS = ("drift", "run", "materialize")
+JOBS = ("drift", "run", "materialize", "online-gc")
 
 
 class _Model(BaseModel):
@@ -58,7 +58,7 @@ class Schedule(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     cron: str
-    job: Literal["drift", "run", "materialize"]
+    job: Literal["drift", "run", "materialize", "online-gc"]
     args: dict[str, str] = Field(default_factory=dict, description="Options of the command: "
                                  "{key: value} is --key value ('true': a bare flag).")
     timeout_seconds: int | None = Field(None, ge=1, description="Kill the run past this "

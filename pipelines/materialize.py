@@ -13,7 +13,7 @@ there is a usable one (:mod:`pipelines.online_snapshot`), else they are built fr
   time. ``--start/--end`` forces days.
 - **Rule changes**: the fingerprint names the keys, so new rules start from an empty state key
   and are materialized in full; old keys expire (lifetime keys of old rules stay until
-  ``tessera online gc --yes``, :mod:`pipelines.online_gc`).
+  ``tessera online gc --delete``, :mod:`pipelines.online_gc`).
 """
 
 from __future__ import annotations

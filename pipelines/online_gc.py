@@ -13,7 +13,7 @@ gc`` finds them by ``SCAN`` (every master of a cluster) and deletes them:
   state ``{_materialized}`` key of that fingerprint alike);
 - any other key under ``<project>:`` is not ours to judge: counted, left.
 
-It only reads until told to delete (``--yes``), and reports per view and fingerprint what it
+It only reads until told to delete (``--delete``), and reports per view and fingerprint what it
 found. Run it once no server or stream of the old rules still runs: they would find their
 state gone (the repo deployed is the one that decides what is current).
 """

@@ -363,15 +363,15 @@ app.add_typer(online_app, name="online")
 @online_app.command("gc")
 @_friendly
 def online_gc_cmd(
-    yes: Annotated[bool, typer.Option("--yes", help="Delete the stale keys (without it: only "
-                                      "report them).")] = False,
+    delete: Annotated[bool, typer.Option(
+        "--delete", help="Delete the stale keys (without it: only report them).")] = False,
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """Delete online state of rules, views or formats the repo no longer has (old fingerprints'
     lifetime values never expire by themselves)."""
     from tessera.commands import online_gc
 
-    online_gc(_config(repo), _console(), delete=yes)
+    online_gc(_config(repo), _console(), delete=delete)
 
 
 @app.command("check-consistency")

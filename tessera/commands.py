@@ -131,7 +131,7 @@ def online_gc(cfg: RepoConfig, console: Console, *, delete: bool) -> GcSummary:
     if summary.stale:
         console.print(table)
     done = (f"deleted {summary.deleted:,} stale keys" if delete else
-            f"{summary.stale_keys:,} stale keys would be deleted: run again with --yes"
+            f"{summary.stale_keys:,} stale keys would be deleted: run again with --delete"
             if summary.stale_keys else "nothing stale")
     console.print(f"scanned {summary.scanned:,} keys in {summary.seconds:.2f} s: "
                   f"{summary.current:,} current (kept), {summary.other:,} not in the online "

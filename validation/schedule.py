@@ -86,9 +86,12 @@ def expand(value: str, when: datetime) -> str:
     return out
 
 
+_SUBCOMMANDS = {"online-gc": ["online", "gc"]}  # jobs whose command is not their name
+
+
 def tessera_command(repo: Path, schedule: Schedule, run_dir: Path, when: datetime) -> list[str]:
     """The Tessera command a run of ``schedule`` executes (the default :data:`CommandFor`)."""
-    argv = [sys.executable, "-m", "tessera.cli", schedule.job]
+    argv = [sys.executable, "-m", "tessera.cli", *_SUBCOMMANDS.get(schedule.job, [schedule.job])]
     for key, value in schedule.args.items():
         flag = "--" + key.replace("_", "-")
         if value.lower() == "true":

@@ -34,7 +34,8 @@ class RunRecord:
 
     Attributes:
         run_id: ``<UTC start>-<job name>-<4 hex>``; also the name of the run's folder.
-        job: the schedule's name; ``kind`` is its job (drift, run or materialize).
+        job: the schedule's name; ``kind`` is its job (drift, run, materialize or
+            online-gc).
         command: the argument vector run (empty for a run skipped before it started).
         scheduled: the time the trigger fired for (ISO, UTC); None for ``schedule run NAME``.
         status: ``ok``; ``drift`` (drift's exit 1: drift found, not an error); ``failed``

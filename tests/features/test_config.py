@@ -64,7 +64,8 @@ def test_bad_redis_url_and_cron_are_explained(tmp_path: Path) -> None:
     assert len(msg.splitlines()) == 1
     assert "schedules.0.cron: not a valid cron expression '61 6 * * *'" in msg
     path = write(tmp_path, "project: shop\nschedules: [{name: a, cron: '0 6 * * *', job: train}]\n")
-    assert "schedules.0.job: Input should be 'drift', 'run' or 'materialize'" in error_of(path)
+    assert ("schedules.0.job: Input should be 'drift', 'run', 'materialize' or 'online-gc'"
+            in error_of(path))
     # A drift job `tessera drift` would refuse at run time is refused at load.
     path = write(tmp_path, "project: shop\nschedules: [{name: a, cron: '0 6 * * *', job: drift, "
                            "args: {reference: '2026-01-01..2026-02-01', current: x}}]\n")

@@ -129,8 +129,8 @@ def test_the_cli_reports_then_deletes_with_yes(tmp_path: Path, redis_url: str) -
     runner = CliRunner()
     result = runner.invoke(app, ["online", "gc", "--repo", repo], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "rules changed" in result.output and "run again with --yes" in result.output
-    result = runner.invoke(app, ["online", "gc", "--repo", repo, "--yes"],
+    assert "rules changed" in result.output and "run again with --delete" in result.output
+    result = runner.invoke(app, ["online", "gc", "--repo", repo, "--delete"],
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "deleted" in result.output, result.output
     result = runner.invoke(app, ["online", "gc", "--repo", repo], env={"COLUMNS": "200"})

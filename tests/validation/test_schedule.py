@@ -100,9 +100,13 @@ def test_args_become_flags_and_placeholders_take_the_scheduled_day(tmp_path: Pat
           cron: "0 6 * * *"
           job: drift
           args: {current: "{now-6h}..{now}"}
+        - name: weekly-gc
+          cron: "0 7 * * 1"
+          job: online-gc
+          args: {delete: "true"}
         """)
     when = datetime(2026, 1, 9, 6, 0, 5, tzinfo=UTC)
-    run, drift = cfg.schedules
+    run, drift, gc = cfg.schedules
     repo = tmp_path / "feature_repo.yaml"
     assert tessera_command(repo, run, tmp_path / "r1", when) == [
         PY, "-m", "tessera.cli", "run", "--view", "user_spend", "--allow-empty-days",
@@ -110,6 +114,8 @@ def test_args_become_flags_and_placeholders_take_the_scheduled_day(tmp_path: Pat
     assert tessera_command(repo, drift, tmp_path / "r2", when) == [
         PY, "-m", "tessera.cli", "drift", "--current", "2026-01-09T00:00:05..2026-01-09T06:00:05",
         "--out", str(tmp_path / "r2"), "--repo", str(repo)]
+    assert tessera_command(repo, gc, tmp_path / "r3", when) == [
+        PY, "-m", "tessera.cli", "online", "gc", "--delete", "--repo", str(repo)]
     with pytest.raises(ScheduleError, match=r"unknown placeholder"):
         expand("{yesterday}", when)
 
@@ -317,6 +323,9 @@ def card_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cron: "0 6 * * *"
             job: run
             args: {view: user_spnd}
+          - name: gc-report
+            cron: "0 7 * * 1"
+            job: online-gc
         """))
     subprocess.run([TESSERA, "generate", "--out", str(root / "data"), "--rows", "1000",
                     "--days", "2", "--start", "2026-01-05"], check=True, capture_output=True,
@@ -343,6 +352,20 @@ def test_schedule_run_runs_the_real_tessera_command_and_records_it(card_repo: Pa
     assert (typo.status, typo.exit_code) == ("failed", 1)
     assert "no feature view 'user_spnd'" in Path(typo.log).read_text()
     assert "typo-run (run): failed in " in bad.stdout and f"log: {typo.log}" in bad.stdout
+
+
+def test_a_scheduled_online_gc_reports_against_the_real_redis(card_repo: Path,
+                                                               redis_url: str) -> None:
+    """The job runs ``tessera online gc`` on the repo's Redis (the default URL, the one the
+    tests start) and only reports without ``yes``."""
+    assert load_config(card_repo).online.url == redis_url
+    done = subprocess.run([TESSERA, "schedule", "run", "gc-report", "--repo", str(card_repo)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [gc] = records(load_config(card_repo), "gc-report")[-1:]
+    assert (gc.status, gc.exit_code, gc.command[3:5]) == ("ok", 0, ["online", "gc"])
+    log = Path(gc.log).read_text()
+    assert "scanned" in log and ("nothing stale" in log or "run again with --delete" in log), log
 
 
 def start_foreground(args: list[str], cwd: Path) -> subprocess.Popen[str]:
