@@ -4,6 +4,7 @@ or, for writes, a count of line ends). Used by :mod:`features.online.redis_store
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,9 @@ class _SocketErrors:
 
 
 _READING = _SocketErrors("reading from socket")
+# A non-blocking socket with nothing to read: TLS sockets (rediss://) raise SSLWantReadError,
+# an OSError but not a BlockingIOError; caught as a failure, it failed most TLS reads.
+_NOTHING_YET = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _WRITING = _SocketErrors("writing to socket")
 
 
@@ -115,7 +119,7 @@ def read_replies(conn: Any, count: int, reader: Any, spin_s: float = 0.0) -> lis
                     continue
                 try:  # more bytes needed
                     chunk = sock.recv(1 << 20)
-                except BlockingIOError:  # polling, nothing yet
+                except _NOTHING_YET:  # polling, nothing yet
                     if time.perf_counter() < deadline:
                         continue
                     sock.settimeout(timeout)

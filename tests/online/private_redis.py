@@ -1,4 +1,5 @@
-"""A private redis-server on a free loopback port, for tests that stop and restart Redis."""
+"""A private redis-server on a free loopback port, for tests that stop and restart Redis, or
+that need one serving TLS only (``rediss://``, certificates made with ``openssl``)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PrivateRedis:
-    """``start()``/``stop()`` a redis-server whose data survives a restart (RDB on shutdown)."""
+def make_certs(folder: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1 (``ca.crt``, ``server.crt``,
+    ``server.key`` in ``folder``), made with the ``openssl`` command."""
+    folder.mkdir(parents=True, exist_ok=True)
 
-    def __init__(self, folder: Path) -> None:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True,
+                       timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "2", "-subj", "/CN=tessera-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    return folder
+
+
+class PrivateRedis:
+    """``start()``/``stop()`` a redis-server whose data survives a restart (RDB on shutdown);
+    with ``certs`` (:func:`make_certs`), one that serves TLS only."""
+
+    def __init__(self, folder: Path, certs: Path | None = None) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.binary = binary
         self.folder = folder
+        self.certs = certs
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        if self.certs is not None:
+            return (f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs="
+                    f"{self.certs / 'ca.crt'}")
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        listen = ["--port", str(self.port)]
+        if self.certs is not None:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                      str(self.certs / "server.crt"), "--tls-key-file",
+                      str(self.certs / "server.key"), "--tls-ca-cert-file",
+                      str(self.certs / "ca.crt"), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.folder), "--save", "", "--appendonly", "no"],
+            [self.binary, *listen, "--bind", "127.0.0.1", "--dir", str(self.folder), "--save",
+             "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -48,7 +79,7 @@ class PrivateRedis:
     def stop(self, save: bool = True) -> None:
         if self.proc is None:
             return
-        if save:
+        if save and self.certs is None:
             import redis
 
             with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
