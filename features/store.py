@@ -184,6 +184,12 @@ class FeatureStore:
             self.serving_log.record(plan, response, now_us)
         return response
 
+    @property
+    def awaits_reads(self) -> bool:
+        """Whether :meth:`get_online_features_async` really awaits Redis (not over TLS or a
+        Unix socket, where it is the blocking read)."""
+        return self._async_reads() is not None
+
     def _async_reads(self) -> AsyncReads | None:
         """The store's event-loop reads (opened on first use); None where unsupported."""
         if self._aio is None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from features.config import RepoConfig
+    from features.online.redis_store import RedisOnline
     from features.repo import Definitions
     from pipelines.batch import RunSummary
     from pipelines.export import ExportSummary
@@ -67,17 +68,24 @@ def run_batch(cfg: RepoConfig, console: Console, engine: str, start: str | None,
     return summaries
 
 
+def _batch_online(cfg: RepoConfig) -> RedisOnline:
+    """The online store for a batch command: the serving timeout, but at least 5 s (a bulk
+    write or a SCAN page is not a 1-entity read)."""
+    from features.online.redis_store import RedisOnline
+
+    return RedisOnline(cfg.online.url, cluster=cfg.online.cluster,
+                       timeout_s=max(cfg.online.timeout_ms / 1000, 5.0))
+
+
 def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: str | None,
                      views: list[str] | None) -> list[MaterializeSummary]:
     """``tessera materialize``: online values into Redis (incremental unless days are given)."""
     from rich.table import Table
 
-    from features.online.redis_store import RedisOnline
     from pipelines.materialize import materialize
 
     defs = load_valid(cfg)
-    online = RedisOnline(cfg.online.url, cluster=cfg.online.cluster,
-                         timeout_s=max(cfg.online.timeout_ms / 1000, 5.0))
+    online = _batch_online(cfg)
     try:
         summaries = materialize(cfg, defs.select(views), online, start=start, end=end)
     finally:
@@ -104,12 +112,10 @@ def online_gc(cfg: RepoConfig, console: Console, *, delete: bool) -> GcSummary:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from features.online.redis_store import RedisOnline
     from pipelines.online_gc import collect, estimate
 
     defs = load_valid(cfg)
-    online = RedisOnline(cfg.online.url, cluster=cfg.online.cluster,
-                         timeout_s=max(cfg.online.timeout_ms / 1000, 5.0))
+    online = _batch_online(cfg)
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"),
                       TextColumn("{task.completed:,.0f} of ~{task.total:,.0f} keys"),

@@ -151,20 +151,22 @@ class AsyncReads:
         if not task.cancelled():
             task.exception()  # retrieved here too: its callers may all have been cancelled
 
-    def _batches(self, keys: Sequence[str]) -> list[tuple[Any, list[Sequence[int]]]]:
-        """Per node, the ``MGET``s to send it, each as its keys' positions: one of every key
-        on a single node; on a cluster, where ``MGET`` cannot span slots, one per hash slot
-        (an entity's keys share one), grouped by the master owning the slot."""
+    def _batches(self, keys: Sequence[str]
+                 ) -> list[tuple[Any, list[tuple[Sequence[int], Sequence[str]]]]]:
+        """Per node, the ``MGET``s to send it, each as (its keys' positions, its keys): one of
+        every key on a single node; on a cluster, where ``MGET`` cannot span slots, one per
+        hash slot (an entity's keys share one), grouped by the master owning the slot."""
         if not self.online.cluster:
-            return [(None, [range(len(keys))])]
+            return [(None, [(range(len(keys)), keys)])]
         from redis.crc import key_slot
 
         by_slot: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             by_slot.setdefault(key_slot(key.encode()), []).append(i)
         slots = list(by_slot)
-        return [(node, [by_slot[slots[j]] for j in at])
-                for node, at in self.online._by_master(slots)]
+        return [(node, [(at, [keys[i] for i in at])
+                        for at in (by_slot[slots[j]] for j in positions)])
+                for node, positions in self.online._by_master(slots)]
 
     async def get(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of ``keys`` (None where missing), in one round trip per node."""
@@ -180,12 +182,11 @@ class AsyncReads:
             try:
                 for node, batches in self._batches(keys):
                     replies = await self._connection(loop, node)
-                    for at in batches:
+                    for at, _ in batches:
                         pending.append((replies, loop.create_future(), at))
                         replies.waiting.append(pending[-1][1])
                     assert replies.transport is not None
-                    replies.transport.write(b"".join(mget([keys[i] for i in at])
-                                                      for at in batches))
+                    replies.transport.write(b"".join(mget(some) for _, some in batches))
                 timer = loop.call_later(online.timeout_s, _expire, pending, online.timeout_s)
                 try:
                     if len(pending) == 1:

@@ -36,7 +36,8 @@ class _SocketErrors:
 
 _READING = _SocketErrors("reading from socket")
 # A non-blocking socket with nothing to read: TLS sockets (rediss://) raise SSLWantReadError,
-# an OSError but not a BlockingIOError; caught as a failure, it failed most TLS reads.
+# an OSError but not a BlockingIOError (taken for a failure, it failed every TLS read whose
+# reply was not there at the first recv).
 _NOTHING_YET = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _WRITING = _SocketErrors("writing to socket")
 

@@ -23,6 +23,7 @@ def test_tls_reads_equal_plain_reads_polling_or_not(tmp_path: Path, redis_url: s
         "online": cfg.online.model_copy(update={"url": server.url, "spin_us": 200})}))
     try:
         assert tls.online.url.startswith("rediss://")
+        assert plain.awaits_reads and not tls.awaits_reads  # tessera serve blocks over TLS
         now = to_micros(today())
         for store in (plain, tls):
             materialize(store.config, list(store.definitions.views.values()), store.online,
