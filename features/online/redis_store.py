@@ -19,7 +19,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from features.errors import OnlineUnavailableError
-from features.online.resp import call_spinning, mget, pack, read_replies, write_replies
+from features.online.resp import (
+    call_spinning,
+    mget,
+    pack,
+    read_replies,
+    read_reply,
+    send,
+    write_replies,
+)
 
 WRITE_BATCH = 2_000  # commands per pipeline flush when writing
 
@@ -145,6 +153,69 @@ class RedisOnline:
                         raise self._unavailable(e) from None
             raise AssertionError("unreachable")
         finally:
+            if counted:
+                _IN_FLIGHT.leave()
+
+    def get_pipelined(self, key_lists: Iterable[Sequence[str]]
+                      ) -> Iterator[list[bytes | None]]:
+        """:meth:`get` of each of ``key_lists``, yielded in order as the replies arrive.
+
+        Single node: one ``MGET`` per list, each sent as soon as the iterable makes it, all
+        before any reply is read. The caller works on the first values while Redis serves the
+        rest (a 100-entity read in four parts: p99 ~25% lower here than one ``MGET``,
+        docs/online.md). A dropped connection found by the sends or the first reply is
+        retried once, as in :meth:`get`; replies left unread (the caller stopped early, or an
+        error) close the connection, so the next call never reads them. On a cluster, one
+        :meth:`get` per list.
+        """
+        if self.cluster:
+            for keys in key_lists:
+                yield self.get(keys)
+            return
+        todo = iter(key_lists)
+        made: list[Sequence[str]] = []  # the lists consumed so far, resent by a retry
+        counted = self.spin_s > 0
+        spin_s = self.spin_s if counted and _IN_FLIGHT.enter() else 0.0
+        conn: Any = None
+        unread = 0
+        try:
+            reader = self._reader()
+            for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
+                conn = self._connection()
+                try:
+                    for keys in made:
+                        if keys:
+                            send(conn, mget(keys))
+                    for keys in todo:
+                        made.append(keys)
+                        if keys:  # MGET of no key is an error: those lists read as []
+                            send(conn, mget(keys))
+                    unread = sum(1 for keys in made if keys)
+                    first = read_reply(conn, reader, spin_s) if unread else None
+                    break
+                except self._errors as e:
+                    conn.disconnect()
+                    self._local.reader = None  # it may hold part of a reply
+                    reader = self._reader()
+                    if attempt:
+                        raise self._unavailable(e) from None
+            for keys in made:
+                if not keys:
+                    yield []
+                    continue
+                if first is not None:
+                    reply, first = first, None
+                else:
+                    try:
+                        reply = read_reply(conn, reader, spin_s)
+                    except self._errors as e:
+                        raise self._unavailable(e) from None
+                unread -= 1
+                yield reply
+        finally:
+            if unread and conn is not None:  # replies left on the socket: out of step
+                conn.disconnect()
+                self._local.reader = None
             if counted:
                 _IN_FLIGHT.leave()
 

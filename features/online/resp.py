@@ -136,18 +136,29 @@ def read_replies(conn: Any, count: int, reader: Any, spin_s: float = 0.0) -> lis
     return replies
 
 
-def call_spinning(conn: Any, command: bytes, reader: Any, spin_s: float) -> Any:
-    """Send one packed command on ``conn`` (connecting it if needed) and read its reply,
-    polling for up to ``spin_s`` first (:func:`read_replies`). An error reply is raised as the
-    exception redis-py would raise (``reader`` is made with its ``parse_error``)."""
+def send(conn: Any, command: bytes) -> None:
+    """Send one packed command on ``conn``, connecting it first if needed."""
     if conn._sock is None:
         conn.connect()  # redis-py's handshake (AUTH, SELECT), blocking
     with _WRITING:
         conn._sock.sendall(command)  # redis-py's send_packed_command costs ~6 µs more a call
+
+
+def read_reply(conn: Any, reader: Any, spin_s: float) -> Any:
+    """The next reply on ``conn`` (:func:`read_replies`); an error reply is raised as the
+    exception redis-py would raise (``reader`` is made with its ``parse_error``)."""
     [reply] = read_replies(conn, 1, reader, spin_s)
     if isinstance(reply, Exception):  # from parse_error: ResponseError, AuthenticationError...
         raise reply
     return reply
 
 
-__all__ = ["call_spinning", "mget", "pack", "read_replies", "write_replies"]
+def call_spinning(conn: Any, command: bytes, reader: Any, spin_s: float) -> Any:
+    """Send one packed command on ``conn`` and read its reply, polling for up to ``spin_s``
+    first (:func:`read_replies`)."""
+    send(conn, command)
+    return read_reply(conn, reader, spin_s)
+
+
+__all__ = ["call_spinning", "mget", "pack", "read_replies", "read_reply", "send",
+           "write_replies"]

@@ -330,3 +330,98 @@ def test_an_unset_spin_polls_only_where_the_kernel_does_not(tmp_path: Path,
     unset = FeatureStore(config=load_config(tmp_path / "unset"))
     assert unset.online.spin_s == redis_store.default_spin_us() / 1e6  # this machine's choice
     assert FeatureStore(config=load_config(tmp_path / "set")).online.spin_s == 7e-6
+
+
+def test_a_large_read_in_parts_equals_one_mget(materialized: FeatureStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read past READ_PART entities is sent as several pipelined MGETs: the same values,
+    statuses, event times and entities as one MGET, with null keys and unknown entities
+    anywhere, a part of null keys only (no MGET for it), and both views' keys."""
+    import features.store as fs
+
+    part = fs.READ_PART
+    users, merchants = ids(materialized, "user_id"), ids(materialized, "merchant_id")
+    rows = [{"user_id": users[i % len(users)], "merchant_id": merchants[i % len(merchants)]}
+            for i in range(3 * part)]
+    rows[3]["user_id"] = None
+    rows[part]["merchant_id"] = None  # the first row of a part
+    rows[-1]["user_id"] = 777777777  # never seen
+    rows += [{"user_id": None, "merchant_id": None} for _ in range(part)]  # nulls only
+    feats = [f"user_spend:{f.name}" for f in materialized.definitions.views["user_spend"].features]
+    feats += ["merchant_activity:txn_count_lifetime", "merchant_activity:txn_count_1h"]
+    plan = materialized.plan(feats, full_feature_names=True)
+    n, columns = plan.entity_columns(rows)
+    now = to_micros(today() + timedelta(hours=2))
+    keys, spans = fs._keys(plan, columns)
+    whole = fs._respond(plan, columns, spans, materialized.online.get(keys), now)
+
+    sent: list[int] = []
+    real = materialized.online.get_pipelined
+
+    def counted(key_lists):  # type: ignore[no-untyped-def]
+        def each():  # type: ignore[no-untyped-def]
+            for keys in key_lists:
+                sent.append(len(keys))
+                yield keys
+        return real(each())
+
+    monkeypatch.setattr(materialized.online, "get_pipelined", counted)
+    parts = fs.read(materialized.online, plan, n, columns, now)
+    assert len(sent) == 4 and sent[3] == 0 and sum(sent) == len(keys)
+    assert parts.to_dict(include_event_timestamps=True) == whole.to_dict(
+        include_event_timestamps=True)
+    assert parts.statuses == whole.statuses and parts.event_times_us == whole.event_times_us
+    assert parts.entities == {"user_id": [r["user_id"] for r in rows],
+                              "merchant_id": [r["merchant_id"] for r in rows]}
+    assert {"PRESENT", "NOT_FOUND"} <= {s for column in parts.statuses for s in column}
+
+
+def test_pipelined_reads_stay_in_step_and_fail_like_one_read(tmp_path: Path) -> None:
+    """RedisOnline.get_pipelined: each list's values in order ([] for an empty list); a caller
+    that stops early leaves no reply to be read by the next call; a Redis restarted between
+    calls is retried; one that stops answering fails within the timeout."""
+    import os
+    import signal
+    import time
+
+    import redis as redis_py
+
+    from features.errors import OnlineUnavailableError
+    from features.online.redis_store import RedisOnline
+    from tests.online.private_redis import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        admin = redis_py.Redis(port=server.port)
+        admin.mset({f"k{i}": f"v{i}" for i in range(30)})
+        online = RedisOnline(server.url, timeout_s=0.3)
+        lists = [["k0", "k1"], [], ["nope", "k29"], ["k5"]]
+        want = [[b"v0", b"v1"], [], [None, b"v29"], [b"v5"]]
+        for _ in range(2):
+            assert list(online.get_pipelined(lists)) == want
+        replies = online.get_pipelined(lists)
+        assert next(replies) == want[0]
+        replies.close()  # three replies unread: the connection must not be reused as is
+        assert online.get(["k7", "k8"]) == [b"v7", b"v8"]
+        assert list(online.get_pipelined([[], []])) == [[], []]
+
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1  # as a restart does
+        assert list(online.get_pipelined(lists)) == want
+        server.stop()
+        server.start()
+        assert list(online.get_pipelined(lists)) == want  # the data survived the restart
+
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(OnlineUnavailableError, match="is unavailable: Timeout"):
+                list(online.get_pipelined(lists))
+            assert time.monotonic() - began < 2 * 0.3 + 1.0  # two attempts, and slack
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert list(online.get_pipelined(lists)) == want
+        online.close()
+    finally:
+        server.stop(save=False)
