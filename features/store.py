@@ -281,8 +281,10 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
         if out is None:
             out = got
             continue
-        for mine, theirs in ((out.values, got.values), (out.statuses, got.statuses),
-                             (out.event_times_us, got.event_times_us)):
+        pairs: tuple[tuple[list[list[Any]], list[list[Any]]], ...] = (
+            (out.values, got.values), (out.statuses, got.statuses),
+            (out.event_times_us, got.event_times_us))
+        for mine, theirs in pairs:
             for column, more in zip(mine, theirs, strict=True):
                 column += more
     assert out is not None
@@ -291,15 +293,16 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
 
 
 def _keys(plan: Plan, columns: dict[str, list[Any]]) -> tuple[list[str], list[Any]]:
-    """Every key a read needs, and per view (entity tags, None for a null key; position of its
-    first window key; of its first lifetime key; -1 when not read)."""
+    """Every key a read needs, and per view (entity tags, None for a null key, an int key's
+    tag its number; position of its first window key; of its first lifetime key; -1 when not
+    read)."""
     key_columns = [columns[k] for k in plan.join_keys]
     keys: list[str] = []
     spans = []  # per read: (entity tags, None for a null key; first window key; first lifetime)
     for read_, positions, (head, tail, life) in zip(plan.reads, plan.view_keys, plan.key_parts,
                                                     strict=True):
         if len(positions) == 1:  # one join key (the common case): no list per entity
-            tags = [v if v is None else str(v) if type(v) is int else entity_tag((v,))
+            tags = [v if v is None or type(v) is int else entity_tag((v,))  # int: its number
                     for v in key_columns[positions[0]]]
         else:
             tags = [None if None in values else entity_tag(values)
@@ -307,10 +310,10 @@ def _keys(plan: Plan, columns: dict[str, list[Any]]) -> tuple[list[str], list[An
         w = lt = -1
         if read_.window:
             w = len(keys)
-            keys += [head + t + tail for t in tags if t is not None]
+            keys += [f"{head}{t}{tail}" for t in tags if t is not None]
         if read_.lifetime:
             lt = len(keys)
-            keys += [head + t + tail + life for t in tags if t is not None]
+            keys += [f"{head}{t}{tail}{life}" for t in tags if t is not None]
         spans.append((tags, w, lt))
     return keys, spans
 

@@ -9,7 +9,9 @@ A null key value is not a mistake: that row reads as not found.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
+from itertools import repeat
 from numbers import Integral
 from typing import Any
 
@@ -19,6 +21,10 @@ from features.names import did_you_mean
 from features.online import keys as K
 from features.online.read import ViewRead
 from features.repo import Definitions
+
+_DICT = {dict}
+_FEW = 4  # up to this many entities, a loop costs less than the C-level checks' set-up
+_INTS = {int, type(None)}
 
 
 def _utf8(text: str) -> bool:
@@ -133,24 +139,23 @@ class Plan:
                     raise self._no_key("entities have", key,
                                        f"given: {', '.join(sorted(columns)) or 'none'}")
         else:
-            rows = list(entity_rows)
+            rows = entity_rows if type(entity_rows) is list else list(entity_rows)
             n = len(rows)
-            columns = {key: [None] * n for key in self.join_keys}
-            for i, row in enumerate(rows):
-                if type(row) is not dict and not isinstance(row, Mapping):
-                    raise OnlineRequestError(f"entity row {i} is {type(row).__name__}, expected "
-                                             f"a dict of join keys")
-                for key in self.join_keys:
-                    if key not in row:
-                        raise self._no_key(f"entity row {i} has", key, "the row has: "
-                                           f"{', '.join(map(str, row)) or 'nothing'}")
-                    columns[key][i] = row[key]
+            found = None
+            if n > _FEW and set(map(type, rows)) <= _DICT:  # plain dicts: C-level loops
+                with suppress(KeyError):  # a key is missing: _row_columns names the row
+                    found = {key: list(map(dict.__getitem__, rows, repeat(key)))
+                             for key in self.join_keys}
+            columns = self._row_columns(rows) if found is None else found
         for key in self.join_keys:
             dtype, view = self.key_types[key]
-            for i, value in enumerate(columns[key]):
+            column = columns[key]
+            if dtype == "int64" and n > _FEW and set(map(type, column)) <= _INTS:
+                continue
+            for i, value in enumerate(column):
                 if value is None:
                     continue
-                if type(value) is int and dtype == "int64":  # the common case, no ABC check
+                if type(value) is int and dtype == "int64":  # no ABC check
                     continue
                 ok = (isinstance(value, Integral) and not isinstance(value, bool)
                       if dtype == "int64" else isinstance(value, str) and _utf8(value))
@@ -162,6 +167,22 @@ class Plan:
                         f"entity row {i}: join key {key!r} is {type(value).__name__} {value!r}; "
                         f"feature view {view!r} expects {dtype}")
         return n, columns
+
+    def _row_columns(self, rows: list[Any]) -> dict[str, list[Any]]:
+        """Join key -> values of entity rows given as dicts or other mappings; a row that is
+        not a mapping or lacks a key is an error naming it."""
+        n = len(rows)
+        columns: dict[str, list[Any]] = {key: [None] * n for key in self.join_keys}
+        for i, row in enumerate(rows):
+            if type(row) is not dict and not isinstance(row, Mapping):
+                raise OnlineRequestError(f"entity row {i} is {type(row).__name__}, expected a "
+                                         f"dict of join keys")
+            for key in self.join_keys:
+                if key not in row:
+                    raise self._no_key(f"entity row {i} has", key, "the row has: "
+                                       f"{', '.join(map(str, row)) or 'nothing'}")
+                columns[key][i] = row[key]
+        return columns
 
     def _no_key(self, subject: str, key: str, given: str) -> OnlineRequestError:
         view = self.key_types[key][1]

@@ -83,6 +83,26 @@ def test_feature_service_full_names_and_output_shapes(materialized: FeatureStore
     assert list(resp.to_df().columns) == list(table.column_names)
 
 
+def test_entity_rows_of_any_mapping_or_int_type_read_alike(materialized: FeatureStore) -> None:
+    """Rows as plain dicts, as other mappings, and keys as numpy ints read the same, few or
+    many (many rows take C-level loops first)."""
+    from types import MappingProxyType
+
+    import numpy as np
+
+    users = ids(materialized, "user_id", 8)
+    feats = ["user_spend:txn_count_7d", "user_spend:spend_eur_7d"]
+    want = materialized.get_online_features(feats, [{"user_id": u} for u in users]).to_dict()
+    assert want["txn_count_7d"][0] > 0
+    for rows in ([MappingProxyType({"user_id": u}) for u in users],
+                 [{"user_id": np.int64(u)} for u in users],
+                 [{"user_id": u, "other": "x"} for u in users]):
+        got = materialized.get_online_features(feats, rows).to_dict()
+        assert got["txn_count_7d"] == want["txn_count_7d"]
+        assert got["spend_eur_7d"] == want["spend_eur_7d"]
+        assert [int(u) for u in got["user_id"]] == users
+
+
 def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
     resp = materialized.get_online_features(["user_spend:txn_count_7d", "user_spend:spend_eur_7d"],
                                             [{"user_id": None}])
@@ -102,6 +122,17 @@ def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
      r"entity row 1: join key 'user_id' is str '2'; feature view 'user_spend' expects int64"),
     ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user_id": True}]},
      r"entity row 0: join key 'user_id' is bool"),
+    # many rows (checked by C-level loops first): the same errors, naming the same row
+    ({"features": ["user_spend:txn_count_7d"],
+      "entity_rows": [{"user_id": i} for i in range(7)] + [{"user": 1}, {"user_id": 9}]},
+     r"entity row 7 has no join key 'user_id' \(feature view 'user_spend' needs it; the row "
+     r"has: user\)"),
+    ({"features": ["user_spend:txn_count_7d"],
+      "entity_rows": [{"user_id": i} for i in range(7)] + [{"user_id": False}]},
+     r"entity row 7: join key 'user_id' is bool False"),
+    ({"features": ["user_spend:txn_count_7d"],
+      "entity_rows": {"user_id": [*range(9), 2.0]}},
+     r"entity row 9: join key 'user_id' is float 2.0"),
 ])
 def test_bad_requests_fail_in_one_line(materialized: FeatureStore, kwargs: dict,
                                        message: str) -> None:
@@ -148,6 +179,7 @@ def test_timestamp_and_bool_features_round_trip(tmp_path: Path, redis_url: str) 
     ({"user_id": 5}, r"entities\['user_id'\] is int; expected a list"),
     ({"user_id": "5"}, r"entities\['user_id'\] is str; expected a list"),
     ([{"user_id": 1}, 5], r"entity row 1 is int, expected a dict"),
+    ([{"user_id": 1}] * 8 + [[("user_id", 1)]], r"entity row 8 is list, expected a dict"),
 ])
 def test_malformed_entity_shapes_fail_in_one_line(materialized: FeatureStore, rows,
                                                   message: str) -> None:
