@@ -45,6 +45,7 @@ NUMPY_CODES = {"q": "<i8", "d": "<f8", "?": "u1"}  # the same fields for numpy s
 _HEAD = struct.Struct("<Bq")  # version, newest event: the lifetime value's head
 _LATEST = struct.Struct("<qq")
 _LEN = struct.Struct("<I")
+_TILE = struct.Struct("<q")  # a tile index, first in each tile of a section
 _FLAG = struct.Struct("<B")
 
 
@@ -251,6 +252,7 @@ class Codec:
         """
         head = self.head
         unpack_head, start = head.unpack_from, head.size
+        unpack_tile = _TILE.unpack_from
         latest_inputs = self.latest if with_latest else ()
         sections = []  # plain loops: a comprehension or generator is a call per request
         for at, unpack, width, readers, wanted in plan:
@@ -276,12 +278,18 @@ class Codec:
             for at, unpack, width, readers, wanted in sections:
                 count = fields[at]
                 if wanted and count:
-                    tiles_at = readers.get(count)
-                    if tiles_at is None:
-                        tiles_at = readers[count] = struct.Struct(
-                            "<" + f"q{width - 8}x" * count).unpack_from
-                    tiles = tiles_at(blob, pos)
+                    oldest = unpack_tile(blob, pos)[0]
+                    tiles = None
                     for first, fill in wanted:
+                        if oldest >= first:  # the whole section is in the window (common)
+                            fill(unpack(blob, pos + 8), values)
+                            continue
+                        if tiles is None:  # else a binary search over its tile indices
+                            tiles_at = readers.get(count)
+                            if tiles_at is None:
+                                tiles_at = readers[count] = struct.Struct(
+                                    "<" + f"q{width - 8}x" * count).unpack_from
+                            tiles = tiles_at(blob, pos)
                         p = bisect_left(tiles, first)
                         if p < count:
                             fill(unpack(blob, pos + p * width + 8), values)
