@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,6 +64,14 @@ def replay(batch: int, calls: int) -> None:
     store.serving_log = None
     reply = pickle.loads(REPLY.read_bytes())
     store.online.get = lambda keys: reply[:len(keys)]  # type: ignore[method-assign]
+
+    def pipelined(key_lists: Any) -> Any:  # a large read's parts, replayed in turn
+        at = 0
+        for keys in key_lists:
+            yield reply[at:at + len(keys)]
+            at += len(keys)
+
+    store.online.get_pipelined = pipelined  # type: ignore[method-assign]
     rows = [{"user_id": 1_000_000 + i} for i in range(batch)]
     store.get_online_features(REFS, rows, now=NOW_US)  # plans the request (not counted)
     for _ in range(calls):
