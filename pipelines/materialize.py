@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -70,22 +70,29 @@ def _as_day(value: Any, flag: str) -> date:
         raise PipelineError(f"{flag} {value!r}: expected a day like 2026-01-05") from None
 
 
+_UNREADABLE = (OSError, ValueError, KeyError)  # and pyarrow.ArrowException (imported lazily)
+
+
 def _snapshot(cfg: RepoConfig, base: Any, version: int, now_us: int, wanted: Any,
-              summary: MaterializeSummary) -> ob.Values | None:
+              summary: MaterializeSummary) -> ob.Parts | None:
     """The batch run's snapshot of this version, if usable (see pipelines.online_snapshot)."""
     import pyarrow as pa
 
     if not cfg.offline.online_snapshot:
         return None
     try:
-        values = online_snapshot.load(base, version, now_us, wanted)
-    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
-        summary.note = (f"{online_snapshot.path(base, version)} unreadable ({e}); "
-                        f"built from the tiles")
+        parts = online_snapshot.stream(base, version, now_us, wanted)
+    except (*_UNREADABLE, pa.ArrowException) as e:
+        summary.note = _unreadable(base, version, e)
         return None
-    if values is not None:
+    if parts is not None:
         summary.source = "snapshot"
-    return values
+    return parts
+
+
+def _unreadable(base: Any, version: int, error: BaseException) -> str:
+    return (f"{online_snapshot.path(base, version)} unreadable ({error}); built from the "
+            f"tiles")
 
 
 def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
@@ -139,20 +146,26 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     cod = codec(view)
     wanted = (None if entities is None else
               ob.entity_tag_array([entities.column(k) for k in view.join_keys]))
-    values = _snapshot(cfg, base, manifest.version, now_us, wanted, summary)
-    if values is None:
-        values = ob.build(ob.Reader(view, base, manifest, entities), cod, now_us)
-    gone: tuple[list[str], list[str]] = ([], [])  # entities left without a window / lifetime
-    if wanted is not None:
-        import pyarrow.compute as pc
+    import pyarrow as pa
 
-        def missing(tags: Any) -> list[str]:
-            return wanted.filter(pc.invert(pc.is_in(wanted, value_set=tags))).to_pylist()
+    def tiles() -> ob.Parts:
+        return ob.Parts.whole(ob.build(ob.Reader(view, base, manifest, entities), cod, now_us))
 
-        gone = (missing(values.window_tags), missing(values.lifetime_tags))
-    written, deleted = _write(online, project, view, fp, cod, values, gone, now_us, progress)
+    parts = _snapshot(cfg, base, manifest.version, now_us, wanted, summary) or tiles()
+    try:
+        written, deleted = _write(online, project, view, fp, cod, parts, wanted, now_us,
+                                  progress)
+    except (*_UNREADABLE, pa.ArrowException) as e:
+        if summary.source != "snapshot":
+            raise
+        # a row group of the snapshot failed to read part-way: what was written is right
+        # (values are SET whole), and the tiles give every value again
+        summary.source, summary.note = "tiles", _unreadable(base, manifest.version, e)
+        parts = tiles()
+        written, deleted = _write(online, project, view, fp, cod, parts, wanted, now_us,
+                                  progress)
     _save_state(online, state_key, manifest, at_us)
-    summary.entities = values.entities
+    summary.entities = parts.entities
     summary.keys_written, summary.keys_deleted = written, deleted
     summary.seconds = time.perf_counter() - started
     return summary
@@ -180,23 +193,70 @@ def _chunks(rows: int) -> Any:
 
 
 def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: Codec,
-           values: ob.Values, gone: tuple[Sequence[str], Sequence[str]], now_us: int,
-           progress: Progress | None) -> tuple[int, int]:
-    """SET every entity's values, in pipelined chunks; DEL the window values of ``gone[0]``
-    and of those that expired by ``now_us``, and the lifetime values of ``gone[1]``."""
+           parts: ob.Parts, wanted: Any, now_us: int, progress: Progress | None
+           ) -> tuple[int, int]:
+    """SET every entity's values, part after part, in pipelined chunks; then DEL the window
+    values that expired by ``now_us`` and, of the ``wanted`` entities (an incremental run),
+    the window and lifetime values of those left with none."""
+    import pyarrow.compute as pc
+
+    head, tail = K.prefix(project, view.name, fp)
+    deletes: list[str] = []  # a window value that expired goes; its lifetime value stays
+    total = parts.rows
+    done = 0
+
+    def batches() -> Iterator[tuple[Any, Any, Any]]:
+        """(keys, blobs, expire ms; -1 never) of each part, as the parts are read."""
+        for values in parts.parts:
+            yield from _sets(head, tail, cod, values, now_us, deletes)
+
+    def counted(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    written = 0
+    if online.cluster:
+        for keys, blobs, expire_ms in batches():
+            items = zip(keys.to_pylist(), blobs.to_pylist(),
+                        [None if e < 0 else int(e) for e in expire_ms.tolist()], strict=True)
+            written += online.write(items)
+            counted(len(keys))
+    else:
+        def sent() -> Iterator[tuple[bytes, int]]:
+            """Each chunk packed just before it is sent, each part read just before it is
+            packed: Redis applies what was sent meanwhile, on its own core."""
+            for keys, blobs, expire_ms in batches():
+                for lo, hi in _chunks(len(keys)):
+                    resp = pk.resp_set(keys.slice(lo, hi - lo), blobs.slice(lo, hi - lo),
+                                       expire_ms[lo:hi])
+                    yield pk.span(resp, 0, hi - lo), hi - lo
+                    counted(hi - lo)
+
+        written = online.write_packed(sent())
+    if wanted is not None:
+        def missing(tags: Any) -> list[str]:
+            return wanted.filter(pc.invert(pc.is_in(wanted, value_set=tags))).to_pylist()
+
+        deletes += [head + t + tail for t in missing(parts.window_tags)]
+        if cod.lifetime is not None:
+            deletes += [head + t + tail + K.LIFETIME for t in missing(parts.lifetime_tags)]
+    if deletes:
+        online.write((), deletes)
+    if progress is not None:
+        progress(total, total)
+    return written, len(deletes)
+
+
+def _sets(head: str, tail: str, cod: Codec, values: ob.Values, now_us: int,
+          deletes: list[str]) -> Iterator[tuple[Any, Any, Any]]:
+    """(keys, blobs, expire ms; -1 never) of one part's window and lifetime values; the keys
+    of window values that expired by ``now_us`` go to ``deletes`` instead."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    head, tail = K.prefix(project, view.name, fp)
-    written = deleted = 0
-    # a window value that expired (its last tile left the longest window) goes; the entity's
-    # lifetime value stays
-    deletes = [head + t + tail for t in gone[0]]
-    if cod.lifetime is not None:
-        deletes += [head + t + tail + K.LIFETIME for t in gone[1]]
-    total = len(values.window_tags) + len(values.lifetime_tags)
-    batches: list[tuple[Any, Any, Any]] = []  # (keys, blobs, expire ms; -1 never)
     if values.window_blobs is not None:
         keys = pc.binary_join_element_wise(head, values.window_tags, tail, "")
         expire = values.expire_us
@@ -207,37 +267,10 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
             deletes += keys.take(pa.array(dead)).to_pylist()
             keep = pa.array(alive)
             keys, blobs, expire = keys.filter(keep), blobs.filter(keep), expire[alive]
-        batches.append((keys, blobs, np.where(expire < 0, -1, _ms(expire))))
+        yield keys, blobs, np.where(expire < 0, -1, _ms(expire))
     if values.lifetime_blobs is not None:
-        keys = pc.binary_join_element_wise(head, values.lifetime_tags, tail + K.LIFETIME, "")
-        batches.append((keys, values.lifetime_blobs,
-                        np.full(len(values.lifetime_tags), -1, np.int64)))
-    done = 0
-    for keys, blobs, expire_ms in batches:
-        if online.cluster:
-            items = zip(keys.to_pylist(), blobs.to_pylist(),
-                        [None if e < 0 else int(e) for e in expire_ms.tolist()], strict=True)
-            written += online.write(items)
-        else:
-            def sent(keys: Any = keys, blobs: Any = blobs, expire_ms: Any = expire_ms) -> Any:
-                """Each chunk packed just before it is sent: Redis applies the previous one
-                meanwhile, on its own core."""
-                nonlocal done
-                for lo, hi in _chunks(len(keys)):
-                    resp = pk.resp_set(keys.slice(lo, hi - lo), blobs.slice(lo, hi - lo),
-                                       expire_ms[lo:hi])
-                    yield pk.span(resp, 0, hi - lo), hi - lo
-                    done += hi - lo
-                    if progress is not None:
-                        progress(done, total)
-
-            written += online.write_packed(sent())
-    if deletes:
-        online.write((), deletes)
-        deleted = len(deletes)
-    if progress is not None:
-        progress(total, total)
-    return written, deleted
+        yield (pc.binary_join_element_wise(head, values.lifetime_tags, tail + K.LIFETIME, ""),
+               values.lifetime_blobs, np.full(len(values.lifetime_tags), -1, np.int64))
 
 
 def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnline, *,

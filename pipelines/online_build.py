@@ -10,7 +10,7 @@ keeps them next to the tiles.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +230,25 @@ class Values:
     expire_us: Any  # np.int64 per window tag; -1: never
     lifetime_tags: Any  # Arrow strings
     lifetime_blobs: Any
+
+
+
+@dataclass
+class Parts:
+    """A view's values to write, as parts (a snapshot's row groups, or one built whole), with
+    every part's tags known before the first is read: which entities get which value."""
+
+    window_tags: Any  # Arrow strings: every entity with a window value, over all parts
+    lifetime_tags: Any  # Arrow strings
+    parts: Iterable[Values]
+
+    @classmethod
+    def whole(cls, values: Values) -> Parts:
+        return cls(values.window_tags, values.lifetime_tags, [values])
+
+    @property
+    def rows(self) -> int:
+        return len(self.window_tags) + len(self.lifetime_tags)
 
     @property
     def entities(self) -> int:

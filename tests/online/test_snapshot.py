@@ -242,3 +242,63 @@ def test_snapshots_off_writes_none_and_reads_none(fresh: FeatureStore) -> None:
     [spend, _] = run(cfg, views(fresh), "polars", now_us=NOW, show_progress=False)
     assert spend.snapshot is None
     assert not snapshot_file(fresh, "user_spend").exists()
+
+
+def test_a_snapshot_is_copied_one_row_group_at_a_time(fresh: FeatureStore,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Materialize reads the snapshot's values one row group at a time (what it holds in
+    memory) and writes the same state as the tiles, in full and for forced days."""
+    monkeypatch.setattr(snap, "GROUP_ROWS", 40)
+    read: list[int] = []
+    real = snap._values
+    monkeypatch.setattr(snap, "_values", lambda table: (read.append(table.num_rows),
+                                                        real(table))[1])
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    meta = pq.ParquetFile(snapshot_file(fresh, "user_spend")).metadata
+    assert meta.num_row_groups >= 3
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 40
+    copied = materialize(fresh)
+    assert [m.source for m in copied] == ["snapshot", "snapshot"]
+    assert len(read) >= meta.num_row_groups and max(read) <= 40
+    from_snapshot = state(fresh)
+    clear(fresh)
+    tiles = mat_tiles(fresh)
+    assert [m.entities for m in tiles] == [m.entities for m in copied]
+    assert [m.keys_written for m in tiles] == [m.keys_written for m in copied]
+    assert state(fresh) == from_snapshot
+
+    # forced days: only their entities, filtered group by group
+    day = (today() - timedelta(days=2)).date()
+    read.clear()
+    forced = materialize(fresh, start=day, end=day + timedelta(days=1))
+    assert [m.source for m in forced] == ["snapshot", "snapshot"]
+    assert 0 < forced[0].entities < copied[0].entities and len(read) >= 2
+    assert state(fresh) == from_snapshot
+
+
+def test_a_snapshot_failing_part_way_falls_back_to_the_tiles(
+        fresh: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row group that cannot be read after others were written: materialize says so and
+    writes every value from the tiles; Redis ends as a tiles-only materialization leaves it."""
+    monkeypatch.setattr(snap, "GROUP_ROWS", 40)
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    file = snapshot_file(fresh, "user_spend")
+    meta = pq.ParquetFile(file).metadata
+    blob = meta.schema.names.index("blob")
+    last = meta.row_group(meta.num_row_groups - 1).column(blob)
+    data = bytearray(file.read_bytes())
+    at = last.data_page_offset
+    data[at:at + last.total_compressed_size] = os.urandom(last.total_compressed_size)
+    file.write_bytes(bytes(data))
+    read: list[int] = []
+    real = snap._values
+    monkeypatch.setattr(snap, "_values", lambda table: (read.append(table.num_rows),
+                                                        real(table))[1])
+    [spend, merchant] = materialize(fresh)
+    assert len(read) >= 2  # groups were read, and written, before the broken one
+    assert (spend.source, merchant.source) == ("tiles", "snapshot")
+    assert str(file) in spend.note and "built from the tiles" in spend.note
+    after = state(fresh)
+    clear(fresh)
+    mat_tiles(fresh)
+    assert state(fresh) == after
