@@ -265,7 +265,7 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
         keys, spans = _keys(plan, columns)
         return _respond(plan, columns, spans, online.get(keys), now_us)
     count = -(-n // READ_PART)
-    size = -(-n // count)  # even parts: 100 entities read as 4 x 25, not 32 + 32 + 32 + 4
+    size = -(-n // count)  # even parts: 120 entities read as 3 x 40, not 50 + 50 + 20
     parts = [{k: columns[k][lo:lo + size] for k in plan.join_keys} for lo in range(0, n, size)]
     part_spans: list[Any] = []  # filled as get_pipelined takes the key lists
 
