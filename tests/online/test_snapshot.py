@@ -183,16 +183,32 @@ def test_an_unreadable_snapshot_falls_back_to_the_tiles_and_says_so(fresh: Featu
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
     file = snapshot_file(fresh, "user_spend")
     file.write_bytes(b"not parquet at all")
-    [spend, merchant] = materialize(fresh)
-    assert (spend.source, merchant.source) == ("tiles", "snapshot")
-    assert str(file) in spend.note and "built from the tiles" in spend.note
-    copied = state(fresh)
-    clear(fresh)
-    mat_tiles(fresh)
-    assert state(fresh) == copied
+    fell_back_to_the_tiles(fresh, file)
     # The next run replaces the broken file with a whole snapshot.
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
     assert snapshot_rows(fresh, "user_spend") == built_rows(fresh, "user_spend", NOW)
+
+
+def fell_back_to_the_tiles(store: FeatureStore, file: Path) -> None:
+    """Materialize both views, ``user_spend``'s snapshot ``file`` being unusable: it says so,
+    and Redis ends as a tiles-only materialization leaves it."""
+    [spend, merchant] = materialize(store)
+    assert (spend.source, merchant.source) == ("tiles", "snapshot")
+    assert str(file) in spend.note and "built from the tiles" in spend.note
+    after = state(store)
+    clear(store)
+    mat_tiles(store)
+    assert state(store) == after
+
+
+def groups_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each snapshot row group materialize reads from now on (in small groups)."""
+    monkeypatch.setattr(snap, "GROUP_ROWS", 40)
+    read: list[int] = []
+    real = snap._values
+    monkeypatch.setattr(snap, "_values", lambda table: (read.append(table.num_rows),
+                                                        real(table))[1])
+    return read
 
 
 def test_a_snapshot_in_another_value_format_is_not_copied(fresh: FeatureStore) -> None:
@@ -248,11 +264,7 @@ def test_a_snapshot_is_copied_one_row_group_at_a_time(fresh: FeatureStore,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Materialize reads the snapshot's values one row group at a time (what it holds in
     memory) and writes the same state as the tiles, in full and for forced days."""
-    monkeypatch.setattr(snap, "GROUP_ROWS", 40)
-    read: list[int] = []
-    real = snap._values
-    monkeypatch.setattr(snap, "_values", lambda table: (read.append(table.num_rows),
-                                                        real(table))[1])
+    read = groups_read(monkeypatch)
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
     meta = pq.ParquetFile(snapshot_file(fresh, "user_spend")).metadata
     assert meta.num_row_groups >= 3
@@ -280,7 +292,7 @@ def test_a_snapshot_failing_part_way_falls_back_to_the_tiles(
         fresh: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A row group that cannot be read after others were written: materialize says so and
     writes every value from the tiles; Redis ends as a tiles-only materialization leaves it."""
-    monkeypatch.setattr(snap, "GROUP_ROWS", 40)
+    read = groups_read(monkeypatch)
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
     file = snapshot_file(fresh, "user_spend")
     meta = pq.ParquetFile(file).metadata
@@ -290,15 +302,10 @@ def test_a_snapshot_failing_part_way_falls_back_to_the_tiles(
     at = last.data_page_offset
     data[at:at + last.total_compressed_size] = os.urandom(last.total_compressed_size)
     file.write_bytes(bytes(data))
-    read: list[int] = []
-    real = snap._values
-    monkeypatch.setattr(snap, "_values", lambda table: (read.append(table.num_rows),
-                                                        real(table))[1])
-    [spend, merchant] = materialize(fresh)
-    assert len(read) >= 2  # groups were read, and written, before the broken one
-    assert (spend.source, merchant.source) == ("tiles", "snapshot")
-    assert str(file) in spend.note and "built from the tiles" in spend.note
-    after = state(fresh)
-    clear(fresh)
-    mat_tiles(fresh)
-    assert state(fresh) == after
+    read.clear()
+    failed_after: list[int] = []  # groups read when the failure was met
+    note = mat._unreadable
+    monkeypatch.setattr(mat, "_unreadable", lambda *a: (failed_after.append(len(read)),
+                                                        note(*a))[1])
+    fell_back_to_the_tiles(fresh, file)
+    assert len(failed_after) == 1 and failed_after[0] >= 2  # written before the broken group
