@@ -13,7 +13,8 @@ timeout fails the call, and either becomes :class:`~features.errors.OnlineUnavai
 naming the store. On Redis Cluster each master gets its own connection and, as ``MGET`` cannot
 span slots, one ``MGET`` per hash slot (an entity's keys share one); a reply that says the
 slot moved sends the call to the synchronous read, which follows it. ``redis://`` over TCP
-reads this way; TLS and Unix sockets use the synchronous read (:func:`supported`).
+reads this way, and ``rediss://`` (TLS) on a single node; TLS on a cluster and Unix sockets use
+the synchronous read (:func:`supported`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from features.online.resp import mget
+from features.online.resp import mget, pack
 
 if TYPE_CHECKING:
     from features.online.redis_store import RedisOnline
 
 
 def supported(online: RedisOnline) -> bool:
-    """Whether ``online`` can be read from an event loop (plain TCP, single node or cluster)."""
-    return online.url.startswith("redis://")
+    """Whether ``online`` can be read from an event loop: over TCP (single node or cluster), or
+    over TLS on a single node."""
+    return online.url.startswith("redis://") or (online.url.startswith("rediss://")
+                                                 and not online.cluster)
 
 
 class _Timeout(Exception):
@@ -102,7 +105,7 @@ def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s:
 class AsyncReads:
     """``await reads.get(keys)``: :meth:`RedisOnline.get` for an event loop. One connection per
     node and loop, opened on first use (its handshake, AUTH and SELECT, by redis-py in a
-    thread): on a cluster, one per master, each sent its keys' ``MGET``s, one per hash slot."""
+    thread; over TLS by :meth:`_open_tls`): on a cluster, one per master, each sent its keys' ``MGET``s, one per hash slot."""
 
     def __init__(self, online: RedisOnline) -> None:
         if not supported(online):
@@ -135,14 +138,66 @@ class AsyncReads:
         got = self._conns.pop(name, None)
         if got is not None:
             got[1].close()  # a closed connection's socket
-        client = self.online.client
-        pool = (client if node is None else client.get_redis_connection(node)).connection_pool
-        conn = pool.make_connection()
-        await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall the loop
-        sock, conn._sock = conn._sock, None  # the loop's from here (redis-py set TCP_NODELAY)
-        _, replies = await loop.create_connection(_Replies, sock=sock)
+        if self.online.url.startswith("rediss://"):
+            replies, sock = await self._open_tls(loop)
+        else:
+            client = self.online.client
+            pool = (client if node is None else client.get_redis_connection(node)
+                    ).connection_pool
+            conn = pool.make_connection()
+            await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall it
+            sock, conn._sock = conn._sock, None  # the loop's from here (TCP_NODELAY is set)
+            _, replies = await loop.create_connection(_Replies, sock=sock)
         self._conns[name] = (replies, sock)
         return replies
+
+    async def _open_tls(self, loop: asyncio.AbstractEventLoop) -> tuple[_Replies, Any]:
+        """A TLS connection to the single node. asyncio cannot take over a socket that
+        redis-py's blocking client already wrapped in TLS, so: a socket of our own (closed as
+        the plain one is), asyncio's TLS on it with the SSL context redis-py makes for the URL
+        (its certificates and checks), then the ``AUTH`` and ``SELECT`` redis-py would send."""
+        import socket
+
+        import redis
+        from redis.asyncio import Redis
+
+        online = self.online
+        # the URL as redis-py reads it (host, port, db, credentials, ssl_* options); never
+        # connected itself
+        spec = Redis.from_url(online.url).connection_pool.make_connection()
+        timeout = online.timeout_s
+        context = await loop.run_in_executor(None, spec.ssl_context.get)  # reads cert files
+        sock = await loop.run_in_executor(
+            None, lambda: socket.create_connection((spec.host, spec.port), timeout))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            _, replies = await loop.create_connection(
+                _Replies, sock=sock, ssl=context, server_hostname=spec.host,
+                ssl_handshake_timeout=timeout)
+        except BaseException:
+            sock.close()
+            raise
+        handshake: list[list[str]] = []
+        if spec.username or spec.password:
+            handshake.append(["AUTH", *([spec.username] if spec.username else []),
+                              spec.password or ""])
+        if spec.db:
+            handshake.append(["SELECT", str(spec.db)])
+        futures = [loop.create_future() for _ in handshake]
+        replies.waiting.extend(futures)
+        try:
+            assert replies.transport is not None
+            replies.transport.write(b"".join(pack(command) for command in handshake))
+            async with asyncio.timeout(timeout):
+                for future in futures:
+                    await future
+        except BaseException as e:
+            replies.fail(e)  # closes the connection (and the socket)
+            if isinstance(e, redis.ResponseError):  # ERR invalid DB index...: as redis-py
+                raise redis.ConnectionError(f"Error during the handshake: {e}") from None
+            raise
+        return replies, sock
 
     def _connected(self, name: str, task: asyncio.Task[_Replies]) -> None:
         """A connect ended: the next call that finds no connection tries again."""

@@ -23,7 +23,7 @@ def test_tls_reads_equal_plain_reads_polling_or_not(tmp_path: Path, redis_url: s
         "online": cfg.online.model_copy(update={"url": server.url, "spin_us": 200})}))
     try:
         assert tls.online.url.startswith("rediss://")
-        assert plain.awaits_reads and not tls.awaits_reads  # tessera serve blocks over TLS
+        assert plain.awaits_reads and tls.awaits_reads  # tessera serve awaits over TLS too
         now = to_micros(today())
         for store in (plain, tls):
             materialize(store.config, list(store.definitions.views.values()), store.online,
@@ -43,10 +43,83 @@ def test_tls_reads_equal_plain_reads_polling_or_not(tmp_path: Path, redis_url: s
                     == plain.get_online_features(refs, many, now=at).to_dict())
         # every read on one connection: none failed and was retried on a new one
         assert tls.online.client.info("stats")["total_connections_received"] - before <= 2
-        awaited = asyncio.run(tls.get_online_features_async(refs, many, now=at))  # blocking
-        assert awaited.to_dict() == plain.get_online_features(refs, many, now=at).to_dict()
-        assert "PRESENT" in awaited.status_dict()["txn_count_7d"]
+        want = [plain.get_online_features(refs, [{"user_id": u}], now=at) for u in users]
+
+        async def together() -> list:
+            return await asyncio.gather(*(tls.get_online_features_async(
+                refs, [{"user_id": u}], now=at) for u in users))
+
+        blocking, tls.online.get = tls.online.get, None  # awaited over TLS: never the blocking
+        try:
+            before = tls.online.client.info("stats")["total_connections_received"]
+            got = asyncio.run(together())
+            assert tls.online.client.info("stats")["total_connections_received"] - before == 1
+        finally:
+            tls.online.get = blocking
+        assert [(g.to_dict(), g.status_dict()) for g in got] == [
+            (w.to_dict(), w.status_dict()) for w in want]
+        assert "PRESENT" in got[0].status_dict()["txn_count_7d"]
     finally:
         tls.close()
         plain.close()
+        server.stop(save=False)
+
+
+def test_awaited_tls_reads_authenticate_select_recover_and_time_out(tmp_path: Path) -> None:
+    """The awaited read's own TLS connection: AUTH and SELECT as the URL says (values of db 2
+    behind a password), a wrong password and a Redis that hangs fail as
+    OnlineUnavailableError within the bound, and a dropped connection is retried on one loop."""
+    import os
+    import signal
+    import time
+
+    import pytest
+    import redis as redis_py
+
+    from features.errors import OnlineUnavailableError
+    from features.online.redis_async import AsyncReads
+    from features.online.redis_store import RedisOnline
+
+    certs = make_certs(tmp_path / "certs")
+    server = PrivateRedis(tmp_path / "tls-redis", certs=certs)
+    server.start()
+    base = server.url.replace("/0?", "/2?")
+    try:
+        admin = redis_py.Redis.from_url(server.url)
+        admin.config_set("requirepass", "s3cret")
+        url = base.replace("rediss://", "rediss://:s3cret@")
+        redis_py.Redis.from_url(url).mset({"a": b"1", "b": b"\x00\r\n"})
+        online = RedisOnline(url, timeout_s=0.3)
+        reads = AsyncReads(online)
+
+        async def checks() -> None:
+            assert await reads.get(["a", "b", "nope"]) == [b"1", b"\x00\r\n", None]
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: redis_py.Redis.from_url(url).client_kill_filter(
+                    _type="normal", skipme=True))
+            assert await reads.get(["b", "a"]) == [b"\x00\r\n", b"1"]  # retried, same loop
+
+        asyncio.run(checks())
+        assert asyncio.run(reads.get(["a"])) == online.get(["a"]) == [b"1"]
+        reads.close()
+
+        wrong = AsyncReads(RedisOnline(base.replace("rediss://", "rediss://:nope@"),
+                                       timeout_s=0.3))
+        with pytest.raises(OnlineUnavailableError, match=r"is unavailable: .*(WRONGPASS|invalid)"):
+            asyncio.run(wrong.get(["a"]))
+
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            hung = AsyncReads(RedisOnline(url, timeout_s=0.3))
+            began = time.monotonic()
+            with pytest.raises(OnlineUnavailableError, match="is unavailable"):
+                asyncio.run(hung.get(["a"]))
+            assert time.monotonic() - began < 2 * 0.3 + 1.0  # two attempts, and slack
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert asyncio.run(hung.get(["a"])) == [b"1"]  # works again, nothing restarted
+        hung.close()
+        online.close()
+    finally:
         server.stop(save=False)
