@@ -5,8 +5,9 @@ server's concurrent requests) each make 1 × 10 reads of random users in a loop,
 ``await store.get_online_features_async(...)`` (the round trip awaited, the loop free for the
 others, their ``MGET``s pipelined) or with ``store.get_online_features(...)`` (the loop held for
 each round trip: what the server did on a cluster before awaited cluster reads). Both on the
-single-node Redis of ``bench/online.py`` and on the local 3-master cluster (started here if it
-is not running, ``services.redis_cluster``), interleaved in rounds, every loop bounded in count
+single-node Redis of ``bench/online.py``, on the local 3-master cluster (started here if it
+is not running, ``services.redis_cluster``) and on a private redis-server serving TLS only
+(``rediss://``, started and stopped here), interleaved in rounds, every loop bounded in count
 and time. Prints reads/s and per-read p50/p99, and the awaited/blocking ratio.
 
 Uses the repo ``bench/online.py`` generated (``.tessera/bench/online/repo``): run that first.
@@ -81,6 +82,25 @@ def cluster_store(store: Any) -> Any:
     return cluster
 
 
+def tls_store(store: Any, folder: Path) -> tuple[Any, Any]:
+    """The same repo on a private redis-server serving TLS only (certificates made with
+    ``openssl``, as the TLS tests do), materialized there; and that server, to stop."""
+    import shutil
+
+    from features.store import FeatureStore
+    from pipelines.materialize import materialize
+    from tests.online.private_redis import PrivateRedis, make_certs
+
+    shutil.rmtree(folder, ignore_errors=True)
+    server = PrivateRedis(folder / "redis", certs=make_certs(folder / "certs"))
+    server.start()
+    online = store.config.online.model_copy(update={"url": server.url})
+    tls = FeatureStore(config=store.config.model_copy(update={"online": online}))
+    materialize(tls.config, [tls.definitions.views["user_spend"]], tls.online,
+                show_progress=False)
+    return tls, server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=3000)
@@ -101,9 +121,10 @@ def main() -> None:
     single = FeatureStore(config=load_config(REPO))
     users = (pl.read_parquet(REPO / "data" / "transactions", hive_partitioning=False)
              ["user_id"].unique().to_list())
-    with console.status("materializing into the local Redis Cluster"):
+    with console.status("materializing into the local Redis Cluster and a TLS Redis"):
         cluster = cluster_store(single)
-    stores = {"single node": single, "cluster": cluster}
+        tls, tls_server = tls_store(single, WORK / "tls")
+    stores = {"single node": single, "cluster": cluster, "single node, TLS": tls}
     got: dict[tuple[str, int, str], list[dict[str, float]]] = {}
 
     async def rounds() -> None:
@@ -137,6 +158,7 @@ def main() -> None:
     console.print(table)
     for store in stores.values():
         store.close()
+    tls_server.stop(save=False)
 
 
 if __name__ == "__main__":
