@@ -105,7 +105,8 @@ def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s:
 class AsyncReads:
     """``await reads.get(keys)``: :meth:`RedisOnline.get` for an event loop. One connection per
     node and loop, opened on first use (its handshake, AUTH and SELECT, by redis-py in a
-    thread; over TLS by :meth:`_open_tls`): on a cluster, one per master, each sent its keys' ``MGET``s, one per hash slot."""
+    thread; over TLS by :meth:`_open_tls`): on a cluster, one per master, each sent its keys'
+    ``MGET``s, one per hash slot."""
 
     def __init__(self, online: RedisOnline) -> None:
         if not supported(online):
