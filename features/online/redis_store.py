@@ -147,8 +147,7 @@ class RedisOnline:
                                                               spin_s)
                     return reply
                 except self._errors as e:
-                    conn.disconnect()
-                    self._local.reader = None  # it may hold part of a reply
+                    self._drop(conn)
                     if attempt:
                         raise self._unavailable(e) from None
             raise AssertionError("unreachable")
@@ -194,8 +193,7 @@ class RedisOnline:
                     first = read_reply(conn, reader, spin_s) if unread else None
                     break
                 except self._errors as e:
-                    conn.disconnect()
-                    self._local.reader = None  # it may hold part of a reply
+                    self._drop(conn)
                     reader = self._reader()
                     if attempt:
                         raise self._unavailable(e) from None
@@ -214,10 +212,15 @@ class RedisOnline:
                 yield reply
         finally:
             if unread and conn is not None:  # replies left on the socket: out of step
-                conn.disconnect()
-                self._local.reader = None
+                self._drop(conn)
             if counted:
                 _IN_FLIGHT.leave()
+
+    def _drop(self, conn: Any) -> None:
+        """Close this thread's read connection after a failure (the next read connects
+        again) and forget its reader, which may hold part of a reply."""
+        conn.disconnect()
+        self._local.reader = None
 
     def _reader(self) -> Any:
         """This thread's hiredis reader for :func:`call_spinning`, raising reply errors as
