@@ -2,8 +2,9 @@
 
 The values of a view come from the batch run's online snapshot of the current manifest when
 there is a usable one (:mod:`pipelines.online_snapshot`), else they are built from the tiles
-(:mod:`pipelines.online_build`): the same bytes either way. They are written as pipelined
-``SET ... PXAT`` commands packed with Arrow kernels.
+(:mod:`pipelines.online_build`, in ranges of entities: :mod:`pipelines.online_parts`): the same
+bytes either way. They are written as pipelined ``SET ... PXAT`` commands packed with Arrow
+kernels, one part (a snapshot row group or a range) after the other.
 
 - **Idempotent**: a value is always rebuilt whole from the offline store and ``SET``, never
   incremented, so re-running (after a kill, or twice) gives the same state.
@@ -34,10 +35,11 @@ from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
 from pipelines import online_build as ob
 from pipelines import online_pack as pk
+from pipelines import online_parts as op
 from pipelines import online_snapshot
 from pipelines.errors import PipelineError
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int | None], None]  # (entity rows done, total; None: not known)
 
 
 @dataclass
@@ -74,7 +76,7 @@ _UNREADABLE = (OSError, ValueError, KeyError)  # and pyarrow.ArrowException (imp
 
 
 def _snapshot(cfg: RepoConfig, base: Any, version: int, now_us: int, wanted: Any,
-              summary: MaterializeSummary) -> ob.Parts | None:
+              summary: MaterializeSummary) -> op.Parts | None:
     """The batch run's snapshot of this version, if usable (see pipelines.online_snapshot)."""
     import pyarrow as pa
 
@@ -148,8 +150,8 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
               ob.entity_tag_array([entities.column(k) for k in view.join_keys]))
     import pyarrow as pa
 
-    def tiles() -> ob.Parts:
-        return ob.Parts.whole(ob.build(ob.Reader(view, base, manifest, entities), cod, now_us))
+    def tiles() -> op.Parts:
+        return op.built(view, base, manifest, entities, cod, now_us)
 
     parts = _snapshot(cfg, base, manifest.version, now_us, wanted, summary) or tiles()
     try:
@@ -193,7 +195,7 @@ def _chunks(rows: int) -> Any:
 
 
 def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: Codec,
-           parts: ob.Parts, wanted: Any, now_us: int, progress: Progress | None
+           parts: op.Parts, wanted: Any, now_us: int, progress: Progress | None
            ) -> tuple[int, int]:
     """SET every entity's values, part after part, in pipelined chunks; then DEL the window
     values that expired by ``now_us`` and, of the ``wanted`` entities (an incremental run),
@@ -202,12 +204,12 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
 
     head, tail = K.prefix(project, view.name, fp)
     deletes: list[str] = []  # a window value that expired goes; its lifetime value stays
-    total = parts.rows
+    total = parts.total
     done = 0
 
     def batches() -> Iterator[tuple[Any, Any, Any]]:
         """(keys, blobs, expire ms; -1 never) of each part, as the parts are read."""
-        for values in parts.parts:
+        for values in parts:
             yield from _sets(head, tail, cod, values, now_us, deletes)
 
     def counted(n: int) -> None:
@@ -245,7 +247,7 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
     if deletes:
         online.write((), deletes)
     if progress is not None:
-        progress(total, total)
+        progress(done, done)
     return written, len(deletes)
 
 
@@ -287,7 +289,7 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
         for view in views:
             task = bar.add_task(f"materialize {view.name}", total=None)
 
-            def progress(done: int, total: int, task: Any = task) -> None:
+            def progress(done: int, total: int | None, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
             out.append(materialize_view(cfg, view, online, start=start, end=end, now_us=now_us,

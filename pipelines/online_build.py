@@ -10,7 +10,8 @@ keeps them next to the tiles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,13 @@ class Reader:
 
     def query(self, sql: str) -> Any:
         return self.con.sql(sql).to_arrow_table()
+
+    def within(self, part: str) -> Reader:
+        """The same files and connection, limited to the entities where ``part`` (an SQL
+        condition on the join keys) holds: one range of a build in parts (online_parts)."""
+        out = copy.copy(self)
+        out.semi = f"{self.semi} AND ({part})"
+        return out
 
 
 def changed_days(partitions: Mapping[str, Any], before: Mapping[str, Any]) -> set[str]:
@@ -233,37 +241,24 @@ class Values:
 
 
 
-@dataclass
-class Parts:
-    """A view's values to write, as parts (a snapshot's row groups, or one built whole), with
-    every part's tags known before the first is read: which entities get which value."""
-
-    window_tags: Any  # Arrow strings: every entity with a window value, over all parts
-    lifetime_tags: Any  # Arrow strings
-    parts: Iterable[Values]
-
-    @classmethod
-    def whole(cls, values: Values) -> Parts:
-        return cls(values.window_tags, values.lifetime_tags, [values])
-
-    @property
-    def rows(self) -> int:
-        return len(self.window_tags) + len(self.lifetime_tags)
-
-    @property
-    def entities(self) -> int:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        both = pa.chunked_array([self.window_tags, self.lifetime_tags], pa.string())
-        return len(pc.unique(both))
-
-
 def _index(tags: Any, among: Any) -> Any:
     """Position of each of ``tags`` in ``among`` (Arrow strings; -1 where absent)."""
     import pyarrow.compute as pc
 
     return pc.index_in(tags, value_set=among).fill_null(-1).to_numpy(zero_copy_only=False)
+
+
+def section_files(reader: Reader, cod: Codec, now_us: int) -> list[tuple[int, list[str], int]]:
+    """(section index, its files, its first tile still in the window) of each window section
+    with files: the partial rows a build as of ``now_us`` reads."""
+    out = []
+    for k, section in enumerate(cod.sections):
+        s = section.tile_us
+        first_tile = now_us // s - section.horizon + 1
+        files = reader.files(s, _day(first_tile * s))
+        if files:
+            out.append((k, files, first_tile))
+    return out
 
 
 def build(reader: Reader, cod: Codec, now_us: int) -> Values:
@@ -275,12 +270,8 @@ def build(reader: Reader, cod: Codec, now_us: int) -> Values:
     view = reader.view
     lay = cod.layout
     sections: list[tuple[int, pk.Section]] = []
-    for k, section in enumerate(cod.sections):
-        s = section.tile_us
-        first_tile = now_us // s - section.horizon + 1
-        files = reader.files(s, _day(first_tile * s))
-        if not files:
-            continue
+    for k, files, first_tile in section_files(reader, cod, now_us):
+        section = cod.sections[k]
         table, arrays = _partials(reader, section.record, files, f" AND tile >= {first_tile}")
         group_end, tags, starts, ends = _groups(table, view.join_keys)
         merged = suffix_merge(lay, {c: a for c, a in arrays.items() if c != "tile"}, group_end)

@@ -10,7 +10,9 @@ A batch run that commits a manifest version also writes what materialization wou
 
 ``tessera materialize`` then copies those values into Redis instead of re-reading and merging
 the tiles: the same bytes, ~4x faster (docs/benchmarks.md), one row group (``GROUP_ROWS``) at a
-time (:func:`stream`). This is the split Feast and
+time (:func:`stream`). The batch run writes the file the same way: the previous snapshot's rows
+a row group at a time, and new values one range of entities at a time
+(:mod:`pipelines.online_parts`). This is the split Feast and
 Chronon make: the batch job computes what is served, the upload only moves it.
 
 Why the values stay right when copied later: windows slide at read time, so a value built at
@@ -30,6 +32,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from features import offline_store
 from features.definitions import FeatureView
 from features.online.codec import VERSION, codec
 from pipelines import online_build as ob
+from pipelines import online_parts as op
 
 SNAPSHOT_DIR = "_online"
 # Rows per row group (~10 MB of values at ~1 KB an entity): what materialize holds at once
@@ -109,10 +113,15 @@ def _table(values: ob.Values | None) -> Any:
     return pa.concat_tables(parts)
 
 
+class _OldUnreadable(Exception):
+    """The previous snapshot's rows failed to read part-way: build them all instead."""
+
+
 def _increment(view: FeatureView, base: Path, manifest: offline_store.Manifest,
-               now_us: int) -> tuple[Any, Any] | None:
-    """(rows of the previous snapshot to keep, entities to rebuild or None for none), or None
-    when everything must be built: no usable previous snapshot, or every day changed."""
+               now_us: int) -> tuple[Iterator[Any], Any] | None:
+    """(the previous snapshot's row groups to keep, read lazily; entities to rebuild or None for
+    none), or None when everything must be built: no usable previous snapshot, or every day
+    changed."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -129,53 +138,90 @@ def _increment(view: FeatureView, base: Path, manifest: offline_store.Manifest,
     try:
         entities = ob.changed_entities(ob.Reader(view, base, manifest, None), sorted(days),
                                        old_parts)
-        old = parquet.read()
     except (ob.OldFilesGone, OSError, pa.ArrowException):
-        return None  # replaced tiles collected, or rows unreadable: build it all
+        return None  # replaced tiles collected: build it all
     wanted = (pa.array([], pa.string()) if entities is None else
               ob.entity_tag_array([entities.column(k) for k in view.join_keys]))
-    kept = old.filter(pc.invert(pc.is_in(old.column("tag"), value_set=wanted)))
-    return kept.replace_schema_metadata(None), entities
+
+    def kept() -> Iterator[Any]:
+        try:
+            for batch in parquet.iter_batches(batch_size=GROUP_ROWS, use_threads=False):
+                yield pa.Table.from_batches([batch]).filter(
+                    pc.invert(pc.is_in(batch.column("tag"), value_set=wanted)))
+        except (OSError, pa.ArrowException) as e:
+            raise _OldUnreadable(str(e)) from e
+
+    return kept(), entities
 
 
 def write(root: Path, view: FeatureView, manifest: offline_store.Manifest,
           now_us: int | None = None) -> SnapshotSummary:
-    """Build and store the snapshot of ``manifest`` (a version just committed) as of ``now_us``."""
+    """Build and store the snapshot of ``manifest`` (a version just committed) as of ``now_us``:
+    the previous snapshot's rows still right are copied a row group at a time, and the rest
+    built in ranges of entities (pipelines.online_parts), so it holds one part at a time."""
+    started = time.perf_counter()
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    base = offline_store.view_dir(root, view.name, view.fingerprint())
+    target = path(base, manifest.version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    increment = _increment(view, base, manifest, now_us)
+    try:
+        entities, rebuilt = _write_file(target, view, base, manifest, now_us, increment)
+    except _OldUnreadable:  # the previous snapshot broke part-way: build it all
+        increment = None
+        entities, rebuilt = _write_file(target, view, base, manifest, now_us, None)
+    _collect(target.parent, manifest.version)
+    return SnapshotSummary(view.name, manifest.version,
+                           "full" if increment is None else "incremental", entities, rebuilt,
+                           time.perf_counter() - started)
+
+
+def _write_file(target: Path, view: FeatureView, base: Path, manifest: offline_store.Manifest,
+                now_us: int, increment: tuple[Iterator[Any], Any] | None) -> tuple[int, int]:
+    """Write the snapshot file (to a temporary file, then renamed); (entities in it, entities
+    built)."""
+    import itertools
+
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    started = time.perf_counter()
-    now_us = time.time_ns() // 1000 if now_us is None else now_us
-    base = offline_store.view_dir(root, view.name, view.fingerprint())
-    increment = _increment(view, base, manifest, now_us)
+    cod = codec(view)
+    kept: Iterator[Any] = iter(())
     if increment is None:
-        table = rebuilt = _table(ob.build(ob.Reader(view, base, manifest, None), codec(view),
-                                          now_us))
+        built = op.built(view, base, manifest, None, cod, now_us)
     else:
         kept, entities = increment
-        rebuilt = _table(None if entities is None else ob.build(
-            ob.Reader(view, base, manifest, entities), codec(view), now_us))
-        table = pa.concat_tables([kept, rebuilt])
-    expire = table.column("expire_us")
-    table = table.filter(pc.or_(pc.less(expire, 0), pc.greater(expire, now_us)))
-    table = table.replace_schema_metadata({
+        built = (op.Parts(()) if entities is None else
+                 op.built(view, base, manifest, entities, cod, now_us))
+    schema = _table(None).schema.with_metadata({
         _META[0]: str(manifest.version), _META[1]: str(now_us),
         _META[2]: json.dumps(manifest.partitions), _META[3]: str(VERSION)})
-    target = path(base, manifest.version)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    tags = []
+    pending: list[Any] = []  # rows not written yet: less than a row group
+    held = 0
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         # no dictionary: the values are unique, and trying one costs ~4x the read time
-        pq.write_table(table, tmp, compression="lz4", use_dictionary=False,
-                       row_group_size=GROUP_ROWS)
+        with pq.ParquetWriter(tmp, schema, compression="lz4", use_dictionary=False) as out:
+            for table in itertools.chain(kept, map(_table, built)):
+                expire = table.column("expire_us")
+                table = table.filter(pc.or_(pc.less(expire, 0), pc.greater(expire, now_us)))
+                tags.append(table.column("tag"))
+                pending.append(table.replace_schema_metadata(None))
+                held += table.num_rows
+                if held >= GROUP_ROWS:  # whole row groups, whatever the parts' sizes
+                    rows = pa.concat_tables(pending)
+                    full = held - held % GROUP_ROWS
+                    out.write_table(rows.slice(0, full), row_group_size=GROUP_ROWS)
+                    pending, held = [rows.slice(full)], held - full
+            if held:
+                out.write_table(pa.concat_tables(pending), row_group_size=GROUP_ROWS)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    _collect(target.parent, manifest.version)
-    return SnapshotSummary(view.name, manifest.version,
-                           "full" if increment is None else "incremental", _count(table),
-                           _count(rebuilt), time.perf_counter() - started)
+    every = pa.chunked_array([c for t in tags for c in t.chunks], pa.string())
+    return int(pc.count_distinct(every).as_py()), built.entities
 
 
 def _collect(folder: Path, version: int) -> None:
@@ -192,13 +238,6 @@ def _collect(folder: Path, version: int) -> None:
             pass
 
 
-def _count(table: Any) -> int:
-    """Distinct entities of snapshot rows (an entity with lifetime features has two rows)."""
-    import pyarrow.compute as pc
-
-    return int(pc.count_distinct(table.column("tag")).as_py())
-
-
 def _rows(table: Any, mask: Any, count: int) -> Any:
     """The rows of ``table`` where ``mask`` holds (``count`` of them). A filter copies every
     blob (~1 KB an entity), and most views have one kind of row only: all or none is a slice."""
@@ -207,15 +246,16 @@ def _rows(table: Any, mask: Any, count: int) -> Any:
     return table.slice(0, 0) if count == 0 else table.filter(mask)
 
 
-def stream(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Parts | None:
+def stream(base: Path, version: int, now_us: int, wanted: Any = None) -> op.Parts | None:
     """The snapshot of manifest ``version`` (only the ``wanted`` entity tags, when given), or
-    None when there is none usable at ``now_us``. Its tags are read first (a small column);
-    its values are read one row group at a time as the parts are iterated, so materialize
-    holds one group in memory and Redis applies a group while the next is read.
+    None when there is none usable at ``now_us``. Its values are read one row group at a time
+    as the parts are iterated, so materialize holds one group in memory and Redis applies a
+    group while the next is read.
 
     Raises ``OSError``/``ValueError``/``pyarrow.ArrowException`` for an unreadable file, here
     or while iterating.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     file = path(base, version)
@@ -224,15 +264,8 @@ def stream(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Part
     parquet, version_in, built_us, _ = _open(file)
     if version_in != version or built_us > now_us:
         return None
-    index = parquet.read(columns=["tag", "lifetime"])
-    if wanted is not None:
-        index = index.filter(pc.is_in(index.column("tag"), value_set=wanted))
-    tags = index.column("tag").combine_chunks()
-    life = index.column("lifetime").combine_chunks()
 
-    def parts() -> Any:
-        import pyarrow as pa
-
+    def parts() -> Iterator[ob.Values]:
         for batch in parquet.iter_batches(batch_size=GROUP_ROWS, use_threads=False):
             table = pa.Table.from_batches([batch])
             if wanted is not None:
@@ -240,7 +273,7 @@ def stream(base: Path, version: int, now_us: int, wanted: Any = None) -> ob.Part
             if table.num_rows:
                 yield _values(table)
 
-    return ob.Parts(tags.filter(pc.invert(life)), tags.filter(life), parts())
+    return op.Parts(parts(), parquet.metadata.num_rows if wanted is None else None)
 
 
 def _values(table: Any) -> ob.Values:
