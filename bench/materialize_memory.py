@@ -1,9 +1,11 @@
 """Peak memory and time of one full materialization, from the batch run's snapshot and from the
-tiles, against the bytes of the values written.
+tiles, and of the batch run's snapshot build, against the bytes of the values written.
 
-Each measure runs in its own process (peak RSS is per process): the store is opened and the
-libraries imported first, so the peak above that point is what the materialization itself
-held. The values are written to a database of their own (``--db``, emptied before each run) of
+The tiles and the snapshot build run twice: in ranges of entities (``pipelines.online_parts``,
+the default) and in one part (``TESSERA_BUILD_ROWS`` above the view's rows: the build before
+ranges), the baseline in the same run. Each measure runs in its own process (peak RSS is per
+process): the store is opened and the libraries imported first, so the peak above that point
+is what the materialization or build itself held. The values are written to a database of their own (``--db``, emptied before each run) of
 the Redis ``bench/online.py`` uses, from the repo it made (``.tessera/bench/online/repo``: run
 it first). The baseline is the size of the values themselves: the snapshot file's blob column,
 uncompressed.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -35,25 +38,44 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def one(source: str, db: int) -> dict[str, Any]:
-    """One full materialization into an emptied ``db`` (run in a child process)."""
+MEASURES = ("snapshot", "tiles", "tiles, one part", "snapshot build",
+            "snapshot build, one part")
+ONE_PART = "1000000000000"  # TESSERA_BUILD_ROWS: more rows than any view here
+
+
+def one(measure: str, db: int) -> dict[str, Any]:
+    """One full materialization into an emptied ``db``, or one snapshot build (run in a child
+    process)."""
     import numpy  # noqa: F401  (imported before the baseline, as materialize imports them)
     import pyarrow.compute
     import pyarrow.parquet  # noqa: F401
 
+    from features import offline_store
     from features.config import load_config
     from features.store import FeatureStore
-    from pipelines import online_build  # noqa: F401
+    from pipelines import online_build, online_snapshot  # noqa: F401
     from pipelines.materialize import materialize
 
     cfg = load_config(REPO)
     url = cfg.online.url.rsplit("/", 1)[0] + f"/{db}"
+    source = "snapshot" if measure == "snapshot" else "tiles"
     cfg = cfg.model_copy(update={
         "online": cfg.online.model_copy(update={"url": url}),
         "offline": cfg.offline.model_copy(update={"online_snapshot": source == "snapshot"})})
     store = FeatureStore(config=cfg)
     store.online.client.flushdb()
     view = store.definitions.views["user_spend"]
+    if measure.startswith("snapshot build"):
+        root = cfg.resolve(cfg.offline.path)
+        manifest = offline_store.latest(root, view.name, view.fingerprint())
+        assert manifest is not None, "run bench/online.py first"
+        base = _rss_mb()
+        began = time.perf_counter()
+        built = online_snapshot.write(root, view, manifest)
+        seconds = time.perf_counter() - began
+        store.close()
+        return {"measure": measure, "entities": built.entities, "seconds": seconds,
+                "base_mb": base, "peak_mb": _rss_mb(), "held_mb": _rss_mb() - base}
     base = _rss_mb()
     began = time.perf_counter()
     [summary] = materialize(cfg, [view], store.online, show_progress=False)
@@ -65,8 +87,8 @@ def one(source: str, db: int) -> dict[str, Any]:
     keys = store.online.client.dbsize()
     store.online.client.flushdb()
     store.close()
-    return {"source": source, "entities": summary.entities, "keys": keys, "seconds": seconds,
-            "base_mb": base, "peak_mb": peak, "held_mb": peak - base}
+    return {"measure": measure, "entities": summary.entities, "keys": keys,
+            "seconds": seconds, "base_mb": base, "peak_mb": peak, "held_mb": peak - base}
 
 
 def value_bytes() -> tuple[int, int, int]:
@@ -96,20 +118,23 @@ def main() -> None:
     from rich.table import Table
 
     size, rows, groups = value_bytes()
-    got: dict[str, list[dict[str, Any]]] = {"snapshot": [], "tiles": []}
+    got: dict[str, list[dict[str, Any]]] = {m: [] for m in MEASURES}
     for _ in range(args.rounds):  # interleaved: the machine is shared
-        for source in got:
-            out = subprocess.run([sys.executable, __file__, "--one", source, "--db",
+        for measure in got:
+            env = dict(os.environ)
+            if measure.endswith("one part"):
+                env["TESSERA_BUILD_ROWS"] = ONE_PART
+            out = subprocess.run([sys.executable, __file__, "--one", measure, "--db",
                                   str(args.db)], capture_output=True, text=True, check=True,
-                                 timeout=600)
-            got[source].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    table = Table(title=f"full materialization of user_spend: {rows:,} values, "
+                                 timeout=600, env=env)
+            got[measure].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    table = Table(title=f"materialize or build user_spend in full: {rows:,} values, "
                         f"{size / 2**20:,.1f} MiB of blobs, snapshot in {groups} row groups")
-    for col in ("source", "entities", "median s", "held MiB (runs)", "held / value bytes"):
-        table.add_column(col, justify="left" if col == "source" else "right")
-    for source, runs in got.items():
+    for col in ("measure", "entities", "median s", "held MiB (runs)", "held / value bytes"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for measure, runs in got.items():
         held = [r["held_mb"] for r in runs]
-        table.add_row(source, f"{runs[0]['entities']:,}",
+        table.add_row(measure, f"{runs[0]['entities']:,}",
                       f"{statistics.median(r['seconds'] for r in runs):.2f}",
                       f"{statistics.median(held):,.0f} ({', '.join(f'{h:.0f}' for h in held)})",
                       f"{statistics.median(held) * 2**20 / size:.2f}×")

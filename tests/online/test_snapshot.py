@@ -295,13 +295,7 @@ def test_a_snapshot_failing_part_way_falls_back_to_the_tiles(
     read = groups_read(monkeypatch)
     run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
     file = snapshot_file(fresh, "user_spend")
-    meta = pq.ParquetFile(file).metadata
-    blob = meta.schema.names.index("blob")
-    last = meta.row_group(meta.num_row_groups - 1).column(blob)
-    data = bytearray(file.read_bytes())
-    at = last.data_page_offset
-    data[at:at + last.total_compressed_size] = os.urandom(last.total_compressed_size)
-    file.write_bytes(bytes(data))
+    corrupt_the_last_row_group(file)
     read.clear()
     failed_after: list[int] = []  # groups read when the failure was met
     note = mat._unreadable
@@ -309,3 +303,31 @@ def test_a_snapshot_failing_part_way_falls_back_to_the_tiles(
                                                         note(*a))[1])
     fell_back_to_the_tiles(fresh, file)
     assert len(failed_after) == 1 and failed_after[0] >= 2  # written before the broken group
+
+
+def corrupt_the_last_row_group(file: Path) -> None:
+    """Random bytes over the blob pages of the file's last row group (its footer stays good)."""
+    meta = pq.ParquetFile(file).metadata
+    assert meta.num_row_groups >= 3
+    blob = meta.schema.names.index("blob")
+    last = meta.row_group(meta.num_row_groups - 1).column(blob)
+    data = bytearray(file.read_bytes())
+    at = last.data_page_offset
+    data[at:at + last.total_compressed_size] = os.urandom(last.total_compressed_size)
+    file.write_bytes(bytes(data))
+
+
+def test_a_previous_snapshot_failing_part_way_is_rebuilt_whole(
+        fresh: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An incremental run copies the previous snapshot's rows a row group at a time: when one
+    fails to read after others were copied, the run builds the whole snapshot instead."""
+    monkeypatch.setattr(snap, "GROUP_ROWS", 40)
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    corrupt_the_last_row_group(snapshot_file(fresh, "user_spend"))
+    day = today().date() - timedelta(days=3)
+    [spend, merchant] = run(fresh.config, views(fresh), "polars", day, day + timedelta(days=1),
+                            now_us=NOW, show_progress=False)
+    assert (spend.snapshot.mode, merchant.snapshot.mode) == ("full", "incremental")
+    assert spend.snapshot.rebuilt == spend.snapshot.entities
+    for view in ("user_spend", "merchant_activity"):
+        assert snapshot_rows(fresh, view) == built_rows(fresh, view, NOW), view
