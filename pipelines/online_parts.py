@@ -1,4 +1,5 @@
-"""A view's online values built and handed on in parts, so memory stays flat in the view's size.
+"""A view's online values built and handed on in parts, so memory stays about flat as the view
+grows (4x the view: 1.16x the memory, docs/benchmarks.md).
 
 :func:`pipelines.online_build.build` holds every partial row it reads, their merges and the
 packed values at once: ~7x the values' bytes (docs/benchmarks.md). :func:`built` splits the
@@ -7,10 +8,11 @@ builds one range after the other on one DuckDB connection: materialize writes a 
 and the batch run writes it to the snapshot, before the next is read.
 
 Why ranges of the first join key, not a hash: the tile files are sorted by the join keys
-(both engines), so a range condition lets DuckDB skip the row groups outside it by their
-statistics, and a view read in N parts is not read N times over. Every entity's rows have one
-first key, so they fall in one range whatever the other keys; a first key shared by many
-entities only makes its range bigger. An entity's values depend on its own rows only, so the
+(both engines), so a range condition lets DuckDB skip a file's row groups outside it by their
+statistics (a file of one row group is still read whole by every range: the 11-17% more time
+measured in docs/benchmarks.md). Every entity's rows have one first key, so they fall in one
+range whatever the other keys; a first key shared by many entities only makes its range
+bigger. An entity's values depend on its own rows only, so the
 parts together are exactly what one build gives (tests/online/test_online_parts.py).
 
 :class:`Parts` is what materialize writes: values part after part, keeping the entity tags it
@@ -32,7 +34,7 @@ from features.sql import file_list, quote
 from pipelines import online_build as ob
 
 # Partial rows per part (environment: TESSERA_BUILD_ROWS). Measured here: ~110 MiB held
-# whatever the part, plus ~260 MiB per million rows (docs/benchmarks.md, "Building in parts")
+# whatever the part, plus ~260 MiB per million rows (docs/benchmarks.md, "Building in ranges of entities")
 BUILD_ROWS = 500_000
 
 
