@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from features.errors import OnlineUnavailableError
+from features.online.redis_write import RedisWrites
 from features.online.resp import (
     call_spinning,
     mget,
@@ -26,10 +27,7 @@ from features.online.resp import (
     read_replies,
     read_reply,
     send,
-    write_replies,
 )
-
-WRITE_BATCH = 2_000  # commands per pipeline flush when writing
 
 
 class _InFlight:
@@ -87,7 +85,7 @@ def default_spin_us(halt_poll: str = HALT_POLL) -> int:
     return 0 if polls else SPIN_US
 
 
-class RedisOnline:
+class RedisOnline(RedisWrites):
     """A connection to the online store (single node or cluster).
 
     ``spin_us``: how long a single-node read polls for its reply before it blocks (0: never;
@@ -299,106 +297,6 @@ class RedisOnline:
             conn = self.client.connection_pool.make_connection()
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
-
-    def write(self, sets: Iterable[tuple[str, bytes, int | None]],
-              deletes: Iterable[str] = ()) -> int:
-        """``SET key value [PXAT ms]`` for each item and ``DEL`` each key, pipelined."""
-        if not self.cluster:
-            return self.write_packed(self._resp_chunks(sets, deletes))
-        return self._write_pipeline(sets, deletes)
-
-    @staticmethod
-    def _resp_chunks(sets: Iterable[tuple[str, bytes, int | None]],
-                     deletes: Iterable[str]) -> Iterator[tuple[bytes, int]]:
-        """The single-node write as RESP, ``WRITE_BATCH`` commands per chunk.
-
-        redis-py's pipeline spends ~10 µs per command packing and checking arguments; the
-        values here are bytes and ints already, so packing them directly is 5× cheaper.
-        """
-        buf: list[bytes] = []
-        for key, value, expire_ms in sets:
-            k = key.encode()
-            if expire_ms is None:
-                buf.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                           % (len(k), k, len(value), value))
-            else:
-                e = b"%d" % expire_ms
-                buf.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                           b"$4\r\nPXAT\r\n$%d\r\n%b\r\n"
-                           % (len(k), k, len(value), value, len(e), e))
-            if len(buf) >= WRITE_BATCH:
-                yield b"".join(buf), len(buf)
-                buf = []
-        for key in deletes:
-            k = key.encode()
-            buf.append(b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(k), k))
-        if buf:
-            yield b"".join(buf), len(buf)
-
-    def write_packed(self, chunks: Iterable[tuple[bytes, int]]) -> int:
-        """Send ready-made RESP commands (single node): each chunk is (bytes, commands).
-
-        Every chunk is sent before any reply is read, so Redis applies one chunk while the
-        next is being built and sent (Redis queues the small replies); the replies are then
-        read and checked at once. Any exception part-way drops the connection, so no unread
-        reply is left for the pool's next user.
-        """
-        import redis
-
-        if self.cluster:
-            raise TypeError("write_packed needs a single node; use write() on a cluster")
-        pool = self.client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except self._errors as e:
-            raise self._unavailable(e) from None
-        sent = 0
-        try:
-            for data, commands in chunks:
-                conn.send_packed_command([data])
-                sent += commands
-            write_replies(conn, sent)
-        except self._errors as e:
-            conn.disconnect()
-            raise self._unavailable(e) from None
-        except redis.ResponseError as e:
-            raise OnlineUnavailableError(f"online store {self.shown_url} refused a write: {e}") from None
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-        return sent
-
-    def _write_pipeline(self, sets: Iterable[tuple[str, bytes, int | None]],
-                        deletes: Iterable[str]) -> int:
-        done = 0
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pending = 0
-            for key, value, expire_ms in sets:
-                if expire_ms is None:
-                    pipe.execute_command("SET", key, value)
-                else:
-                    pipe.execute_command("SET", key, value, "PXAT", expire_ms)
-                pending += 1
-                if pending >= WRITE_BATCH:
-                    pipe.execute()
-                    done += pending
-                    pending = 0
-            for key in deletes:
-                pipe.execute_command("DEL", key)
-                pending += 1
-                if pending >= WRITE_BATCH:
-                    pipe.execute()
-                    done += pending
-                    pending = 0
-            if pending:
-                pipe.execute()
-                done += pending
-        except self._errors as e:
-            raise self._unavailable(e) from None
-        return done
 
     def call_many(self, commands: Sequence[Sequence[str | bytes] | bytes], *,
                   script: str | None = None) -> list[Any]:
