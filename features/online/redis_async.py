@@ -12,9 +12,9 @@ one (a restarted Redis works on the next call), a Redis that does not answer wit
 timeout fails the call, and either becomes :class:`~features.errors.OnlineUnavailableError`
 naming the store. On Redis Cluster each master gets its own connection and, as ``MGET`` cannot
 span slots, one ``MGET`` per hash slot (an entity's keys share one); a reply that says the
-slot moved sends the call to the synchronous read, which follows it. ``redis://`` over TCP
-reads this way, and ``rediss://`` (TLS) on a single node; TLS on a cluster and Unix sockets use
-the synchronous read (:func:`supported`).
+slot moved sends the call to the synchronous read, which follows it. ``redis://`` (TCP) and
+``rediss://`` (TLS) read this way, single node or cluster; a Unix socket uses the synchronous
+read (:func:`supported`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 
 
 def supported(online: RedisOnline) -> bool:
-    """Whether ``online`` can be read from an event loop: over TCP (single node or cluster), or
-    over TLS on a single node."""
-    return online.url.startswith("redis://") or (online.url.startswith("rediss://")
-                                                 and not online.cluster)
+    """Whether ``online`` can be read from an event loop: over TCP or TLS, single node or
+    cluster (not over a Unix socket)."""
+    return online.url.startswith(("redis://", "rediss://"))
 
 
 class _Timeout(Exception):
@@ -110,7 +109,7 @@ class AsyncReads:
 
     def __init__(self, online: RedisOnline) -> None:
         if not supported(online):
-            raise ValueError(f"{online.shown_url}: async reads need a redis:// URL")
+            raise ValueError(f"{online.shown_url}: async reads need a redis:// or rediss:// URL")
         self.online = online
         self._conns: dict[str, tuple[_Replies, Any]] = {}  # node name ("": single node)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop they belong to
@@ -140,7 +139,7 @@ class AsyncReads:
         if got is not None:
             got[1].close()  # a closed connection's socket
         if self.online.url.startswith("rediss://"):
-            replies, sock = await self._open_tls(loop)
+            replies, sock = await self._open_tls(loop, node)
         else:
             client = self.online.client
             pool = (client if node is None else client.get_redis_connection(node)
@@ -152,11 +151,14 @@ class AsyncReads:
         self._conns[name] = (replies, sock)
         return replies
 
-    async def _open_tls(self, loop: asyncio.AbstractEventLoop) -> tuple[_Replies, Any]:
-        """A TLS connection to the single node. asyncio cannot take over a socket that
-        redis-py's blocking client already wrapped in TLS, so: a socket of our own (closed as
-        the plain one is), asyncio's TLS on it with the SSL context redis-py makes for the URL
-        (its certificates and checks), then the ``AUTH`` and ``SELECT`` redis-py would send."""
+    async def _open_tls(self, loop: asyncio.AbstractEventLoop, node: Any
+                        ) -> tuple[_Replies, Any]:
+        """A TLS connection to ``node`` (None: the single node). asyncio cannot take over a
+        socket that redis-py's blocking client already wrapped in TLS, so: a socket of our own
+        (closed as the plain one is), asyncio's TLS on it with the SSL context redis-py makes
+        for the URL (its certificates and checks; on a cluster every node is reached with the
+        URL's settings, as redis-py's cluster client does), then the ``AUTH`` and ``SELECT``
+        redis-py would send (a cluster has database 0 only: no ``SELECT``)."""
         import socket
 
         import redis
@@ -168,13 +170,14 @@ class AsyncReads:
         spec = Redis.from_url(online.url).connection_pool.make_connection()
         timeout = online.timeout_s
         context = await loop.run_in_executor(None, spec.ssl_context.get)  # reads cert files
+        host, port = (spec.host, spec.port) if node is None else (node.host, node.port)
         sock = await loop.run_in_executor(
-            None, lambda: socket.create_connection((spec.host, spec.port), timeout))
+            None, lambda: socket.create_connection((host, port), timeout))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
             _, replies = await loop.create_connection(
-                _Replies, sock=sock, ssl=context, server_hostname=spec.host,
+                _Replies, sock=sock, ssl=context, server_hostname=host,
                 ssl_handshake_timeout=timeout)
         except BaseException:
             sock.close()
@@ -183,7 +186,7 @@ class AsyncReads:
         if spec.username or spec.password:
             handshake.append(["AUTH", *([spec.username] if spec.username else []),
                               spec.password or ""])
-        if spec.db:
+        if spec.db and node is None:
             handshake.append(["SELECT", str(spec.db)])
         futures = [loop.create_future() for _ in handshake]
         replies.waiting.extend(futures)

@@ -40,12 +40,14 @@ class PrivateRedis:
     """``start()``/``stop()`` a redis-server whose data survives a restart (RDB on shutdown);
     with ``certs`` (:func:`make_certs`), one that serves TLS only."""
 
-    def __init__(self, folder: Path, certs: Path | None = None) -> None:
+    def __init__(self, folder: Path, certs: Path | None = None, port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.binary = binary
         self.folder = folder
         self.certs = certs
-        self.port = free_port()
+        self.port = free_port() if port is None else port
+        self.args = args  # more redis-server options (cluster mode...)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -65,7 +67,7 @@ class PrivateRedis:
                       str(self.certs / "ca.crt"), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
             [self.binary, *listen, "--bind", "127.0.0.1", "--dir", str(self.folder), "--save",
-             "", "--appendonly", "no"],
+             "", "--appendonly", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

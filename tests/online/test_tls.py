@@ -123,3 +123,110 @@ def test_awaited_tls_reads_authenticate_select_recover_and_time_out(tmp_path: Pa
         online.close()
     finally:
         server.stop(save=False)
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Loopback ports free for a cluster node and its bus (port + 10000), below 55536."""
+    import random
+    import socket
+
+    found: list[int] = []
+    for port in random.sample(range(20_000, 30_000), 200):
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError("no free ports for a test cluster")
+
+
+def start_tls_cluster(folder: Path, certs: Path) -> list[PrivateRedis]:
+    """Three redis-server masters serving TLS only, their bus over TLS too, joined by
+    ``redis-cli --tls --cluster create``."""
+    import subprocess
+    import time
+
+    import redis as redis_py
+
+    nodes = [PrivateRedis(folder / f"node{i}", certs=certs, port=port,
+                          args=("--cluster-enabled", "yes", "--cluster-config-file",
+                                "nodes.conf", "--tls-cluster", "yes"))
+             for i, port in enumerate(cluster_ports(3))]
+    for node in nodes:
+        node.start()
+    subprocess.run(["redis-cli", "--tls", "--cacert", str(certs / "ca.crt"), "--cluster",
+                    "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas",
+                    "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 20
+    for node in nodes:
+        client = redis_py.Redis(port=node.port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"))
+        while client.cluster("info")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, f"TLS cluster node {node.port} not ok in 20 s"
+            time.sleep(0.1)
+        client.close()
+    return nodes
+
+
+def test_awaited_reads_over_tls_on_a_cluster_equal_plain_reads(tmp_path: Path,
+                                                               redis_url: str) -> None:
+    """A 3-master Redis Cluster serving TLS only: materialized there, the blocking and the
+    awaited reads give the single node's values and statuses; the awaited ones open their own
+    TLS connection to each master, one each, and never fall back to the blocking read."""
+    certs = make_certs(tmp_path / "certs")
+    nodes = start_tls_cluster(tmp_path / "cluster", certs)
+    plain = build(tmp_path / "repo", redis_url, rows=4_000, days=8)
+    cfg = plain.config
+    url = f"rediss://127.0.0.1:{nodes[0].port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+    tls = FeatureStore(config=cfg.model_copy(update={
+        "online": cfg.online.model_copy(update={"url": url, "cluster": True})}))
+    try:
+        assert tls.online.cluster and tls.awaits_reads
+        now = to_micros(today())
+        for store in (plain, tls):
+            materialize(store.config, list(store.definitions.views.values()), store.online,
+                        now_us=now, show_progress=False)
+        keys = [tls.online.client.dbsize(target_nodes=n) for n in
+                tls.online.client.get_primaries()]
+        assert len(keys) == 3 and min(keys) > 0  # the values are spread over the masters
+        at = now + 3_600_000_000
+        refs = [f"user_spend:{f.name}" for f in plain.definitions.views["user_spend"].features]
+        users = ids(plain, "user_id")
+        want = [plain.get_online_features(refs, [{"user_id": u}], now=at) for u in users]
+        blocking = [tls.get_online_features(refs, [{"user_id": u}], now=at) for u in users]
+        assert [(b.to_dict(), b.status_dict()) for b in blocking] == [
+            (w.to_dict(), w.status_dict()) for w in want]
+
+        async def together() -> list:
+            return await asyncio.gather(*(tls.get_online_features_async(
+                refs, [{"user_id": u}], now=at) for u in users))
+
+        import redis as redis_py
+
+        watchers = [redis_py.Redis(port=n.port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"))
+                    for n in nodes]  # each keeps its one connection: not counted twice
+
+        def connections() -> list[int]:
+            return [w.info("stats")["total_connections_received"] for w in watchers]
+
+        read, tls.online.get = tls.online.get, None  # awaited over TLS: never the blocking
+        try:
+            before = connections()
+            got = asyncio.run(together())
+            after = connections()
+        finally:
+            tls.online.get = read
+        assert [(g.to_dict(), g.status_dict()) for g in got] == [
+            (w.to_dict(), w.status_dict()) for w in want]
+        assert "PRESENT" in got[0].status_dict()["txn_count_7d"]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+        for w in watchers:
+            w.close()
+    finally:
+        tls.close()
+        plain.close()
+        for node in nodes:
+            node.stop(save=False)
