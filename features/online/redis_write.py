@@ -1,5 +1,5 @@
 """Writes to the online store: pipelined ``SET``/``DEL``, packed as RESP on a single node
-(:meth:`RedisWrites.write_packed`, what materialize and the stream consumer send), through
+(:meth:`RedisWrites.write_packed`: materialize, and `online gc`'s deletes), through
 redis-py's pipeline on a cluster. A mixin of :class:`features.online.redis_store.RedisOnline`,
 which holds the connection."""
 
