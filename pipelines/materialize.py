@@ -39,7 +39,7 @@ from pipelines import online_parts as op
 from pipelines import online_snapshot
 from pipelines.errors import PipelineError
 
-Progress = Callable[[int, int | None], None]  # (entity rows done, total; None: not known)
+Progress = Callable[[int, int | None], None]  # (entity rows done, total or estimate; None: none yet)
 
 
 @dataclass
@@ -204,7 +204,6 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
 
     head, tail = K.prefix(project, view.name, fp)
     deletes: list[str] = []  # a window value that expired goes; its lifetime value stays
-    total = parts.total
     done = 0
 
     def batches() -> Iterator[tuple[Any, Any, Any]]:
@@ -216,7 +215,7 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
         nonlocal done
         done += n
         if progress is not None:
-            progress(done, total)
+            progress(done, parts.expected())
 
     written = 0
     if online.cluster:

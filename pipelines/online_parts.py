@@ -46,6 +46,8 @@ class Parts:
     def __init__(self, parts: Iterable[ob.Values], total: int | None = None) -> None:
         self._parts = parts
         self.total = total
+        self.planned: int | None = None  # parts to come, when known (ranges built)
+        self._rows = 0  # entity rows of the parts handed on
         self._window: list[Any] = []
         self._lifetime: list[Any] = []
 
@@ -53,7 +55,15 @@ class Parts:
         for values in self._parts:
             self._window.append(values.window_tags)
             self._lifetime.append(values.lifetime_tags)
+            self._rows += len(values.window_tags) + len(values.lifetime_tags)
             yield values
+
+    def expected(self) -> int | None:
+        """``total`` if known, else an estimate once a part of the planned ones is handed on
+        (the ranges hold about the same rows): what a progress bar shows."""
+        if self.total is not None or not self.planned or not self._rows:
+            return self.total
+        return max(self._rows, round(self._rows * self.planned / len(self._window)))
 
     @property
     def window_tags(self) -> Any:
@@ -130,10 +140,13 @@ def built(view: FeatureView, base: Any, manifest: offline_store.Manifest, entiti
     reader = ob.Reader(view, base, manifest, entities)
 
     def parts() -> Iterator[ob.Values]:
-        for part in ranges(reader, cod, now_us, rows):
+        conditions = ranges(reader, cod, now_us, rows)
+        out.planned = len(conditions)
+        for part in conditions:
             yield ob.build(reader.within(part) if part else reader, cod, now_us)
 
-    return Parts(parts())
+    out = Parts(parts())
+    return out
 
 
 __all__ = ["BUILD_ROWS", "Parts", "built", "ranges"]

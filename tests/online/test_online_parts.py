@@ -71,8 +71,16 @@ def test_a_build_in_ranges_equals_one_build_byte_for_byte(offline, now_us: int) 
     cod = codec(view)
     whole = ob.build(ob.Reader(view, base, manifest, None), cod, now_us)
     parts = op.built(view, base, manifest, None, cod, now_us, rows=150)
-    got = list(parts)
+    assert parts.expected() is None  # nothing known before the first range
+    got, expected, handed = [], [], 0
+    for values in parts:  # what materialize's progress bar shows after each range
+        got.append(values)
+        handed += len(values.window_tags) + len(values.lifetime_tags)
+        expected.append((handed, parts.expected()))
     assert len(got) >= 4, "the rows asked for should have split the view"
+    rows = len(whole.window_tags) + len(whole.lifetime_tags)
+    assert expected[-1] == (rows, rows)  # exact once every range is handed on
+    assert all(e is None if h == 0 else e >= h for h, e in expected)
     assert rows_of(got) == rows_of([whole])
     assert sorted(parts.window_tags.to_pylist()) == sorted(whole.window_tags.to_pylist())
     assert sorted(parts.lifetime_tags.to_pylist()) == sorted(whole.lifetime_tags.to_pylist())
