@@ -43,7 +43,8 @@ def sales_view(src: Source) -> FeatureView:
 def offline(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureView, Path, offline_store.Manifest]:
     rows = [{"shop": SHOPS[i % len(SHOPS)], "till": i % 4, "amount": float(i % 17),
              "event_ts": T0 + timedelta(minutes=7 * i)} for i in range(1_500)]
-    rows.append({"shop": None, "till": 1, "amount": 5.0, "event_ts": T0})  # a null key
+    # a null key: the batch run rejects the row, so no range has to hold it
+    rows.append({"shop": None, "till": 1, "amount": 5.0, "event_ts": T0})
     view, cfg = materialize("polars", sales_view, SOURCE, rows,
                             tmp_path_factory.mktemp("parts"))
     root = cfg.resolve(cfg.offline.path)
@@ -99,7 +100,7 @@ def test_each_range_holds_about_the_rows_asked_for(offline) -> None:
     reader = ob.Reader(view, base, manifest, None)
     conditions = op.ranges(reader, cod, NOW, rows=150)
     assert len(conditions) >= 4 and "IS NULL" in conditions[0]
-    assert "o''brien" in " ".join(conditions) or len(conditions) < len(SHOPS)
+    assert op._literal("x'; DROP TABLE t; --") == "'x''; DROP TABLE t; --'"
 
     def partial_rows(r: ob.Reader) -> int:
         n = 0
