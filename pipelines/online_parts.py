@@ -120,11 +120,12 @@ def ranges(reader: ob.Reader, cod: Codec, now_us: int, rows: int | None = None) 
     files, where = sources[counts.index(max(counts))]  # cut where the most rows are
     key = quote(reader.view.join_keys[0])
     fractions = ", ".join(str(i / parts) for i in range(1, parts))
-    cuts = reader.query(
-        f"SELECT quantile_disc({key}, [{fractions}]) AS cuts FROM read_parquet("
-        f"{file_list(files)}) WHERE {key} IS NOT NULL{where}{reader.semi}").column("cuts")[0]
-    cuts = cuts.as_py()
-    bounds = [_literal(c) for c in sorted(set(cuts or ()))]
+    found = reader.query(
+        f"SELECT min({key}) AS low, quantile_disc({key}, [{fractions}]) AS cuts FROM "
+        f"read_parquet({file_list(files)}) WHERE {key} IS NOT NULL{where}{reader.semi}")
+    low, cuts = found.column("low")[0].as_py(), found.column("cuts")[0].as_py()
+    # a cut at the smallest key would make an empty first range (few distinct keys)
+    bounds = [_literal(c) for c in sorted(set(cuts or ()) - {low})]
     if not bounds:
         return [""]
     out = [f"{key} < {bounds[0]} OR {key} IS NULL"]

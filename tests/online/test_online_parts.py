@@ -79,6 +79,7 @@ def test_a_build_in_ranges_equals_one_build_byte_for_byte(offline, now_us: int) 
         handed += len(values.window_tags) + len(values.lifetime_tags)
         expected.append((handed, parts.expected()))
     assert len(got) >= 4, "the rows asked for should have split the view"
+    assert all(len(v.window_tags) for v in got)  # no empty range, though keys are few
     rows = len(whole.window_tags) + len(whole.lifetime_tags)
     assert expected[-1] == (rows, rows)  # exact once every range is handed on
     assert all(e is None if h == 0 else e >= h for h, e in expected)
