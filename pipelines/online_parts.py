@@ -34,7 +34,8 @@ from features.sql import file_list, quote
 from pipelines import online_build as ob
 
 # Partial rows per part (environment: TESSERA_BUILD_ROWS). Measured here: ~110 MiB held
-# whatever the part, plus ~260 MiB per million rows (docs/benchmarks.md, "Building in ranges of entities")
+# whatever the part, plus ~260 MiB per million rows (docs/benchmarks.md, "Building in ranges
+# of entities")
 BUILD_ROWS = 500_000
 
 

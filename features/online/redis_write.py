@@ -107,7 +107,8 @@ class RedisWrites:
             conn.disconnect()
             raise self._unavailable(e) from None
         except redis.ResponseError as e:
-            raise OnlineUnavailableError(f"online store {self.shown_url} refused a write: {e}") from None
+            raise OnlineUnavailableError(
+                f"online store {self.shown_url} refused a write: {e}") from None
         except BaseException:
             conn.disconnect()
             raise

@@ -40,7 +40,8 @@ def sales_view(src: Source) -> FeatureView:
 
 
 @pytest.fixture(scope="module")
-def offline(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureView, Path, offline_store.Manifest]:
+def offline(tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[FeatureView, Path, offline_store.Manifest]:
     rows = [{"shop": SHOPS[i % len(SHOPS)], "till": i % 4, "amount": float(i % 17),
              "event_ts": T0 + timedelta(minutes=7 * i)} for i in range(1_500)]
     # a null key: the batch run rejects the row, so no range has to hold it
