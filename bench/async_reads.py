@@ -6,9 +6,9 @@ server's concurrent requests) each make 1 × 10 reads of random users in a loop,
 others, their ``MGET``s pipelined) or with ``store.get_online_features(...)`` (the loop held for
 each round trip: what the server did on a cluster before awaited cluster reads). Both on the
 single-node Redis of ``bench/online.py``, on the local 3-master cluster (started here if it
-is not running, ``services.redis_cluster``) and on a private redis-server serving TLS only
-(``rediss://``, started and stopped here), interleaved in rounds, every loop bounded in count
-and time. Prints reads/s and per-read p50/p99, and the awaited/blocking ratio.
+is not running, ``services.redis_cluster``), on a private redis-server serving TLS only
+(``rediss://``) and on a private 3-master cluster serving TLS only (both started and stopped
+here), interleaved in rounds, every loop bounded in count and time. Prints reads/s and per-read p50/p99, and the awaited/blocking ratio.
 
 Uses the repo ``bench/online.py`` generated (``.tessera/bench/online/repo``): run that first.
 
@@ -101,6 +101,26 @@ def tls_store(store: Any, folder: Path) -> tuple[Any, Any]:
     return tls, server
 
 
+def tls_cluster_store(store: Any, folder: Path) -> tuple[Any, list[Any]]:
+    """The same repo on a 3-master Redis Cluster serving TLS only (as the TLS tests make it),
+    materialized there; and its nodes, to stop."""
+    import shutil
+
+    from features.store import FeatureStore
+    from pipelines.materialize import materialize
+    from tests.online.private_redis import make_certs, start_tls_cluster
+
+    shutil.rmtree(folder, ignore_errors=True)
+    certs = make_certs(folder / "certs")
+    nodes = start_tls_cluster(folder / "cluster", certs)
+    url = f"rediss://127.0.0.1:{nodes[0].port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+    online = store.config.online.model_copy(update={"url": url, "cluster": True})
+    tls = FeatureStore(config=store.config.model_copy(update={"online": online}))
+    materialize(tls.config, [tls.definitions.views["user_spend"]], tls.online,
+                show_progress=False)
+    return tls, nodes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=3000)
@@ -121,10 +141,13 @@ def main() -> None:
     single = FeatureStore(config=load_config(REPO))
     users = (pl.read_parquet(REPO / "data" / "transactions", hive_partitioning=False)
              ["user_id"].unique().to_list())
-    with console.status("materializing into the local Redis Cluster and a TLS Redis"):
+    with console.status("materializing into the local Redis Cluster, a TLS Redis and a TLS "
+                        "Redis Cluster"):
         cluster = cluster_store(single)
         tls, tls_server = tls_store(single, WORK / "tls")
-    stores = {"single node": single, "cluster": cluster, "single node, TLS": tls}
+        tls_cluster, tls_nodes = tls_cluster_store(single, WORK / "tls_cluster")
+    stores = {"single node": single, "cluster": cluster, "single node, TLS": tls,
+              "cluster, TLS": tls_cluster}
     got: dict[tuple[str, int, str], list[dict[str, float]]] = {}
 
     async def rounds() -> None:
@@ -159,6 +182,8 @@ def main() -> None:
     for store in stores.values():
         store.close()
     tls_server.stop(save=False)
+    for node in tls_nodes:
+        node.stop(save=False)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A private redis-server on a free loopback port, for tests that stop and restart Redis, or
-that need one serving TLS only (``rediss://``, certificates made with ``openssl``)."""
+that need one serving TLS only (``rediss://``, certificates made with ``openssl``); and a
+3-master Redis Cluster serving TLS only (:func:`start_tls_cluster`). Benchmarks use them too."""
 
 from __future__ import annotations
 
@@ -93,3 +94,45 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Loopback ports free for a cluster node and its bus (port + 10000), below 55536."""
+    import random
+
+    found: list[int] = []
+    for port in random.sample(range(20_000, 30_000), 200):
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError("no free ports for a test cluster")
+
+
+def start_tls_cluster(folder: Path, certs: Path) -> list[PrivateRedis]:
+    """Three redis-server masters serving TLS only, their bus over TLS too, joined by
+    ``redis-cli --tls --cluster create``."""
+    import redis as redis_py
+
+    nodes = [PrivateRedis(folder / f"node{i}", certs=certs, port=port,
+                          args=("--cluster-enabled", "yes", "--cluster-config-file",
+                                "nodes.conf", "--tls-cluster", "yes"))
+             for i, port in enumerate(cluster_ports(3))]
+    for node in nodes:
+        node.start()
+    subprocess.run(["redis-cli", "--tls", "--cacert", str(certs / "ca.crt"), "--cluster",
+                    "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas",
+                    "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 20
+    for node in nodes:
+        client = redis_py.Redis(port=node.port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"))
+        while client.cluster("info")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, f"TLS cluster node {node.port} not ok in 20 s"
+            time.sleep(0.1)
+        client.close()
+    return nodes

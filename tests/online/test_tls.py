@@ -10,7 +10,7 @@ from pathlib import Path
 from features.store import FeatureStore
 from features.windows import to_micros
 from pipelines.materialize import materialize
-from tests.online.private_redis import PrivateRedis, make_certs
+from tests.online.private_redis import PrivateRedis, make_certs, start_tls_cluster
 from tests.online.repo import build, ids, today
 
 
@@ -123,52 +123,6 @@ def test_awaited_tls_reads_authenticate_select_recover_and_time_out(tmp_path: Pa
         online.close()
     finally:
         server.stop(save=False)
-
-
-def cluster_ports(count: int) -> list[int]:
-    """Loopback ports free for a cluster node and its bus (port + 10000), below 55536."""
-    import random
-    import socket
-
-    found: list[int] = []
-    for port in random.sample(range(20_000, 30_000), 200):
-        try:
-            for p in (port, port + 10_000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise RuntimeError("no free ports for a test cluster")
-
-
-def start_tls_cluster(folder: Path, certs: Path) -> list[PrivateRedis]:
-    """Three redis-server masters serving TLS only, their bus over TLS too, joined by
-    ``redis-cli --tls --cluster create``."""
-    import subprocess
-    import time
-
-    import redis as redis_py
-
-    nodes = [PrivateRedis(folder / f"node{i}", certs=certs, port=port,
-                          args=("--cluster-enabled", "yes", "--cluster-config-file",
-                                "nodes.conf", "--tls-cluster", "yes"))
-             for i, port in enumerate(cluster_ports(3))]
-    for node in nodes:
-        node.start()
-    subprocess.run(["redis-cli", "--tls", "--cacert", str(certs / "ca.crt"), "--cluster",
-                    "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas",
-                    "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-    deadline = time.monotonic() + 20
-    for node in nodes:
-        client = redis_py.Redis(port=node.port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"))
-        while client.cluster("info")["cluster_state"] != "ok":
-            assert time.monotonic() < deadline, f"TLS cluster node {node.port} not ok in 20 s"
-            time.sleep(0.1)
-        client.close()
-    return nodes
 
 
 def test_awaited_reads_over_tls_on_a_cluster_equal_plain_reads(tmp_path: Path,
