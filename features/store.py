@@ -170,8 +170,8 @@ class FeatureStore:
         """:meth:`get_online_features` for asyncio code (Feast's name and call shape): the
         Redis round trip is awaited, so the event loop runs other work meanwhile, and reads
         started together share one connection, pipelined. Same arguments, values, statuses,
-        errors and serving log. On Redis Cluster, one connection per master; over TLS on a
-        cluster, or a Unix socket, it is the blocking read.
+        errors and serving log. On Redis Cluster, one connection per master; over a Unix
+        socket it is the blocking read.
 
         A store's async reads belong to one event loop at a time.
         """
@@ -188,8 +188,8 @@ class FeatureStore:
 
     @property
     def awaits_reads(self) -> bool:
-        """Whether :meth:`get_online_features_async` really awaits Redis (not over TLS on a
-        cluster, or a Unix socket, where it is the blocking read)."""
+        """Whether :meth:`get_online_features_async` really awaits Redis (not over a Unix
+        socket, where it is the blocking read)."""
         return self._async_reads() is not None
 
     def _async_reads(self) -> AsyncReads | None:
