@@ -48,7 +48,6 @@ class Parts:
         self._parts = parts
         self.total = total
         self.planned: int | None = None  # parts to come, when known (ranges built)
-        self._rows = 0  # entity rows of the parts handed on
         self._window: list[Any] = []
         self._lifetime: list[Any] = []
 
@@ -56,15 +55,15 @@ class Parts:
         for values in self._parts:
             self._window.append(values.window_tags)
             self._lifetime.append(values.lifetime_tags)
-            self._rows += len(values.window_tags) + len(values.lifetime_tags)
             yield values
 
     def expected(self) -> int | None:
         """``total`` if known, else an estimate once a part of the planned ones is handed on
         (the ranges hold about the same rows): what a progress bar shows."""
-        if self.total is not None or not self.planned or not self._rows:
+        rows = sum(map(len, self._window)) + sum(map(len, self._lifetime))
+        if self.total is not None or not self.planned or not rows:
             return self.total
-        return max(self._rows, round(self._rows * self.planned / len(self._window)))
+        return max(rows, round(rows * self.planned / len(self._window)))
 
     @property
     def window_tags(self) -> Any:
