@@ -6,7 +6,7 @@ flat as the view grows; in one part it grows with the view.
 For each ``--rows`` it generates the example events (``rows / 40`` users over 30 days), runs
 ``user_spend`` on Polars into a repo under ``.tessera/bench/build_memory/`` (kept between runs),
 then builds its online values as of now, each build in its own process: the libraries are
-imported and DuckDB started, the process's peak RSS reset (``/proc/self/clear_refs``), and the
+imported and DuckDB started, the process's peak RSS reset (``bench/peak_memory.py``), and the
 peak above that point is what the build held.
 
     .venv/bin/python bench/build_memory.py [--rows 2000000 8000000] [--rounds 2]
@@ -29,8 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import peak_memory  # noqa: E402
+from bench.peak_memory import ONE_PART  # noqa: E402
+
 WORK = ROOT / ".tessera" / "bench" / "build_memory"
-ONE_PART = "1000000000000"  # TESSERA_BUILD_ROWS: more rows than any view here
 DAYS = 30
 
 
@@ -80,10 +82,7 @@ def one(folder: Path) -> dict[str, Any]:
     assert manifest is not None
     base = offline_store.view_dir(root, view.name, view.fingerprint())
     duckdb.connect().sql("SELECT 1").fetchall()
-    # The peak from here on: Linux keeps ru_maxrss across fork and exec (this process would
-    # start at the parent's peak), so reset the peak RSS (VmHWM) to the current RSS instead.
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_mb("VmRSS")
+    before = peak_memory.start()
     began = time.perf_counter()
     parts = online_parts.built(view, base, manifest, None, codec(view), time.time_ns() // 1000)
     count = value_bytes = entities = 0
@@ -93,15 +92,7 @@ def one(folder: Path) -> dict[str, Any]:
         value_bytes += values.window_blobs.nbytes if values.window_blobs is not None else 0
     return {"parts": count, "entities": entities, "value_mb": value_bytes / 2**20,
             "seconds": time.perf_counter() - began,
-            "held_mb": _status_mb("VmHWM") - before}
-
-
-def _status_mb(field: str) -> float:
-    """A field of /proc/self/status (VmRSS, VmHWM: the peak RSS), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise KeyError(field)
+            "held_mb": peak_memory.peak_mb() - before}
 
 
 def main() -> None:

@@ -3,11 +3,11 @@ tiles, and of the batch run's snapshot build, against the bytes of the values wr
 
 The tiles and the snapshot build run twice: in ranges of entities (``pipelines.online_parts``,
 the default) and in one part (``TESSERA_BUILD_ROWS`` above the view's rows: the build before
-ranges), the baseline in the same run. Each measure runs in its own process (peak RSS is per
-process): the store is opened and the libraries imported first, so the peak above that point
-is what the materialization or build itself held. The values are written to a database of their own (``--db``, emptied before each run) of
-the Redis ``bench/online.py`` uses, from the repo it made (``.tessera/bench/online/repo``: run
-it first). The baseline is the size of the values themselves: the snapshot file's blob column,
+ranges), the baseline in the same run. Each measure runs in its own process: the store is
+opened and the libraries imported first, then the peak RSS is reset (``bench/peak_memory.py``),
+so the peak above that point is what the materialization or build itself held. The values are
+written to a database of their own (``--db``, emptied before each run) of the Redis
+``bench/online.py`` uses, from the repo it made (``.tessera/bench/online/repo``: run it first). The baseline is the size of the values themselves: the snapshot file's blob column,
 uncompressed.
 
     .venv/bin/python bench/materialize_memory.py [--rounds 3] [--db 3]
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,18 +28,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import peak_memory  # noqa: E402
 from bench.online import WORK  # noqa: E402  (the repo it measures)
+from bench.peak_memory import ONE_PART  # noqa: E402
 
 REPO = WORK / "repo"
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 MEASURES = ("snapshot", "tiles", "tiles, one part", "snapshot build",
             "snapshot build, one part")
-ONE_PART = "1000000000000"  # TESSERA_BUILD_ROWS: more rows than any view here
 
 
 def one(measure: str, db: int) -> dict[str, Any]:
@@ -69,18 +65,19 @@ def one(measure: str, db: int) -> dict[str, Any]:
         root = cfg.resolve(cfg.offline.path)
         manifest = offline_store.latest(root, view.name, view.fingerprint())
         assert manifest is not None, "run bench/online.py first"
-        base = _rss_mb()
+        base = peak_memory.start()
         began = time.perf_counter()
         built = online_snapshot.write(root, view, manifest)
         seconds = time.perf_counter() - began
+        peak = peak_memory.peak_mb()
         store.close()
         return {"measure": measure, "entities": built.entities, "seconds": seconds,
-                "base_mb": base, "peak_mb": _rss_mb(), "held_mb": _rss_mb() - base}
-    base = _rss_mb()
+                "base_mb": base, "peak_mb": peak, "held_mb": peak - base}
+    base = peak_memory.start()
     began = time.perf_counter()
     [summary] = materialize(cfg, [view], store.online, show_progress=False)
     seconds = time.perf_counter() - began
-    peak = _rss_mb()
+    peak = peak_memory.peak_mb()
     if summary.source != source:
         raise SystemExit(f"wanted a materialization from the {source}, got {summary.source} "
                          f"({summary.note}): run bench/online.py first")
