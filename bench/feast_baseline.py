@@ -331,6 +331,7 @@ class FeastSide:
         self.feature_refs = [f"{VIEW}:{f}" for f in feature_names]
         self.entity_ids: list[int] = table.column(join_key).to_pylist()
         self._client: redis.Redis | None = None
+        self.unix_socket: str | None = None  # set by over_socket
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -388,12 +389,35 @@ class FeastSide:
         side.clear_online()
         return side
 
+    def over_socket(self, path: str) -> FeastSide:
+        """This repo read through a second Feast ``FeatureStore`` whose Redis client connects
+        over the Unix socket ``path`` of the same server (Feast's connection string passes
+        ``unix_socket_path`` on to ``redis.Redis``): same registry, same hashes. Only for
+        reads; the first side owns the data (``clear_online``)."""
+        from feast import FeatureStore
+
+        workdir = self.workdir / "unix"
+        workdir.mkdir(exist_ok=True)
+        tcp = f'connection_string: "{self.redis_host}:{self.redis_port},db={self.redis_db}"'
+        text = (self.workdir / "feature_store.yaml").read_text()
+        if tcp not in text:
+            raise RuntimeError(f"no {tcp!r} in {self.workdir / 'feature_store.yaml'}")
+        (workdir / "feature_store.yaml").write_text(
+            text.replace(tcp, tcp[:-1] + f',unix_socket_path={path}"'))
+        side = FeastSide(FeatureStore(repo_path=str(workdir)), workdir, self.table,
+                         self.join_key, self.timestamp_column, self.feature_names, self.project,
+                         self.redis_host, self.redis_port, self.redis_db)
+        side.unix_socket = path
+        return side
+
     def redis_client(self) -> redis.Redis:
         if self._client is None:
             import redis
 
-            self._client = redis.Redis(host=self.redis_host, port=self.redis_port,
-                                       db=self.redis_db)
+            self._client = (redis.Redis(unix_socket_path=self.unix_socket, db=self.redis_db)
+                            if self.unix_socket else
+                            redis.Redis(host=self.redis_host, port=self.redis_port,
+                                        db=self.redis_db))
         return self._client
 
     def clear_online(self) -> int:

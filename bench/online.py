@@ -15,6 +15,8 @@ the same Redis (``bench/feast_baseline.py``). Measured in this order, all loops 
    which depends on the machine's ``guest_halt_poll_ns``, and with reads that block at once),
    Feast, and the raw floor (a redis-py ``HMGET`` of 10 fields of Feast's hash; pipelined for
    100), and for 1 × 10 the round trip alone (``socket_floor``: a bare socket's ``MGET``);
+   the four 1 × 10 measures again over the Redis's Unix socket (``--unix-socket``; by default
+   the one of ``tessera services up``), Feast's client connecting over it too;
 3. HTTP, 1 × 10, sequential and with ``--concurrency`` clients: ``tessera serve`` and
    ``feast serve``.
 
@@ -169,14 +171,15 @@ def tessera_latency(store: Any, users: list[int], batch: int, iterations: int,
     return summarize(lat, seconds, batch)
 
 
-def socket_floor(store: Any, users: list[int], port: int, iterations: int, max_seconds: float,
-                 gap_us: float = 20.0) -> dict[str, Any]:
+def socket_floor(store: Any, users: list[int], address: int | str, iterations: int,
+                 max_seconds: float, gap_us: float = 20.0) -> dict[str, Any]:
     """The round trip alone: one ``MGET`` of a random user's Tessera key, packed beforehand,
     sent on a bare non-blocking socket and polled for with hiredis, nothing else timed. Before
     each call the loop busy-waits ``gap_us`` untimed, standing for the Python a real call runs
     between its round trips (~20 µs of a Tessera 1 × 10 read here): on a VM, Redis's vCPU halts
     in such a gap and each request pays for waking it, which back-to-back calls would hide.
-    No client, in any language, reads faster than this on this box."""
+    No client, in any language, reads faster than this on this box. ``address``: the TCP port
+    on 127.0.0.1, or the path of a Unix socket."""
     import random
     import socket
 
@@ -190,8 +193,12 @@ def socket_floor(store: Any, users: list[int], port: int, iterations: int, max_s
     rng = random.Random(5)
     commands = [mget([head + str(rng.choice(users)) + tail]) for _ in range(min(iterations,
                                                                                 5000))]
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address)
+    else:
+        sock = socket.create_connection(("127.0.0.1", address))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     reader = hiredis.Reader()
     clock = time.perf_counter_ns
@@ -252,6 +259,9 @@ def main() -> None:
     parser.add_argument("--redis-port", type=int, default=6390)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--unix-socket", default=str(ROOT / ".tessera" / "redis" / "redis.sock"),
+                        help="the same Redis's Unix socket, for the 1 x 10 measures over it "
+                             "(default: the one `tessera services up` makes; '' to skip)")
     parser.add_argument("--http-client", choices=tuple(CLIENTS), default="raw")
     parser.add_argument("--guest-halt-poll-ns", type=int, default=None,
                         help="set the guest kernel's idle polling (haltpoll cpuidle driver) "
@@ -314,6 +324,8 @@ def measure(args: Any, url: str, console: Any) -> None:
                 store, lambda: tessera_latency(store, users, bt, n // 4, sec))),
             (f"feast sdk {bt}x10", lambda: side.online_latency(users, bt, n // 4, sec)),
         ]
+        runs[5:5] = unix_runs(store, side, users, keys, fields, args.unix_socket, n, sec,
+                              console)  # after the 1 x 10 measures over TCP
         # Interleaved rounds: the machine is shared, so each ratio is taken within a round
         # (the measures a few seconds apart) and the median round is reported.
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in runs}
@@ -335,6 +347,31 @@ def measure(args: Any, url: str, console: Any) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
     console.print(f"results: {out}")
+
+
+def unix_runs(store: Any, side: Any, users: list[int], keys: list[bytes], fields: list[bytes],
+              path: str, n: int, sec: float, console: Any) -> list[tuple[str, Any]]:
+    """The 1 × 10 measures over the Unix socket at ``path`` (none when it is '' or missing):
+    raw HMGET, Tessera's SDK, the bare socket and Feast's SDK, each client connecting over it."""
+    if not path:
+        return []
+    if not Path(path).is_socket():
+        console.print(f"[yellow]no Unix socket at {path}: the measures over it are skipped "
+                      f"(`tessera services down && make services` makes one)[/yellow]")
+        return []
+    from features.store import FeatureStore
+
+    cfg = store.config
+    unix = FeatureStore(config=cfg.model_copy(update={
+        "online": cfg.online.model_copy(update={"url": f"unix://{path}?db=0"})}))
+    feast = side.over_socket(path)
+    client = feast.redis_client()
+    return [
+        ("raw HMGET 1x10, unix", lambda: raw_hmget_latency(client, keys, fields, 1, n, sec)),
+        ("tessera sdk 1x10, unix", lambda: tessera_latency(unix, users, 1, n, sec)),
+        ("bare socket MGET, unix", lambda: socket_floor(unix, users, path, n, sec)),
+        ("feast sdk 1x10, unix", lambda: feast.online_latency(users, 1, n, sec)),
+    ]
 
 
 def median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
@@ -460,6 +497,19 @@ def report(console: Any, r: dict[str, Any], args: Any) -> None:
         (f"SDK {bt}x10 p99: tessera / raw pipelined HMGET",
          round_ratio(r, f"tessera sdk {bt}x10", f"raw pipelined HMGET {bt}x10"), ""),
     ]
+    if "tessera sdk 1x10, unix" in r:
+        ratios += [
+            ("unix socket, SDK 1x10 p99: tessera / raw HMGET",
+             round_ratio(r, "tessera sdk 1x10, unix", "raw HMGET 1x10, unix"), "≤ 1.5×"),
+            ("unix socket, SDK 1x10 p99: feast / tessera",
+             round_ratio(r, "feast sdk 1x10, unix", "tessera sdk 1x10, unix"), "≥ 5×"),
+            ("unix socket, SDK 1x10 p50: feast / tessera",
+             round_ratio(r, "feast sdk 1x10, unix", "tessera sdk 1x10, unix", "p50_ms"), ""),
+            ("SDK 1x10 p99: tessera tcp / unix",
+             round_ratio(r, "tessera sdk 1x10", "tessera sdk 1x10, unix"), ""),
+            ("SDK 1x10 p99: feast tcp / unix",
+             round_ratio(r, "feast sdk 1x10", "feast sdk 1x10, unix"), ""),
+        ]
     if "tessera http 1x10" in r:
         conc = args.concurrency
         h = {name: r[name] for name in r if name.startswith(("tessera http", "feast http"))}

@@ -68,7 +68,7 @@ class OnlineConfig(_Model):
     """Online store: Redis (a single node or a cluster endpoint)."""
 
     type: Literal["redis"] = "redis"
-    url: str = Field("redis://127.0.0.1:6390/0", description="redis:// or rediss:// URL.")
+    url: str = Field("redis://127.0.0.1:6390/0", description="redis://, rediss:// (TLS) or unix:// (a Unix socket) URL.")
     cluster: bool = Field(False, description="The URL is a Redis Cluster node.")
     timeout_ms: int = Field(500, gt=0, description="Connect and read timeout of one call.")
     spin_us: int | None = Field(None, ge=0, le=100_000, description=(

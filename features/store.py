@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig, load_config
 from features.online.keys import entity_tag
@@ -99,7 +99,7 @@ class FeatureStore:
         self.config = config if config is not None else load_config(Path(repo_path))
         self.definitions: Definitions = load_definitions(self.config)
         self._online: RedisOnline | None = None
-        self._aio: AsyncReads | Literal[False] | None = None  # False: it cannot read async
+        self._aio: AsyncReads | None = None
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self.serving_log: ServingLog | None = None
         log_cfg = self.config.serving_log
@@ -170,8 +170,7 @@ class FeatureStore:
         """:meth:`get_online_features` for asyncio code (Feast's name and call shape): the
         Redis round trip is awaited, so the event loop runs other work meanwhile, and reads
         started together share one connection, pipelined. Same arguments, values, statuses,
-        errors and serving log. On Redis Cluster, one connection per master; over a Unix
-        socket it is the blocking read.
+        errors and serving log. On Redis Cluster, one connection per master.
 
         A store's async reads belong to one event loop at a time.
         """
@@ -179,26 +178,19 @@ class FeatureStore:
         _, columns = plan.entity_columns(entity_rows)
         now_us = _now_us(now)
         keys, spans = _keys(plan, columns)
-        reads = self._async_reads()
-        blobs = self.online.get(keys) if reads is None else await reads.get(keys)
+        blobs = await self._async_reads().get(keys)
         response = _respond(plan, columns, spans, blobs, now_us)
         if now is None and self.serving_log is not None:  # live traffic only, as above
             self.serving_log.record(plan, response, now_us)
         return response
 
-    @property
-    def awaits_reads(self) -> bool:
-        """Whether :meth:`get_online_features_async` really awaits Redis (not over a Unix
-        socket, where it is the blocking read)."""
-        return self._async_reads() is not None
-
-    def _async_reads(self) -> AsyncReads | None:
-        """The store's event-loop reads (opened on first use); None where unsupported."""
+    def _async_reads(self) -> AsyncReads:
+        """The store's event-loop reads (opened on first use)."""
         if self._aio is None:
-            from features.online.redis_async import AsyncReads, supported
+            from features.online.redis_async import AsyncReads
 
-            self._aio = AsyncReads(self.online) if supported(self.online) else False
-        return self._aio or None
+            self._aio = AsyncReads(self.online)
+        return self._aio
 
     def materialize(self, start: Any = None, end: Any = None,
                     views: Sequence[str] | None = None) -> list[Any]:

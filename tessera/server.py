@@ -212,7 +212,7 @@ class FeatureServer:
                 resp = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: store.get_online_features(
                         features, entities, feature_service=service, full_feature_names=full))
-            elif (self._busy > 1 or began - self._done < self.queued_s) and store.awaits_reads:
+            elif self._busy > 1 or began - self._done < self.queued_s:
                 # Requests are queueing (another one is awaiting Redis, or this one started
                 # right as the last finished): await the round trip, so the loop serves the
                 # others meanwhile and their reads follow on the same connection.

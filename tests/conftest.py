@@ -52,6 +52,22 @@ def redis_url(repo_config: RepoConfig) -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_socket_url(redis_url: str, repo_config: RepoConfig) -> str:
+    """The local Redis (the one at ``redis_url``) over its Unix socket: ``unix://...?db=0``."""
+    from tessera import services
+
+    url = services.redis_socket_url(repo_config.services, repo_config.root)
+    path = None if url is None else Path(url.removeprefix("unix://").split("?")[0])
+    if path is None or not path.is_socket():
+        msg = (f"the local Redis has no Unix socket at {path} (started before it listened on "
+               f"one?); restart it with `tessera services down && make services`")
+        if IN_CI:
+            pytest.fail(f"CI=true and {msg}", pytrace=False)
+        pytest.skip(msg)
+    return url  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
 def _redis_cluster_up(repo_config: RepoConfig) -> str:
     """Start the local Redis Cluster once per test run; its startup URL.
 

@@ -12,14 +12,14 @@ one (a restarted Redis works on the next call), a Redis that does not answer wit
 timeout fails the call, and either becomes :class:`~features.errors.OnlineUnavailableError`
 naming the store. On Redis Cluster each master gets its own connection and, as ``MGET`` cannot
 span slots, one ``MGET`` per hash slot (an entity's keys share one); a reply that says the
-slot moved sends the call to the synchronous read, which follows it. ``redis://`` (TCP) and
-``rediss://`` (TLS) read this way, single node or cluster; a Unix socket uses the synchronous
-read (:func:`supported`).
+slot moved sends the call to the synchronous read, which follows it. ``redis://`` (TCP),
+``rediss://`` (TLS, single node or cluster) and ``unix://`` (a Unix socket) all read this way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,12 +28,6 @@ from features.online.resp import mget, pack
 
 if TYPE_CHECKING:
     from features.online.redis_store import RedisOnline
-
-
-def supported(online: RedisOnline) -> bool:
-    """Whether ``online`` can be read from an event loop: over TCP or TLS, single node or
-    cluster (not over a Unix socket)."""
-    return online.url.startswith(("redis://", "rediss://"))
 
 
 class _Timeout(Exception):
@@ -108,8 +102,6 @@ class AsyncReads:
     ``MGET``s, one per hash slot."""
 
     def __init__(self, online: RedisOnline) -> None:
-        if not supported(online):
-            raise ValueError(f"{online.shown_url}: async reads need a redis:// or rediss:// URL")
         self.online = online
         self._conns: dict[str, tuple[_Replies, Any]] = {}  # node name ("": single node)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop they belong to
@@ -147,7 +139,10 @@ class AsyncReads:
             conn = pool.make_connection()
             await loop.run_in_executor(None, conn.connect)  # a down Redis must not stall it
             sock, conn._sock = conn._sock, None  # the loop's from here (TCP_NODELAY is set)
-            _, replies = await loop.create_connection(_Replies, sock=sock)
+            if sock.family == socket.AF_UNIX:
+                _, replies = await loop.create_unix_connection(_Replies, sock=sock)
+            else:
+                _, replies = await loop.create_connection(_Replies, sock=sock)
         self._conns[name] = (replies, sock)
         return replies
 
@@ -159,8 +154,6 @@ class AsyncReads:
         for the URL (its certificates and checks; on a cluster every node is reached with the
         URL's settings, as redis-py's cluster client does), then the ``AUTH`` and ``SELECT``
         redis-py would send (a cluster has database 0 only: no ``SELECT``)."""
-        import socket
-
         import redis
         from redis.asyncio import Redis
 
@@ -305,4 +298,4 @@ class AsyncReads:
                 sock.close()
 
 
-__all__ = ["AsyncReads", "supported"]
+__all__ = ["AsyncReads"]

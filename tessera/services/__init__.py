@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from features.config import ServicesConfig
 
 __all__ = ["ALL_SERVICE_NAMES", "CLUSTER", "SERVICE_NAMES", "ServiceError", "ServiceStatus",
-           "down", "redis_cluster_url", "render_status", "status", "up"]
+           "down", "redis_cluster_url", "redis_socket_url", "render_status", "status", "up"]
 
 SERVICE_NAMES: tuple[str, ...] = ("redis", "kafka")
 """The services every ``up`` starts, in start order (``down`` stops them in reverse)."""
@@ -128,6 +128,13 @@ def redis_cluster_url(cfg: ServicesConfig) -> str:
     ``up(..., cluster=True)`` (or ``services.redis_cluster.enabled``).
     """
     return startup_url(cfg.redis_cluster)
+
+
+def redis_socket_url(cfg: ServicesConfig, root: Path) -> str | None:
+    """The local Redis over its Unix socket, e.g. ``unix:///repo/.tessera/redis/redis.sock``
+    (for ``online.url``, on this machine); None when its state path is too long for one."""
+    path = RedisServer(cfg.redis, _state_dir(cfg, root) / "redis").socket_path
+    return None if path is None else f"unix://{path}?db=0"
 
 
 def _state_dir(cfg: ServicesConfig, root: Path) -> Path:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 LOOPBACK = "127.0.0.1"
 _APT_TIMEOUT_S = 900
+# A Unix socket's path must fit ``sockaddr_un.sun_path`` (108 bytes on Linux, with its NUL)
+SUN_PATH_MAX = 107
 
 
 class RedisFiles:
@@ -100,15 +102,27 @@ class RedisServer(RedisFiles):
         """The one client port."""
         return (self.cfg.port,)
 
+    @property
+    def socket_path(self) -> Path | None:
+        """``<state>/redis.sock``, where Redis also listens (mode 700: this user only), for a
+        client on this machine (``unix://`` URL: a round trip ~10 µs shorter than over TCP
+        loopback, docs/online.md); None when the path is too long for a Unix socket, so the
+        server listens on TCP only."""
+        path = self.state / "redis.sock"
+        return path if len(os.fsencode(path)) <= SUN_PATH_MAX else None
+
     def render_conf(self) -> str:
         """The ``redis.conf`` for this state directory and port."""
         # Redis rewrites its process title; by default the config path would vanish from
         # /proc/<pid>/cmdline, and with it our way to tell our redis from anyone else's.
         title = "{title} {listen-addr} {server-mode} {config-file}"
+        sock = self.socket_path
+        unix = [] if sock is None else [f"unixsocket {_quote(str(sock))}", "unixsocketperm 700"]
         return "\n".join([
             "# Written by `tessera services up` on every start; edits are lost. docs/services.md",
             f"bind {LOOPBACK}",
             f"port {self.cfg.port}",
+            *unix,
             "protected-mode yes",
             "daemonize no",
             'logfile ""',
@@ -134,8 +148,10 @@ class RedisServer(RedisFiles):
             return Probe(False, None, f"PING failed: {e}")
         finally:
             client.close()
+        sock = self.socket_path
+        also = f"; socket {sock}" if sock is not None and sock.is_socket() else ""
         return Probe(True, str(info.get("redis_version")),
-                     f"PING ok; {keys} keys in db 0; up {info.get('uptime_in_seconds')} s")
+                     f"PING ok; {keys} keys in db 0; up {info.get('uptime_in_seconds')} s{also}")
 
 
 def ensure_redis_server(say: Say) -> str:

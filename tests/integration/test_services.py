@@ -81,6 +81,43 @@ def test_redis_round_trip_and_pipeline(cfg: ServicesConfig) -> None:
         client.close()
 
 
+@pytest.mark.redis
+def test_redis_also_listens_on_a_private_unix_socket(cfg: ServicesConfig) -> None:
+    """``unix://`` for a client on this machine: the same server as the TCP port, the socket
+    readable by this user only, and named in the status."""
+    import stat
+
+    import redis
+
+    url = services.redis_socket_url(cfg, cfg.state_dir)
+    assert url is not None
+    path = Path(url.removeprefix("unix://").split("?")[0])
+    assert path.is_socket() and stat.S_IMODE(path.stat().st_mode) == 0o700
+    over_tcp = redis.Redis(host="127.0.0.1", port=REDIS_PORT, socket_timeout=5)
+    over_socket = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        over_tcp.set("tessera:it:socket", "same server")
+        assert over_socket.get("tessera:it:socket") == b"same server"
+        assert over_socket.client_info()["addr"].startswith(str(path))
+    finally:
+        over_tcp.close()
+        over_socket.close()
+    [redis_status] = services.status(cfg, cfg.state_dir, only=("redis",))
+    assert redis_status.detail.endswith(f"; socket {path}")
+
+
+def test_a_state_path_too_long_for_a_socket_listens_on_tcp_only(tmp_path: Path) -> None:
+    from tessera.services.redis_server import SUN_PATH_MAX, RedisServer
+
+    deep = tmp_path / ("d" * (SUN_PATH_MAX - len(str(tmp_path))))
+    server = RedisServer(RedisServiceConfig(port=REDIS_PORT), deep / "redis")
+    assert server.socket_path is None
+    assert "unixsocket" not in server.render_conf()
+    assert f"port {REDIS_PORT}" in server.render_conf()
+    short = RedisServer(RedisServiceConfig(port=REDIS_PORT), tmp_path / "redis")
+    assert f'unixsocket "{tmp_path / "redis" / "redis.sock"}"' in short.render_conf()
+
+
 @pytest.mark.kafka
 def test_a_consumer_group_splits_partitions_and_reads_every_message_once(
     cfg: ServicesConfig,

@@ -39,20 +39,24 @@ def make_certs(folder: Path) -> Path:
 
 class PrivateRedis:
     """``start()``/``stop()`` a redis-server whose data survives a restart (RDB on shutdown);
-    with ``certs`` (:func:`make_certs`), one that serves TLS only."""
+    with ``certs`` (:func:`make_certs`), one that serves TLS only; with ``unix``, one that also
+    listens on ``<folder>/redis.sock``, its ``url`` then a ``unix://`` one."""
 
     def __init__(self, folder: Path, certs: Path | None = None, port: int | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), *, unix: bool = False) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.binary = binary
         self.folder = folder
         self.certs = certs
         self.port = free_port() if port is None else port
         self.args = args  # more redis-server options (cluster mode...)
+        self.socket = folder / "redis.sock" if unix else None
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        if self.socket is not None:
+            return f"unix://{self.socket}?db=0"
         if self.certs is not None:
             return (f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs="
                     f"{self.certs / 'ca.crt'}")
@@ -66,6 +70,8 @@ class PrivateRedis:
                       str(self.certs / "server.crt"), "--tls-key-file",
                       str(self.certs / "server.key"), "--tls-ca-cert-file",
                       str(self.certs / "ca.crt"), "--tls-auth-clients", "no"]
+        if self.socket is not None:
+            listen += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
             [self.binary, *listen, "--bind", "127.0.0.1", "--dir", str(self.folder), "--save",
              "", "--appendonly", "no", *self.args],
