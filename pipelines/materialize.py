@@ -200,9 +200,11 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
     """SET every entity's values, part after part, in pipelined chunks; then DEL the window
     values that expired by ``now_us`` and, of the ``wanted`` entities (an incremental run),
     the window and lifetime values of those left with none."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     head, tail = K.prefix(project, view.name, fp)
+    pool = pa.default_memory_pool()
     deletes: list[str] = []  # a window value that expired goes; its lifetime value stays
     done = 0
 
@@ -210,6 +212,9 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
         """(keys, blobs, expire ms; -1 never) of each part, as the parts are read."""
         for values in parts:
             yield from _sets(head, tail, cod, values, now_us, deletes)
+            # the part's buffers are free: hand them back, or Arrow's allocator (mimalloc)
+            # keeps them and the peak grows part after part
+            pool.release_unused()
 
     def counted(n: int) -> None:
         nonlocal done
@@ -225,7 +230,7 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
             written += online.write(items)
             counted(len(keys))
     else:
-        def sent() -> Iterator[tuple[bytes, int]]:
+        def sent() -> Iterator[tuple[memoryview, int]]:
             """Each chunk packed just before it is sent, each part read just before it is
             packed: Redis applies what was sent meanwhile, on its own core."""
             for keys, blobs, expire_ms in batches():

@@ -68,7 +68,7 @@ class RedisWrites:
         if buf:
             yield b"".join(buf), len(buf)
 
-    def write_packed(self, chunks: Iterable[tuple[bytes, int]]) -> int:
+    def write_packed(self, chunks: Iterable[tuple[bytes | memoryview, int]]) -> int:
         """Send ready-made RESP commands (single node): each chunk is (bytes, commands).
 
         A chunk's replies are read once ``WRITE_LAG`` more chunks were sent: Redis applies a
