@@ -5,11 +5,15 @@ that need one serving TLS only (``rediss://``, certificates made with ``openssl`
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -84,6 +88,25 @@ class PrivateRedis:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"private redis-server on port {self.port} did not start in 10 s")
+
+    def fails_while_hung(self, call: Callable[[], Any], timeout_s: float,
+                         match: str = "is unavailable: Timeout") -> None:
+        """With the server not answering (SIGSTOP, its connections left open), ``call()``
+        raises ``OnlineUnavailableError`` matching ``match`` within two attempts of
+        ``timeout_s`` (and a second of slack); then the server goes on (SIGCONT)."""
+        import pytest
+
+        from features.errors import OnlineUnavailableError
+
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(OnlineUnavailableError, match=match):
+                call()
+            assert time.monotonic() - began < 2 * timeout_s + 1.0
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self, save: bool = True) -> None:
         if self.proc is None:
