@@ -105,7 +105,7 @@ class RedisServer(RedisFiles):
     @property
     def socket_path(self) -> Path | None:
         """``<state>/redis.sock``, where Redis also listens (mode 700: this user only), for a
-        client on this machine (``unix://`` URL: a round trip ~10 µs shorter than over TCP
+        client on this machine (``unix://`` URL: a round trip 2-10 µs shorter than over TCP
         loopback, docs/online.md); None when the path is too long for a Unix socket, so the
         server listens on TCP only."""
         path = self.state / "redis.sock"
