@@ -69,7 +69,8 @@ class RedisWrites:
             yield b"".join(buf), len(buf)
 
     def write_packed(self, chunks: Iterable[tuple[bytes | memoryview, int]]) -> int:
-        """Send ready-made RESP commands (single node): each chunk is (bytes, commands).
+        """Send ready-made RESP commands (single node): each chunk is (bytes or a
+        memoryview of them, commands).
 
         A chunk's replies are read once ``WRITE_LAG`` more chunks were sent: Redis applies a
         chunk while the next ones are built and sent, and its replies wait neither in Redis

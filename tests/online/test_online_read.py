@@ -260,7 +260,6 @@ def test_a_polling_read_fails_like_a_blocking_one(tmp_path: Path) -> None:
     """An error reply (here NOAUTH) raises what redis-py raises, and a Redis that stops
     answering (SIGSTOP) fails within the timeout, not after the polling: both as
     OnlineUnavailableError naming the store."""
-
     import redis as redis_py
 
     from features.errors import OnlineUnavailableError
@@ -401,7 +400,6 @@ def test_pipelined_reads_stay_in_step_and_fail_like_one_read(tmp_path: Path) -> 
     """RedisOnline.get_pipelined: each list's values in order ([] for an empty list); a caller
     that stops early leaves no reply to be read by the next call; a Redis restarted between
     calls is retried; one that stops answering fails within the timeout."""
-
     import redis as redis_py
 
     from features.online.redis_store import RedisOnline

@@ -68,7 +68,6 @@ def test_awaited_tls_reads_authenticate_select_recover_and_time_out(tmp_path: Pa
     """The awaited read's own TLS connection: AUTH and SELECT as the URL says (values of db 2
     behind a password), a wrong password and a Redis that hangs fail as
     OnlineUnavailableError within the bound, and a dropped connection is retried on one loop."""
-
     import pytest
     import redis as redis_py
 
