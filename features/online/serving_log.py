@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -229,7 +230,13 @@ class ServingLog:
         pa.array([0])
 
     def _run(self) -> None:
-        self.prepare()
+        try:
+            self.prepare()
+        except Exception as e:
+            if _exiting():  # the exit hook writes what is buffered, from the main thread
+                return
+            log.warning("serving log: the writer could not import pyarrow: %s: %s",
+                        type(e).__name__, " ".join(str(e).split()))
         while not self._stop.is_set():
             self._wake.wait(self.cfg.flush_seconds)
             self._wake.clear()
@@ -395,6 +402,19 @@ def _install_hooks() -> None:
     _HOOKS.append(True)
     atexit.register(_close_all)
     os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _exiting() -> bool:
+    """Whether the interpreter has begun to exit.
+
+    A script that exits within ~2 s of its first read does so while the writer thread still
+    imports pyarrow and pandas; pandas' import registers a thread-exit hook, which threading
+    refuses once its shutdown began (``RuntimeError: can't register atexit after shutdown``).
+    The flag is private to threading (3.9 to 3.13 alike); the main thread stopped and the
+    interpreter finalizing are the public signs of the same.
+    """
+    return (bool(getattr(threading, "_SHUTTING_DOWN", False))
+            or not threading.main_thread().is_alive() or sys.is_finalizing())
 
 
 def _close_all() -> None:

@@ -289,6 +289,29 @@ def test_a_write_error_is_logged_and_counted_never_raised(repo: Path, users: lis
     assert blocked.is_file() and blocked.read_text() == ""
 
 
+def test_a_writer_that_cannot_import_says_so_and_still_writes(
+        repo: Path, users: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A failed import in the writer's start (not an exit) is one warning line; the thread
+    goes on, and its flushes import what they need."""
+    def broken() -> None:
+        raise ImportError("pyarrow: libarrow.so.2200: cannot open shared object file")
+
+    monkeypatch.setattr(ServingLog, "prepare", staticmethod(broken))
+    caplog.set_level(logging.WARNING, logger="tessera.serving_log")
+    store = logging_store(repo, tmp_path / "log", flush_seconds=0.05)
+    store.get_online_features(USER_FEATURES, {"user_id": users})
+    deadline = time.monotonic() + 20
+    while store.serving_log.stats().files_written == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.serving_log.stats().files_written == 1
+    store.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tessera.serving_log"]
+    assert lines == ["serving log: the writer could not import pyarrow: ImportError: pyarrow: "
+                     "libarrow.so.2200: cannot open shared object file"]
+    assert [r["user_id"] for r in read_log(tmp_path / "log")] == users
+
+
 @pytest.mark.slow
 def test_tessera_serve_logs_its_responses(repo: Path, users: list[int]) -> None:
     from tests.integration.test_server import Server
@@ -354,3 +377,26 @@ def test_after_prepare_a_flush_imports_nothing(repo: Path, users: list[int],
                          timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_script_that_exits_while_the_writer_starts_writes_its_rows_quietly(
+        repo: Path, users: list[int], tmp_path: Path) -> None:
+    """A short scoring script exits right after its reads, while the writer thread is still
+    importing pyarrow and pandas (~2 s): the exit hook writes the sampled rows from the main
+    thread, and stderr stays empty. The writer used to die there with a traceback (pandas'
+    import registers a thread-exit hook, refused once the interpreter exits)."""
+    folder = tmp_path / "log"
+    script = textwrap.dedent(f"""
+        from features.config import load_config
+        from features.config_jobs import ServingLogConfig
+        from features.store import FeatureStore
+        cfg = load_config({str(repo)!r})
+        log = ServingLogConfig(sample_rate=1.0, path={str(folder)!r}, flush_seconds=3600)
+        store = FeatureStore(config=cfg.model_copy(update={{"serving_log": log}}))
+        store.get_online_features({USER_FEATURES!r}, [{{"user_id": u}} for u in {users!r}])
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert [r["user_id"] for r in read_log(folder)] == users
