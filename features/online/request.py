@@ -1,7 +1,8 @@
 """An online request, checked and planned: which views, which keys, where each value goes.
 
 Feature references are ``"view:feature"`` (Feast's spelling) or a feature service's name. Entity
-rows are a list of dicts (Feast's SDK) or a dict of columns (Feast's HTTP body). Every mistake
+rows are a list of dicts (Feast's SDK), a dict of columns (Feast's HTTP body) or a data frame
+(pandas, Polars, a pyarrow Table, as ``get_historical_features`` takes). Every mistake
 is one line naming the feature, service, row or key, with the close names when there are some.
 A null key value is not a mistake: that row reads as not found.
 """
@@ -33,6 +34,24 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _frame_columns(rows: Any) -> Any:
+    """A data frame's columns as lists of Python values, nulls as None (pandas: NaN, None,
+    ``pd.NA``); anything else as it is. By module name, so no frame library is imported."""
+    module = type(rows).__module__.partition(".")[0]
+    if module == "pyarrow" and hasattr(rows, "to_pydict"):  # Table, RecordBatch
+        return rows.to_pydict()
+    if module == "polars" and hasattr(rows, "to_dict") and hasattr(rows, "height"):
+        return rows.to_dict(as_series=False)
+    if module == "polars" and hasattr(rows, "collect"):
+        raise OnlineRequestError("entity rows are a polars LazyFrame; expected a DataFrame "
+                                 "(call .collect()), a list of dicts or a dict of columns")
+    if module == "pandas" and hasattr(rows, "columns") and hasattr(rows, "notna"):
+        # astype(object) boxes numpy ints as Python ints; where() turns every null into None
+        return {str(c): rows[c].astype(object).where(rows[c].notna(), None).tolist()
+                for c in rows.columns}
+    return rows
 
 
 def resolve(defs: Definitions, features: Sequence[str] | None,
@@ -122,6 +141,8 @@ class Plan:
 
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
         """(row count, join key -> values) of the entity rows, checked against the key types."""
+        if type(entity_rows) is not list and not isinstance(entity_rows, Mapping):
+            entity_rows = _frame_columns(entity_rows)
         if isinstance(entity_rows, Mapping):
             columns = {}
             for k, v in entity_rows.items():

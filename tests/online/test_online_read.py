@@ -103,6 +103,33 @@ def test_entity_rows_of_any_mapping_or_int_type_read_alike(materialized: Feature
         assert [int(u) for u in got["user_id"]] == users
 
 
+def test_entity_rows_as_a_data_frame_read_as_its_columns(materialized: FeatureStore) -> None:
+    """pandas, Polars and pyarrow frames read as their columns (as get_historical_features
+    takes them), their nulls as null keys (NOT_FOUND), the keys echoed as Python values."""
+    import pandas as pd
+    import polars as pl
+    import pyarrow as pa
+
+    users = ids(materialized, "user_id", 5)
+    feats = ["user_spend:txn_count_7d", "user_spend:spend_eur_7d"]
+    want = materialized.get_online_features(feats, {"user_id": [*users, None]})
+    assert want.status_dict()["txn_count_7d"][-1] == "NOT_FOUND"
+    frames = [pd.DataFrame({"user_id": pd.array([*users, None], dtype="Int64"), "x": 1.5}),
+              pl.DataFrame({"user_id": [*users, None], "x": [1.5] * 6}),
+              pa.table({"user_id": [*users, None], "x": [1.5] * 6})]
+    for frame in frames:
+        got = materialized.get_online_features(feats, frame)
+        assert got.to_dict() == want.to_dict(), type(frame)
+        assert got.status_dict() == want.status_dict()
+        assert [type(u) for u in got.to_dict()["user_id"][:-1]] == [int] * 5
+    with pytest.raises(OnlineRequestError, match=r"entity row 0: join key 'user_id' is float "
+                                                 r"1\.0; feature view 'user_spend' expects int64"):
+        materialized.get_online_features(feats, pd.DataFrame({"user_id": [1.0, 2.0]}))
+    with pytest.raises(OnlineRequestError, match=r"polars LazyFrame; expected a DataFrame "
+                                                 r"\(call \.collect\(\)\)"):
+        materialized.get_online_features(feats, pl.DataFrame({"user_id": users}).lazy())
+
+
 def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
     resp = materialized.get_online_features(["user_spend:txn_count_7d", "user_spend:spend_eur_7d"],
                                             [{"user_id": None}])
