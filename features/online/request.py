@@ -26,6 +26,7 @@ from features.repo import Definitions
 _DICT = {dict}
 _FEW = 4  # up to this many entities, a loop costs less than the C-level checks' set-up
 _INTS = {int, type(None)}
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def _utf8(text: str) -> bool:
@@ -172,14 +173,20 @@ class Plan:
             dtype, view = self.key_types[key]
             column = columns[key]
             if dtype == "int64" and n > _FEW and set(map(type, column)) <= _INTS:
-                continue
+                numbers = column if None not in column else [v for v in column if v is not None]
+                if not numbers or (min(numbers) >= _I64_MIN and max(numbers) <= _I64_MAX):
+                    continue
             for i, value in enumerate(column):
                 if value is None:
                     continue
-                if type(value) is int and dtype == "int64":  # no ABC check
-                    continue
+                if type(value) is int and dtype == "int64" and _I64_MIN <= value <= _I64_MAX:
+                    continue  # no ABC check
                 ok = (isinstance(value, Integral) and not isinstance(value, bool)
                       if dtype == "int64" else isinstance(value, str) and _utf8(value))
+                if ok and dtype == "int64" and not _I64_MIN <= int(value) <= _I64_MAX:
+                    raise OnlineRequestError(
+                        f"entity row {i}: join key {key!r} is {value}, outside int64 (feature "
+                        f"view {view!r} keys are -2**63 .. 2**63-1)")
                 if not ok and dtype == "string" and isinstance(value, str):
                     raise OnlineRequestError(f"entity row {i}: join key {key!r} is not valid "
                                              f"UTF-8 text: {value!r}")

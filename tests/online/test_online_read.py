@@ -149,7 +149,13 @@ def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
      r"entity row 1: join key 'user_id' is str '2'; feature view 'user_spend' expects int64"),
     ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user_id": True}]},
      r"entity row 0: join key 'user_id' is bool"),
+    ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user_id": -(2**63) - 1}]},
+     r"entity row 0: join key 'user_id' is -9223372036854775809, outside int64"),
     # many rows (checked by C-level loops first): the same errors, naming the same row
+    ({"features": ["user_spend:txn_count_7d"],
+      "entity_rows": {"user_id": [*range(7), None, 2**63, 5]}},
+     r"entity row 8: join key 'user_id' is 9223372036854775808, outside int64 \(feature view "
+     r"'user_spend' keys are -2\*\*63 \.\. 2\*\*63-1\)"),
     ({"features": ["user_spend:txn_count_7d"],
       "entity_rows": [{"user_id": i} for i in range(7)] + [{"user": 1}, {"user_id": 9}]},
      r"entity row 7 has no join key 'user_id' \(feature view 'user_spend' needs it; the row "
