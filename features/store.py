@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,11 +142,13 @@ class FeatureStore:
 
         Args:
             features: ``["view:feature", ...]``; or give ``feature_service``.
-            entity_rows: ``[{"user_id": 1}, ...]`` or ``{"user_id": [1, ...]}``. A null key
-                reads as not found; a missing or mistyped key is an error.
+            entity_rows: ``[{"user_id": 1}, ...]``, ``{"user_id": [1, ...]}`` or a pandas,
+                Polars or pyarrow frame of join keys. A null key reads as not found; a
+                missing, mistyped or (int) out-of-int64 key is an error.
             feature_service: the name of a feature service.
             full_feature_names: name outputs ``view__feature``.
-            now: the request instant (datetime or µs); default the current time. Values are
+            now: the request instant (a datetime, naive read as UTC; an ISO 8601 string; a numpy
+                datetime64; µs since the epoch); default the current time. Values are
                 exact for any instant at or after the newest materialized event. A call with
                 an explicit ``now`` (a replay, a consistency check) is not live traffic and is
                 not written to the serving log.
@@ -236,14 +239,30 @@ class FeatureStore:
 
 
 def _now_us(now: Any) -> int:
-    """The request instant in µs: ``now`` (datetime or µs), or the current time."""
+    """The request instant in µs: ``now`` (a datetime, naive read as UTC; an ISO 8601 string;
+    a numpy datetime64; µs since the epoch as an int), or the current time."""
     if now is None:
         return time.time_ns() // 1000
-    if isinstance(now, int):
+    if type(now) is int:
         return now
+    from datetime import datetime
+    from numbers import Integral
+
     from features.windows import to_micros
 
-    return to_micros(now)
+    if isinstance(now, datetime) and now == now:  # pandas' Timestamp too (NaT != NaT)
+        return to_micros(now)
+    if isinstance(now, str):
+        with suppress(ValueError):
+            return to_micros(datetime.fromisoformat(now))
+    elif type(now).__name__ == "datetime64" and str(now) != "NaT":
+        return int(now.astype("datetime64[us]").astype("int64"))
+    elif isinstance(now, Integral) and not isinstance(now, bool):  # numpy ints
+        return int(now)
+    from features.errors import OnlineRequestError
+
+    raise OnlineRequestError(f"now is {type(now).__name__} {now!r}; expected a datetime, an "
+                             f"ISO 8601 string or µs since the epoch as an int")
 
 
 def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],

@@ -176,12 +176,26 @@ def test_bad_requests_fail_in_one_line(materialized: FeatureStore, kwargs: dict,
 
 
 def test_now_accepts_datetime_or_micros(materialized: FeatureStore) -> None:
+    """``now`` as a datetime (naive: UTC), a pandas Timestamp, an ISO 8601 string, a numpy
+    datetime64 or µs (int or numpy int) reads the same instant; anything else is one line."""
+    import numpy as np
+    import pandas as pd
+
     user = ids(materialized, "user_id", 2)[0]
+    feats = ["user_spend:spend_eur_7d", "user_spend:txn_count_1h"]
     at = today() + timedelta(hours=2)
-    a = materialized.get_online_features(["user_spend:spend_eur_7d"], [{"user_id": user}], now=at)
-    b = materialized.get_online_features(["user_spend:spend_eur_7d"], [{"user_id": user}],
-                                         now=to_micros(at))
-    assert a.to_dict() == b.to_dict()
+    want = materialized.get_online_features(feats, [{"user_id": user}], now=at).to_dict()
+    assert want["spend_eur_7d"][0] > 0
+    for now in (to_micros(at), np.int64(to_micros(at)), at.replace(tzinfo=None),
+                pd.Timestamp(at).tz_convert("Europe/Paris"), at.isoformat(),
+                at.strftime("%Y-%m-%dT%H:%M:%SZ"), np.datetime64(to_micros(at), "us")):
+        got = materialized.get_online_features(feats, [{"user_id": user}], now=now)
+        assert got.to_dict() == want, repr(now)
+    for now, shown in ((at.date(), "date"), (1.7e15, "float"), (True, "bool"),
+                       ("an hour ago", "str 'an hour ago'"), (pd.NaT, "NaTType")):
+        with pytest.raises(OnlineRequestError, match=rf"^now is {shown}.*; expected a "
+                                                     r"datetime, an ISO 8601 string or µs"):
+            materialized.get_online_features(feats, [{"user_id": user}], now=now)
 
 
 def test_timestamp_and_bool_features_round_trip(tmp_path: Path, redis_url: str) -> None:
