@@ -72,6 +72,15 @@ def _as_day(value: Any, flag: str) -> date:
         raise PipelineError(f"{flag} {value!r}: expected a day like 2026-01-05") from None
 
 
+def _check_days(start: Any, end: Any) -> None:
+    """``--start``/``--end`` are days, and the range holds at least one."""
+    first = _as_day(start, "--start") if start is not None else None
+    last = _as_day(end, "--end") if end is not None else None
+    if first is not None and last is not None and first >= last:
+        raise PipelineError(f"--start {first} is not before --end {last} (the end day is "
+                            f"excluded): no day to rewrite")
+
+
 _UNREADABLE = (OSError, ValueError, KeyError)  # and pyarrow.ArrowException (imported lazily)
 
 
@@ -286,6 +295,7 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    _check_days(start, end)  # before any work or progress bar
     out = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("entities"), TimeElapsedColumn(), disable=not show_progress,

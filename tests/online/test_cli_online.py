@@ -34,4 +34,17 @@ def test_run_then_materialize_then_incremental(tmp_path: Path, redis_url: str) -
     assert code == 0 and "incremental" in out, out
     code, out = invoke("materialize", "--repo", repo, "--view", "user_spnd")
     assert code == 1 and "no feature view 'user_spnd'" in out, out
+    # Bad days fail before any work: one line, no progress bar, the state untouched.
+    key = state_key(store.config.project, view.name, view.fingerprint())
+    state = store.online.get_text(key)
+    for days, message in (
+            (("--start", "2026-12-05", "--end", "2026-12-01"),
+             "error: --start 2026-12-05 is not before --end 2026-12-01 (the end day is excluded)"
+             ": no day to rewrite"),
+            (("--start", "2026-12-01", "--end", "2026-12-01"), "is not before --end 2026-12-01"),
+            (("--end", "12/01/2026"), "error: --end '12/01/2026': expected a day like 2026-01-05")):
+        code, out = invoke("materialize", "--repo", repo, *days)
+        assert code == 1 and message in out and "entities" not in out, out
+        assert len(out.strip().splitlines()) == 1, out
+    assert store.online.get_text(key) == state
     store.close()
