@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +44,10 @@ class OnlineResponse:
 
     def __init__(self, names: Sequence[str], dtypes: Sequence[str], entities: dict[str, list],
                  values: list[list[Any]], statuses: list[list[str]],
-                 event_times_us: list[list[int | None]]) -> None:
+                 event_times_us: list[list[int | None]],
+                 key_dtypes: Mapping[str, str] | None = None) -> None:
         self.feature_names = list(names)
+        self.key_dtypes = key_dtypes or {}  # join key -> its dtype, for to_arrow
         self.dtypes = list(dtypes)
         self.entities = entities
         self.values = values
@@ -68,7 +70,9 @@ class OnlineResponse:
     def to_arrow(self) -> pa.Table:
         import pyarrow as pa
 
-        columns: dict[str, pa.Array] = {k: pa.array(v) for k, v in self.entities.items()}
+        key_types = {k: getattr(pa, _ARROW_TYPES[d])() for k, d in self.key_dtypes.items()}
+        columns: dict[str, pa.Array] = {k: pa.array(v, key_types.get(k))
+                                        for k, v in self.entities.items()}
         for name, dtype, column in zip(self.feature_names, self.dtypes, self.values,
                                        strict=True):
             if dtype == "timestamp":
@@ -347,7 +351,8 @@ def _respond(plan: Plan, columns: dict[str, list[Any]], spans: list[Any],
     for s in plan.timestamps:  # stored as µs since the epoch
         values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
     entities = {k: list(columns[k]) for k in plan.join_keys}
-    return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times)
+    return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times,
+                          plan.key_dtypes)
 
 
 def _per_entity(blobs: list[bytes | None], start: int,

@@ -102,6 +102,7 @@ class Plan:
     key_parts: tuple[tuple[str, str, str], ...]  # per read: (head, tail, lifetime suffix)
     dtypes: tuple[str, ...]  # output type per name
     timestamps: tuple[int, ...]  # output positions of timestamp values (µs in Redis)
+    key_dtypes: Mapping[str, str]  # join key -> dtype
 
     @classmethod
     def of(cls, project: str, pairs: Sequence[tuple[FeatureView, Feature]],
@@ -138,7 +139,8 @@ class Plan:
                 dtypes[pos] = view.output_dtype(f)
         return cls(tuple(names), tuple(reads), tuple(slots), tuple(join_keys), key_types,
                    tuple(view_keys), tuple(key_parts), tuple(dtypes),
-                   tuple(k for k, dtype in enumerate(dtypes) if dtype == "timestamp"))
+                   tuple(k for k, dtype in enumerate(dtypes) if dtype == "timestamp"),
+                   {k: t[0] for k, t in key_types.items()})
 
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
         """(row count, join key -> values) of the entity rows, checked against the key types."""

@@ -135,6 +135,8 @@ def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
                                             [{"user_id": None}])
     assert resp.to_dict()["txn_count_7d"] == [0]
     assert resp.status_dict()["txn_count_7d"] == ["NOT_FOUND"]
+    # typed by the entity's declared dtype, not inferred from the values (all null here)
+    assert str(resp.to_arrow().schema.field("user_id").type) == "int64"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
