@@ -45,9 +45,9 @@ class OnlineResponse:
     def __init__(self, names: Sequence[str], dtypes: Sequence[str], entities: dict[str, list],
                  values: list[list[Any]], statuses: list[list[str]],
                  event_times_us: list[list[int | None]],
-                 key_dtypes: Mapping[str, str] | None = None) -> None:
+                 key_types: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.feature_names = list(names)
-        self.key_dtypes = key_dtypes or {}  # join key -> its dtype, for to_arrow
+        self.key_types = key_types or {}  # join key -> (dtype, view), as Plan.key_types
         self.dtypes = list(dtypes)
         self.entities = entities
         self.values = values
@@ -70,7 +70,7 @@ class OnlineResponse:
     def to_arrow(self) -> pa.Table:
         import pyarrow as pa
 
-        key_types = {k: getattr(pa, _ARROW_TYPES[d])() for k, d in self.key_dtypes.items()}
+        key_types = {k: getattr(pa, _ARROW_TYPES[d])() for k, (d, _) in self.key_types.items()}
         columns: dict[str, pa.Array] = {k: pa.array(v, key_types.get(k))
                                         for k, v in self.entities.items()}
         for name, dtype, column in zip(self.feature_names, self.dtypes, self.values,
@@ -252,13 +252,13 @@ def _now_us(now: Any) -> int:
     from datetime import datetime
     from numbers import Integral
 
-    from features.windows import to_micros
+    from features.windows import parse_instant, to_micros
 
     if isinstance(now, datetime) and now == now:  # pandas' Timestamp too (NaT != NaT)
         return to_micros(now)
     if isinstance(now, str):
         with suppress(ValueError):
-            return to_micros(datetime.fromisoformat(now))
+            return to_micros(parse_instant(now))  # type: ignore[arg-type]  # text: never None
     elif type(now).__name__ == "datetime64" and str(now) != "NaT":
         return int(now.astype("datetime64[us]").astype("int64"))
     elif isinstance(now, Integral) and not isinstance(now, bool):  # numpy ints
@@ -352,7 +352,7 @@ def _respond(plan: Plan, columns: dict[str, list[Any]], spans: list[Any],
         values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
     entities = {k: list(columns[k]) for k in plan.join_keys}
     return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times,
-                          plan.key_dtypes)
+                          plan.key_types)
 
 
 def _per_entity(blobs: list[bytes | None], start: int,

@@ -72,13 +72,17 @@ def _as_day(value: Any, flag: str) -> date:
         raise PipelineError(f"{flag} {value!r}: expected a day like 2026-01-05") from None
 
 
-def _check_days(start: Any, end: Any) -> None:
-    """``--start``/``--end`` are days, and the range holds at least one."""
-    first = _as_day(start, "--start") if start is not None else None
-    last = _as_day(end, "--end") if end is not None else None
-    if first is not None and last is not None and first >= last:
+def _day_range(start: Any, end: Any) -> tuple[date, date] | None:
+    """The days ``[start, end)`` to rewrite (an open side: ``date.min``/``date.max``); None
+    when neither is given. Raises PipelineError for a malformed day or an empty range."""
+    if start is None and end is None:
+        return None
+    first = _as_day(start, "--start") if start is not None else date.min
+    last = _as_day(end, "--end") if end is not None else date.max
+    if first >= last:
         raise PipelineError(f"--start {first} is not before --end {last} (the end day is "
                             f"excluded): no day to rewrite")
+    return first, last
 
 
 _UNREADABLE = (OSError, ValueError, KeyError)  # and pyarrow.ArrowException (imported lazily)
@@ -128,10 +132,10 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     # (pipelines.consistency reads it): the max of every run's now.
     at_us = max(now_us, (state or {}).get("at_us", now_us))
     forced: set[str] = set()
-    if start is not None or end is not None:
-        first = _as_day(start, "--start") if start is not None else date.min
-        last = _as_day(end, "--end") if end is not None else date.max
-        forced = {d for d in manifest.days() if first.isoformat() <= d < last.isoformat()}
+    days = _day_range(start, end)
+    if days is not None:
+        first, last = days[0].isoformat(), days[1].isoformat()
+        forced = {d for d in manifest.days() if first <= d < last}
     summary = MaterializeSummary(view.name, fp, "full", manifest_version=manifest.version)
     base = offline_store.view_dir(root, view.name, fp)
     entities = None
@@ -295,7 +299,7 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    _check_days(start, end)  # before any work or progress bar
+    _day_range(start, end)  # checked before any work or progress bar
     out = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("entities"), TimeElapsedColumn(), disable=not show_progress,

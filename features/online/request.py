@@ -38,21 +38,22 @@ def _utf8(text: str) -> bool:
 
 
 def _frame_columns(rows: Any) -> Any:
-    """A data frame's columns as lists of Python values, nulls as None (pandas: NaN, None,
-    ``pd.NA``); anything else as it is. By module name, so no frame library is imported."""
+    """A data frame's columns as lists of Python values, nulls as None, read as the
+    point-in-time read reads entity rows (:func:`features.entity_rows.to_table`); anything else
+    as it is. By module name, so no frame library is imported for a list or a dict."""
     module = type(rows).__module__.partition(".")[0]
-    if module == "pyarrow" and hasattr(rows, "to_pydict"):  # Table, RecordBatch
-        return rows.to_pydict()
-    if module == "polars" and hasattr(rows, "to_dict") and hasattr(rows, "height"):
-        return rows.to_dict(as_series=False)
-    if module == "polars" and hasattr(rows, "collect"):
+    if module not in ("pyarrow", "pandas", "polars"):
+        return rows
+    if type(rows).__name__ == "LazyFrame":  # a read does not run a query unasked
         raise OnlineRequestError("entity rows are a polars LazyFrame; expected a DataFrame "
                                  "(call .collect()), a list of dicts or a dict of columns")
-    if module == "pandas" and hasattr(rows, "columns") and hasattr(rows, "notna"):
-        # astype(object) boxes numpy ints as Python ints; where() turns every null into None
-        return {str(c): rows[c].astype(object).where(rows[c].notna(), None).tolist()
-                for c in rows.columns}
-    return rows
+    from features.entity_rows import to_table
+    from features.errors import EntityRowsError
+
+    try:
+        return to_table(rows).to_pydict()
+    except EntityRowsError as e:
+        raise OnlineRequestError(str(e)) from None
 
 
 def resolve(defs: Definitions, features: Sequence[str] | None,
@@ -102,7 +103,6 @@ class Plan:
     key_parts: tuple[tuple[str, str, str], ...]  # per read: (head, tail, lifetime suffix)
     dtypes: tuple[str, ...]  # output type per name
     timestamps: tuple[int, ...]  # output positions of timestamp values (µs in Redis)
-    key_dtypes: Mapping[str, str]  # join key -> dtype
 
     @classmethod
     def of(cls, project: str, pairs: Sequence[tuple[FeatureView, Feature]],
@@ -139,8 +139,7 @@ class Plan:
                 dtypes[pos] = view.output_dtype(f)
         return cls(tuple(names), tuple(reads), tuple(slots), tuple(join_keys), key_types,
                    tuple(view_keys), tuple(key_parts), tuple(dtypes),
-                   tuple(k for k, dtype in enumerate(dtypes) if dtype == "timestamp"),
-                   {k: t[0] for k, t in key_types.items()})
+                   tuple(k for k, dtype in enumerate(dtypes) if dtype == "timestamp"))
 
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
         """(row count, join key -> values) of the entity rows, checked against the key types."""
