@@ -342,6 +342,16 @@ def _respond(plan: Plan, columns: dict[str, list[Any]], spans: list[Any],
     statuses: list[list[str]] = [[]] * width
     times: list[list[Any]] = [[]] * width
     for read_, slots, (tags, w, lt) in zip(plan.reads, plan.slots, spans, strict=True):
+        if len(tags) == 1:  # one entity (a model's usual call): no per-entity columns
+            known = tags[0] is not None  # a null key was not fetched
+            one, stat, at = read_.evaluate_one(blobs[w] if known and w >= 0 else None,
+                                               blobs[lt] if known and lt >= 0 else None,
+                                               now_us)
+            for j, slot in enumerate(slots):
+                values_out[slot] = [one[j]]
+                statuses[slot] = [stat[j]]
+                times[slot] = [at]
+            continue
         vals, stats, newest = read_.evaluate(_per_entity(blobs, w, tags),
                                              _per_entity(blobs, lt, tags), now_us)
         for j, slot in enumerate(slots):

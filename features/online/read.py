@@ -146,6 +146,35 @@ class ViewRead:
             return values_out, statuses, [None if t == NO_EVENT else t for t in newest]
         return values_out, statuses, newest  # type: ignore[return-value]
 
+    def evaluate_one(self, window: bytes | None, lifetime: bytes | None, now_us: int
+                     ) -> tuple[list[Any], list[str], int | None]:
+        """:meth:`evaluate` of one entity: its features' values and statuses (one per feature)
+        and its newest event time. The same steps as :meth:`evaluate` (``read_windows``,
+        ``_other``) without the per-entity columns, which cost half a 1-entity read's Python."""
+        values = list(self.empty)
+        if self.window:
+            newest_out, latest_out = self.codec.read_windows(
+                (window,), self.needs_latest, now_us, self.walk, (values,))
+            newest, latest = newest_out[0], latest_out[0]
+        else:
+            newest, latest = NO_EVENT, None
+        marked: list[int] = []
+        if self.lifetime or self.others:
+            life: tuple[int, Any, list[Any]] | None = None
+            if lifetime is not None and self.lifetime:
+                life = self.codec.decode_lifetime(lifetime)
+                newest = max(newest, life[0])
+            for k, step in self.others:
+                if self._other(step, values, k, latest, life, now_us):
+                    marked.append(k)
+        if window is None and lifetime is None:  # no online value at all
+            return values, [NOT_FOUND] * len(values), None
+        statuses = [PRESENT if never or v is not None else NULL_VALUE
+                    for v, never in zip(values, self.never_null, strict=True)]
+        for k in marked:
+            statuses[k] = OUTSIDE_MAX_AGE
+        return values, statuses, None if newest == NO_EVENT else newest
+
     @staticmethod
     def _other(step: _Step, values: list[Any], k: int, latest: list[Any] | None,
                life: tuple[int, Any, list[Any]] | None, now_us: int) -> bool:

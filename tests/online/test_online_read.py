@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from features.errors import OnlineRequestError
+from features.online import keys as K
 from features.store import FeatureStore
 from features.windows import to_micros
 from pipelines.materialize import materialize
 from tests.online.repo import REPO_ROOT, build, equal, historical, ids, today
+
+ORPHAN = 987654321  # a merchant id with only a lifetime value
 
 
 @pytest.mark.parametrize("after", [timedelta(minutes=10), timedelta(hours=1, minutes=5),
@@ -81,6 +84,54 @@ def test_feature_service_full_names_and_output_shapes(materialized: FeatureStore
     assert str(table.schema.field("user_spend__spend_eur_7d").type) == "double"
     assert str(table.schema.field("merchant_activity__txn_count_lifetime").type) == "int64"
     assert list(resp.to_df().columns) == list(table.column_names)
+
+
+@pytest.mark.parametrize("after", [timedelta(minutes=10), timedelta(days=1, hours=3),
+                                   timedelta(days=31)])
+def test_one_entity_reads_as_it_does_among_many(materialized: FeatureStore,
+                                                after: timedelta) -> None:
+    """A one-entity read (evaluated without per-entity columns, the usual call of a model)
+    gives every value, status and event time a many-entity read gives that entity: every
+    feature of both views (windows, lifetime, last within a window, a plain TTL feature, fresh
+    and past its TTL), keys known, never seen and null."""
+    users = ids(materialized, "user_id", 6)
+    merchants = ids(materialized, "merchant_id", 6)
+    rows = [{"user_id": u, "merchant_id": m} for u, m in zip(users, merchants, strict=True)]
+    rows += [{"user_id": None, "merchant_id": merchants[0]},
+             {"user_id": users[0], "merchant_id": None},
+             {"user_id": users[0], "merchant_id": ORPHAN}]  # a lifetime value, no window value
+    view = materialized.definitions.views["merchant_activity"]
+    head, tail = K.prefix(materialized.config.project, view.name, view.fingerprint())
+    client = materialized.online.client
+    client.set(f"{head}{ORPHAN}{tail}{K.LIFETIME}",
+               client.get(f"{head}{merchants[0]}{tail}{K.LIFETIME}"))
+    try:
+        _one_by_one_equals_many(materialized, rows, today() + after)
+    finally:
+        client.delete(f"{head}{ORPHAN}{tail}{K.LIFETIME}")
+
+
+def _one_by_one_equals_many(materialized: FeatureStore, rows: list[dict], at: datetime) -> None:
+    """Each row read alone gives its row of the many-row read, by values, statuses and times."""
+    many = materialized.get_online_features(feature_service="fraud_model_v1",
+                                            entity_rows=rows, full_feature_names=True, now=at)
+    want, want_status = many.to_dict(include_event_timestamps=True), many.status_dict()
+    assert {"PRESENT", "NOT_FOUND"} <= {s for c in want_status.values() for s in c}
+    assert want["merchant_activity__txn_count_lifetime__ts"][-1] is not None  # the orphan's
+    for i, row in enumerate(rows):
+        one = materialized.get_online_features(feature_service="fraud_model_v1",
+                                               entity_rows=[row], full_feature_names=True,
+                                               now=at)
+        assert one.to_dict(include_event_timestamps=True) == {
+            k: [v[i]] for k, v in want.items()}, row
+        assert one.status_dict() == {k: [v[i]] for k, v in want_status.items()}, row
+    spend = materialized.definitions.views["user_spend"]  # one view: its features in any order
+    feats = [f"user_spend:{f.name}" for f in reversed(spend.features)]
+    many = materialized.get_online_features(feats, rows[:3], now=at)
+    for i, row in enumerate(rows[:3]):
+        one = materialized.get_online_features(feats, [row], now=at)
+        assert one.to_dict() == {k: [v[i]] for k, v in many.to_dict().items()}
+        assert one.status_dict() == {k: [v[i]] for k, v in many.status_dict().items()}
 
 
 def test_entity_rows_of_any_mapping_or_int_type_read_alike(materialized: FeatureStore) -> None:
