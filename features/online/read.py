@@ -120,13 +120,10 @@ class ViewRead:
         marked: list[tuple[int, int]] = []  # (entity, feature) OUTSIDE_MAX_AGE
         if self.lifetime or self.others:
             for i, values in enumerate(rows):
-                life: tuple[int, Any, list[Any]] | None = None
-                if lifetimes[i] is not None and self.lifetime:
-                    life = self.codec.decode_lifetime(lifetimes[i])  # type: ignore[arg-type]
-                    newest[i] = max(newest[i], life[0])
-                for k, step in self.others:
-                    if self._other(step, values, k, latest[i], life, now_us):
-                        marked.append((i, k))
+                life_newest, late = self._rest(values, latest[i], lifetimes[i], now_us)
+                newest[i] = max(newest[i], life_newest)
+                for k in late:
+                    marked.append((i, k))
         values_out = list(map(list, zip(*rows, strict=True))) if rows else [
             [] for _ in self.steps]
         # Plain loops and C-level `in` tests: each comprehension is a call, and a 1-entity
@@ -160,13 +157,8 @@ class ViewRead:
             newest, latest = NO_EVENT, None
         marked: list[int] = []
         if self.lifetime or self.others:
-            life: tuple[int, Any, list[Any]] | None = None
-            if lifetime is not None and self.lifetime:
-                life = self.codec.decode_lifetime(lifetime)
-                newest = max(newest, life[0])
-            for k, step in self.others:
-                if self._other(step, values, k, latest, life, now_us):
-                    marked.append(k)
+            life_newest, marked = self._rest(values, latest, lifetime, now_us)
+            newest = max(newest, life_newest)
         if window is None and lifetime is None:  # no online value at all
             return values, [NOT_FOUND] * len(values), None
         statuses = [PRESENT if never or v is not None else NULL_VALUE
@@ -174,6 +166,20 @@ class ViewRead:
         for k in marked:
             statuses[k] = OUTSIDE_MAX_AGE
         return values, statuses, None if newest == NO_EVENT else newest
+
+    def _rest(self, values: list[Any], latest: list[Any] | None, lifetime: bytes | None,
+              now_us: int) -> tuple[int, list[int]]:
+        """Put one entity's features other than windows into ``values``, from its latest items
+        and its lifetime value; returns the lifetime value's newest event (``NO_EVENT`` without
+        one) and the positions of the features OUTSIDE_MAX_AGE."""
+        life: tuple[int, Any, list[Any]] | None = None
+        if lifetime is not None and self.lifetime:
+            life = self.codec.decode_lifetime(lifetime)
+        marked = []
+        for k, step in self.others:
+            if self._other(step, values, k, latest, life, now_us):
+                marked.append(k)
+        return NO_EVENT if life is None else life[0], marked
 
     @staticmethod
     def _other(step: _Step, values: list[Any], k: int, latest: list[Any] | None,
