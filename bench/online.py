@@ -336,6 +336,7 @@ def measure(args: Any, url: str, console: Any) -> None:
         for name, got in rounds.items():
             results[name] = median_round(got)
         results["rounds"] = rounds
+        results["read path"] = read_path()
         if not args.skip_http:
             results.update(http_runs(store, side, users, args, console))
     finally:
@@ -347,6 +348,15 @@ def measure(args: Any, url: str, console: Any) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
     console.print(f"results: {out}")
+
+
+def read_path() -> str:
+    """How the SDK's read path ran: its modules compiled (``tessera compile``) or Python."""
+    from features.compiled import HOT, is_compiled
+
+    done = [m for m in HOT if m in sys.modules and is_compiled(sys.modules[m])]
+    return (f"compiled ({len(done)} of {len(HOT)} modules)" if done else
+            "Python (not compiled, or TESSERA_PURE_PYTHON=1)")
 
 
 def unix_runs(store: Any, side: Any, users: list[int], keys: list[bytes], fields: list[bytes],
@@ -461,7 +471,7 @@ def report(console: Any, r: dict[str, Any], args: Any) -> None:
     poll = r["guest_halt_poll_ns"]
     t = Table(title=f"online serving, {args.rows:,} events, 10 windowed features; "
                     f"guest_halt_poll_ns {'n/a' if poll is None else f'{poll:,}'}, "
-                    f"online.spin_us {r['spin_us']}")
+                    f"online.spin_us {r['spin_us']}; read path {r['read path']}")
     for col in ("measure", "n", "p50 ms", "p99 ms", "max ms", "calls/s"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for name, v in r.items():

@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
-from features import agg, expect
-from features.definitions import Entity, Feature, FeatureService, FeatureView, Source
-from features.expr import (
+from features import compiled
+
+compiled.install()  # before any module of the read path is imported (features/compiled.py)
+
+from features import agg, expect  # noqa: E402
+from features.definitions import Entity, Feature, FeatureService, FeatureView, Source  # noqa: E402
+from features.expr import (  # noqa: E402
     abs_,
     clip,
     coalesce,
@@ -27,7 +31,7 @@ from features.expr import (
     when,
     year,
 )
-from features.windows import Window
+from features.windows import Window  # noqa: E402
 
 __all__ = [
     "Entity", "Feature", "FeatureService", "FeatureView", "Source", "Window", "abs_", "agg",

@@ -355,6 +355,21 @@ def serve_cmd(
           console=_error_console())
 
 
+@app.command("compile")
+@_friendly
+def compile_cmd(
+    force: Annotated[bool, typer.Option("--force", help="Build again even if up to date.")]
+    = False,
+    check: Annotated[bool, typer.Option("--check", help="Only show how each module imports.")]
+    = False,
+) -> None:
+    """Compile the online read path with Cython (run by `make install`); an edited module
+    imports as Python until compiled again, never as its old build."""
+    from tessera.compile import run
+
+    raise typer.Exit(run(_console(), force=force, check=check))
+
+
 online_app = typer.Typer(help="Operate the online store (Redis).", no_args_is_help=True,
                          rich_markup_mode=None)
 app.add_typer(online_app, name="online")
