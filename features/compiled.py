@@ -126,5 +126,5 @@ def install() -> CompiledFinder | None:
 
 def is_compiled(module: ModuleType) -> bool:
     """True when ``module`` was imported from a build rather than its source."""
-    return isinstance(getattr(module, "__spec__", None) and module.__spec__.loader,
-                      importlib.machinery.ExtensionFileLoader)
+    spec = getattr(module, "__spec__", None)
+    return spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
