@@ -1,7 +1,7 @@
 """The online read path's modules, compiled: loaded in place of their source only when built
 from exactly that source.
 
-``tessera compile`` (run by ``make install`` and ``make test``) turns the modules of
+``tessera compile`` (run by ``make compile``, ``make test`` and ``make demo``) turns the modules of
 :data:`HOT` into C extensions with Cython, plain Python semantics (annotations are not read as
 C types), one file per module named by the SHA-256 of its source: ``features.store.<hash>.<abi
 suffix>``. Importing :mod:`features` installs :class:`CompiledFinder`, which imports such a file
@@ -53,6 +53,16 @@ def artifact_name(module: str, source: bytes) -> str:
     return f"{module}.{digest}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
 
 
+def pure_python() -> bool:
+    """True when ``TESSERA_PURE_PYTHON`` asks for every module as Python."""
+    return os.environ.get(PURE_ENV, "").strip() not in ("", "0")
+
+
+def build_of(folder: Path, module: str, source: Path) -> Path:
+    """Where ``folder`` holds (or would hold) the build of ``module`` from ``source`` today."""
+    return folder / artifact_name(module, source.read_bytes())
+
+
 def source_of(module: str) -> Path | None:
     """The ``.py`` file of ``module`` (found as Python's own path finder would), or None."""
     parent, _, _ = module.rpartition(".")
@@ -75,7 +85,7 @@ class CompiledFinder(importlib.abc.MetaPathFinder):
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.names = {m for p in folder.iterdir() if (m := _module_of(p.name))}
+        self.names = {m for p in folder.iterdir() if (m := module_of(p.name))}
 
     def find_spec(self, fullname: str, path: Any = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
@@ -86,7 +96,7 @@ class CompiledFinder(importlib.abc.MetaPathFinder):
         if not origin or not origin.endswith(".py"):
             return None
         try:
-            built = self.folder / artifact_name(fullname, Path(origin).read_bytes())
+            built = build_of(self.folder, fullname, Path(origin))
         except OSError:
             return None
         if not built.is_file():
@@ -95,7 +105,7 @@ class CompiledFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, built, loader=loader)
 
 
-def _module_of(file_name: str) -> str | None:
+def module_of(file_name: str) -> str | None:
     """``features.store`` of ``features.store.<hash>.cpython-311-x86_64-linux-gnu.so``."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         if file_name.endswith(suffix):
@@ -108,7 +118,7 @@ def _module_of(file_name: str) -> str | None:
 def install() -> CompiledFinder | None:
     """Put a :class:`CompiledFinder` first on ``sys.meta_path`` (once), unless
     ``TESSERA_PURE_PYTHON`` is set or there are no builds."""
-    if os.environ.get(PURE_ENV, "").strip() not in ("", "0"):
+    if pure_python():
         return None
     for finder in sys.meta_path:
         if isinstance(finder, CompiledFinder):

@@ -363,8 +363,8 @@ def compile_cmd(
     check: Annotated[bool, typer.Option("--check", help="Only show how each module imports.")]
     = False,
 ) -> None:
-    """Compile the online read path with Cython (run by `make install`); an edited module
-    imports as Python until compiled again, never as its old build."""
+    """Compile the online read path with Cython (`make test` and `make demo` run it); an
+    edited module imports as Python until compiled again, never as its old build."""
     from tessera.compile import run
 
     raise typer.Exit(run(_console(), force=force, check=check))

@@ -3,9 +3,8 @@
 Each module of :data:`features.compiled.HOT` is turned into C by Cython (``-3``, annotations
 not read as C types, so the module keeps Python's semantics exactly) and compiled with the C
 compiler Python itself was built with (``sysconfig``'s ``LDSHARED``, or ``$LDSHARED``), two
-at a time. A build is
-written under a temporary name and renamed, so a killed build leaves nothing half written; the
-module's older builds are removed after. A module already built from its current source is
+at a time. A build is written under a temporary name and renamed, so a killed build leaves
+nothing half written; the module's older builds are removed after. A module already built from its current source is
 not built again.
 """
 
@@ -25,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from features.compiled import HOT, _module_of, artifact_name, compiled_dir, source_of
+from features.compiled import (
+    HOT,
+    PURE_ENV,
+    build_of,
+    compiled_dir,
+    module_of,
+    pure_python,
+    source_of,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,7 +66,7 @@ def compile_modules(modules: Sequence[str] = HOT, folder: Path | None = None, *,
         if source is None:
             out.failed[module] = f"no Python source found for module {module!r}"
             continue
-        name = artifact_name(module, source.read_bytes())
+        name = build_of(out.folder, module, source).name
         if not force and (out.folder / name).is_file():
             out.current.append(module)
             if on_done is not None:
@@ -125,22 +132,20 @@ def _run(command: list[str], module: str) -> None:
 def _remove_older(folder: Path, module: str, keep: str) -> None:
     """Delete ``module``'s builds from earlier sources (they can never load again)."""
     for p in folder.iterdir():
-        if p.name != keep and _module_of(p.name) == module:
+        if p.name != keep and module_of(p.name) == module:
             p.unlink(missing_ok=True)
 
 
 def state(modules: Sequence[str] = HOT, folder: Path | None = None) -> list[tuple[str, str]]:
     """Per module, how it imports in a new process: from its build, or as Python and why."""
-    from features.compiled import PURE_ENV
-
     folder = folder or compiled_dir()
-    pure = os.environ.get(PURE_ENV, "").strip() not in ("", "0")
+    pure = pure_python()
     rows = []
     for module in modules:
         source = source_of(module)
         if source is None:
             rows.append((module, "Python: no source found"))
-        elif not (folder / artifact_name(module, source.read_bytes())).is_file():
+        elif not build_of(folder, module, source).is_file():
             rows.append((module, "Python: not built from its current source (tessera compile)"))
         elif pure:
             rows.append((module, f"Python: built, but {PURE_ENV} is set"))
