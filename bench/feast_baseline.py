@@ -113,6 +113,48 @@ def snapshots_paused(url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def core_shared_with_redis(url: str, cpu: int | None) -> Iterator[int | None]:
+    """This thread and the local Redis's main thread both on CPU ``cpu`` for the block (None:
+    left alone), their CPU sets restored after; yields ``cpu``.
+
+    On this VM an idle vCPU halts, and the Redis round trip of a short read pays for waking
+    Redis's: ~13-16 µs inside our own ``send`` (the wake-up that crosses the host) and ~20 µs
+    more before the reply lands. With both on one vCPU that vCPU never halts between the two,
+    and a bare round trip takes ~6-9 µs (docs/benchmarks.md, "Where a round trip goes").
+    Threads and processes started inside the block (servers, Feast) inherit the CPU,
+    so the whole run shares one core with Redis: both sides measured alike.
+    """
+    if cpu is None:
+        yield None
+        return
+    import os
+
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    if not Path(f"/proc/{pid}").exists():
+        raise SystemExit(f"--share-core-with-redis: Redis at {url} runs as pid {pid}, which is "
+                         f"not a process of this machine (it must be a local Redis)")
+    saved_redis, saved_self = os.sched_getaffinity(pid), os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(pid, {cpu})
+    except OSError as e:
+        raise SystemExit(f"--share-core-with-redis: cannot move Redis (pid {pid}) to CPU {cpu}: "
+                         f"{e}") from None
+    try:
+        os.sched_setaffinity(0, {cpu})
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, saved_self)
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, saved_redis)
+
+
+@contextlib.contextmanager
 def halt_polling(ns: int | None) -> Iterator[int | None]:
     """The guest kernel's idle polling set to ``ns`` for the block (None: left alone), restored
     after; yields the value in force (None: no ``haltpoll`` cpuidle driver here).

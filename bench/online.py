@@ -25,6 +25,9 @@ the same Redis (``bench/feast_baseline.py``). Measured in this order, all loops 
 The guest kernel's idle polling (``guest_halt_poll_ns`` of the ``haltpoll`` cpuidle driver)
 is printed with the results: on a VM it moves every short round trip (docs/benchmarks.md, "The
 VM's idle vCPUs"). ``--guest-halt-poll-ns N`` sets it for the run and restores it (root).
+``--share-core-with-redis CPU`` runs the benchmark and the local Redis's main thread on one
+CPU, so neither waits for the other's vCPU to be woken (docs/benchmarks.md, "Where a round
+trip goes").
 
 Results print as a table with the ratios the goals are stated in, and go to
 ``.tessera/bench/online.json``.
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.feast_baseline import (
     FeastSide,
     _batches,
+    core_shared_with_redis,
     halt_polling,
     raw_hmget_latency,
     snapshots_paused,
@@ -266,23 +270,30 @@ def main() -> None:
     parser.add_argument("--guest-halt-poll-ns", type=int, default=None,
                         help="set the guest kernel's idle polling (haltpoll cpuidle driver) "
                              "for the run and restore it after; needs root (default: as is)")
+    parser.add_argument("--share-core-with-redis", type=int, default=None, metavar="CPU",
+                        help="run this process and the local Redis's main thread on CPU "
+                             "number CPU for the run, restored after (default: where the "
+                             "scheduler puts them)")
     args = parser.parse_args()
 
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     url = f"redis://127.0.0.1:{args.redis_port}/0"
-    with snapshots_paused(url) as saved, halt_polling(args.guest_halt_poll_ns) as poll:
+    with snapshots_paused(url) as saved, halt_polling(args.guest_halt_poll_ns) as poll, \
+            core_shared_with_redis(url, args.share_core_with_redis) as cpu:
         console.print(f"Redis snapshots (save {saved!r}) paused for the run; guest_halt_poll_ns "
-                      f"{'n/a (no haltpoll driver)' if poll is None else f'{poll:,}'}")
-        args.halt_poll_ns = poll
+                      f"{'n/a (no haltpoll driver)' if poll is None else f'{poll:,}'}; "
+                      f"{'CPUs as scheduled' if cpu is None else f'this process and Redis on CPU {cpu}'}")
+        args.halt_poll_ns, args.shared_cpu = poll, cpu
         measure(args, url, console)
 
 
 def measure(args: Any, url: str, console: Any) -> None:
     store = make_repo(WORK / "repo", args.rows, url)
     results: dict[str, Any] = {"rows": args.rows, "features": FEATURES,
-                               "guest_halt_poll_ns": args.halt_poll_ns}
+                               "guest_halt_poll_ns": args.halt_poll_ns,
+                               "cpu shared with redis": args.shared_cpu}
     results["batch run"] = dict(BATCH_RUN)
     results["spin_us"] = round(store.online.spin_s * 1e6)  # unset in the repo: chosen by the box
     mat = tessera_materialize(store)
@@ -471,7 +482,9 @@ def report(console: Any, r: dict[str, Any], args: Any) -> None:
     poll = r["guest_halt_poll_ns"]
     t = Table(title=f"online serving, {args.rows:,} events, 10 windowed features; "
                     f"guest_halt_poll_ns {'n/a' if poll is None else f'{poll:,}'}, "
-                    f"online.spin_us {r['spin_us']}; read path {r['read path']}")
+                    f"online.spin_us {r['spin_us']}; read path {r['read path']}"
+                    + ("" if r.get("cpu shared with redis") is None
+                       else f"; this process and Redis on CPU {r['cpu shared with redis']}"))
     for col in ("measure", "n", "p50 ms", "p99 ms", "max ms", "calls/s"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for name, v in r.items():

@@ -75,7 +75,9 @@ class OnlineConfig(_Model):
         "A read with no other in flight polls for Redis's reply this long before it sleeps "
         "(0: never). On a VM it saves the wake-up of an idle vCPU, ~25-80 µs a read; it costs "
         "that CPU time. Unset: 200, or 0 where the guest kernel already polls before it "
-        "halts an idle vCPU (haltpoll's guest_halt_poll_ns > 0), which does it better."))
+        "halts an idle vCPU (haltpoll's guest_halt_poll_ns > 0), which does it better, and "
+        "on a one-CPU machine with a local Redis, where the poll would hold Redis's CPU. "
+        "Set 0 where the reader and Redis are pinned to one CPU."))
 
     @field_validator("url")
     @classmethod
