@@ -4,6 +4,8 @@ or, for writes, a count of line ends). Used by :mod:`features.online.redis_store
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -142,6 +144,8 @@ def read_replies(conn: Any, count: int, reader: Any, spin_s: float = 0.0) -> lis
         import redis
 
         raise redis.ConnectionError("connection closed before the replies were read")
+    if spin_s > 0 and _plain_with_timeout(sock):
+        return _poll_plain(sock, count, reader, spin_s)
     replies: list[Any] = []
     timeout = conn.socket_timeout
     deadline = time.perf_counter() + spin_s
@@ -172,12 +176,58 @@ def read_replies(conn: Any, count: int, reader: Any, spin_s: float = 0.0) -> lis
     return replies
 
 
+def _plain_with_timeout(sock: Any) -> bool:
+    """True for a plain (not TLS) socket with a timeout. CPython runs such a socket's file
+    descriptor non-blocking and waits in ``poll`` before each ``recv`` or ``send``; a read or
+    write on the descriptor itself is one system call, with no ``poll`` before it and no
+    ``settimeout`` to switch the socket to polling and back."""
+    return type(sock) is socket.socket and bool(sock.gettimeout())
+
+
+def _poll_plain(sock: socket.socket, count: int, reader: Any, spin_s: float) -> list[Any]:
+    """:func:`read_replies` polling a plain socket with a timeout through its descriptor (see
+    :func:`_plain_with_timeout`): with :func:`send`'s direct write, three system calls fewer
+    a read than switching the socket to non-blocking and back and polling before the send:
+    0.5-1.3 µs of a 1 × 10 read's 55-59 µs at p50 here (docs/online.md, "Spin reads"). Past
+    ``spin_s``, ``sock.recv`` waits with the socket's timeout, as before."""
+    replies: list[Any] = []
+    fd = sock.fileno()
+    deadline = time.perf_counter() + spin_s
+    with _READING:
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is not False:
+                replies.append(reply)
+                continue
+            try:  # more bytes needed
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:  # polling, nothing yet
+                if time.perf_counter() < deadline:
+                    continue
+                chunk = sock.recv(1 << 20)
+            if not chunk:
+                import redis
+
+                raise redis.ConnectionError("Redis closed the connection")
+            reader.feed(chunk)
+    return replies
+
+
 def send(conn: Any, command: bytes) -> None:
     """Send one packed command on ``conn``, connecting it first if needed."""
     if conn._sock is None:
         conn.connect()  # redis-py's handshake (AUTH, SELECT), blocking
+    sock = conn._sock
     with _WRITING:
-        conn._sock.sendall(command)  # redis-py's send_packed_command costs ~6 µs more a call
+        if _plain_with_timeout(sock):  # one write, no poll before it
+            try:
+                sent = os.write(sock.fileno(), command)
+            except BlockingIOError:  # the send buffer is full: wait with the timeout
+                sent = 0
+            if sent < len(command):
+                sock.sendall(memoryview(command)[sent:])
+            return
+        sock.sendall(command)  # redis-py's send_packed_command costs ~6 µs more a call
 
 
 def read_reply(conn: Any, reader: Any, spin_s: float) -> Any:

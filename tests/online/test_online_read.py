@@ -356,6 +356,39 @@ def test_a_polling_read_returns_what_a_blocking_read_returns(redis_url: str,
         client.close()
 
 
+def test_a_request_larger_than_the_send_buffer_is_sent_whole(redis_url: str) -> None:
+    """A read writes its request straight to the socket's descriptor; what the send buffer
+    does not take at once is sent after, waiting with the timeout. A 4 KB send buffer and a
+    ~470 KB ``MGET`` (40,000 keys; the first write takes 32 KB of it): every value comes back,
+    in order, polling or not, and the connection stays in step for the next read."""
+    import socket
+    import uuid
+
+    import redis as redis_py
+
+    from features.online.redis_store import RedisOnline
+
+    prefix = f"t:{uuid.uuid4().hex}"
+    stored = {f"{prefix}:{i}": str(i).encode() for i in range(0, 40_000, 997)}
+    keys = [f"{prefix}:{i}" for i in range(40_000)]
+    client = redis_py.Redis.from_url(redis_url)
+    client.mset(stored)
+    try:
+        for spin_us in (200, 0):
+            online = RedisOnline(redis_url, spin_us=spin_us)
+            assert online.get([keys[0]]) == [b"0"]  # connected
+            sock = online._connection()._sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 64 * 1024
+            got = online.get(keys)
+            assert got == [stored.get(k) for k in keys]
+            assert online.get(keys[997:998]) == [b"997"]
+            online.close()
+    finally:
+        client.delete(*stored)
+        client.close()
+
+
 def test_a_polling_read_fails_like_a_blocking_one(tmp_path: Path) -> None:
     """An error reply (here NOAUTH) raises what redis-py raises, and a Redis that stops
     answering (SIGSTOP) fails within the timeout, not after the polling: both as
