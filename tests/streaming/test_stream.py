@@ -284,7 +284,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(
     final = repo.cli("--until-idle", "5")
     assert final.wait(timeout=300) == 0
     log = sorted(repo.folder.glob("stream-*.log"), key=lambda p: p.stat().st_mtime)[-1]
-    assert "already applied: 0;" in log.read_text()
+    assert "already applied: 0;" in " ".join(log.read_text().split())  # lines wrap anywhere
     assert repo.mismatches(datetime.now(UTC)) == []
 
 
