@@ -1,6 +1,6 @@
 """Where a Redis round trip's time goes on this machine: the ``send`` that wakes Redis, then the
-wait for its reply, over TCP and over the Unix socket, as the reads of ``get_online_features``
-do them (a polling ``recv``, the socket toggled non-blocking and back).
+wait for its reply, over TCP and over the Unix socket, through the read path's own ``send`` and
+``read_replies`` (:mod:`features.online.resp`) on redis-py connections, polling as a read does.
 
     .venv/bin/python bench/round_trip.py [--guest-halt-poll-ns 200000]
 
@@ -14,10 +14,10 @@ two in the same run. Needs the local Redis (``tessera services up``).
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,21 +25,27 @@ from bench.feast_baseline import halt_polling
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = b"*2\r\n$4\r\nMGET\r\n$20\r\ntessera:bench:absent\r\n"
+SPIN_S = 200e-6  # online.spin_us's default where the kernel does not poll
 
 
-def connect(kind: str, port: int, path: str) -> socket.socket:
-    if kind == "tcp":
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    else:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(path)
-    sock.settimeout(1.0)  # as redis-py leaves it: blocking with a timeout
-    return sock
+def connect(kind: str, port: int, path: str) -> Any:
+    """A connected redis-py connection, with a timeout as the online store's have."""
+    from redis.connection import Connection, UnixDomainSocketConnection
+
+    unix: Any = UnixDomainSocketConnection  # redis-py's stubs call it abstract; it is not
+    conn = (Connection(host="127.0.0.1", port=port, socket_timeout=1.0) if kind == "tcp"
+            else unix(path=path, socket_timeout=1.0))
+    conn.connect()
+    return conn
 
 
-def one_round(sock: socket.socket, n: int, max_seconds: float) -> dict[str, list[int]]:
+def one_round(conn: Any, n: int, max_seconds: float) -> dict[str, list[int]]:
     """``n`` round trips (fewer past ``max_seconds``): ns in ``send`` and in the wait."""
+    import hiredis
+
+    from features.online.resp import read_replies, send
+
+    reader = hiredis.Reader()
     clock = time.perf_counter_ns
     sends, waits = [], []
     stop = clock() + int(max_seconds * 1e9)
@@ -48,24 +54,18 @@ def one_round(sock: socket.socket, n: int, max_seconds: float) -> dict[str, list
         while clock() < until:
             pass
         t0 = clock()
-        sock.sendall(COMMAND)
+        send(conn, COMMAND)
         t1 = clock()
-        sock.settimeout(0.0)
-        while True:
-            try:
-                reply = sock.recv(1 << 16)
-                break
-            except BlockingIOError:
-                continue
+        [reply] = read_replies(conn, 1, reader, SPIN_S)
         t2 = clock()
-        sock.settimeout(1.0)
-        if not reply.startswith(b"*1\r\n"):
-            raise SystemExit(f"unexpected reply from Redis: {reply[:40]!r}")
+        if reply != [None]:
+            raise SystemExit(f"unexpected reply from Redis: {reply!r}")
         sends.append(t1 - t0)
         waits.append(t2 - t1)
         if t2 > stop:
             break
-    return {"send": sends, "wait": waits, "total": [a + b for a, b in zip(sends, waits, strict=True)]}
+    return {"send": sends, "wait": waits, "total": [a + b for a, b in zip(sends, waits,
+                                                                          strict=True)]}
 
 
 def pct(xs: list[int], q: float) -> float:
@@ -87,15 +87,15 @@ def main() -> None:
     from rich.table import Table
 
     with halt_polling(args.guest_halt_poll_ns) as poll:
-        socks = {k: connect(k, args.port, args.unix_socket) for k in ("tcp", "unix")}
+        conns = {k: connect(k, args.port, args.unix_socket) for k in ("tcp", "unix")}
         got: dict[str, dict[str, list[int]]] = {k: {"send": [], "wait": [], "total": []}
-                                                for k in socks}
+                                                for k in conns}
         for _ in range(args.rounds):
-            for kind, sock in socks.items():
-                for part, xs in one_round(sock, args.iterations, args.max_seconds).items():
+            for kind, conn in conns.items():
+                for part, xs in one_round(conn, args.iterations, args.max_seconds).items():
                     got[kind][part] += xs
-        for sock in socks.values():
-            sock.close()
+        for conn in conns.values():
+            conn.disconnect()
     table = Table(title=f"Redis round trip, MGET of one key; guest_halt_poll_ns "
                         f"{'n/a' if poll is None else f'{poll:,}'}")
     for col in ("transport", "part", "n", "p50 µs", "p90 µs", "p99 µs"):
