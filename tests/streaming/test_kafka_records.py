@@ -5,6 +5,7 @@ and records long enough for multi-byte varints."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -42,19 +43,30 @@ def _consume(bootstrap: str, topic: str, fast: bool, max_poll: int) -> list[tupl
         assert fast_records(consumer)
     got: list[tuple] = []
     deadline = time.monotonic() + 60
+    polls = 0
     try:
         while len(got) < 600 and time.monotonic() < deadline:
+            polls += 1
             for recs in consumer.poll(timeout_ms=500).values():
                 assert len(recs) <= max_poll
                 got += [tuple(r) for r in recs]
+        if len(got) < 600:  # say where the consumer stood (a CI run once saw 0 of 600)
+            where = {str(tp): (consumer.position(tp), consumer.highwater(tp))
+                     for tp in consumer.assignment()}
+            pytest.fail(f"{'fast' if fast else 'library'} consumer: {len(got)} of 600 records "
+                        f"after {polls} polls; (position, highwater) by partition: {where}")
     finally:
         consumer.close()
     return got
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])
-def test_fast_records_equal_the_library_records(kafka_bootstrap: str, compression) -> None:
+def test_fast_records_equal_the_library_records(kafka_bootstrap: str, compression,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     from kafka import KafkaProducer
+
+    # The fetcher's own account of each fetch (offsets, positions), shown if the test fails.
+    caplog.set_level(logging.DEBUG, logger="kafka.consumer.fetcher")
 
     topic = f"t-records-{uuid.uuid4().hex[:8]}"
     ensure_topic(kafka_bootstrap, topic, partitions=1)
