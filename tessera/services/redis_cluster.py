@@ -11,7 +11,7 @@ State under ``<state_dir>/redis-cluster/``:
 
 - ``<port>/redis.conf`` (rewritten on every start), ``<port>/redis.pid``, ``<port>/redis.log``;
 - ``<port>/nodes.conf``: the node's cluster config, written by Redis, kept across ``down``/``up``;
-- ``<port>/dump.rdb``: Redis's default snapshots (appendonly no);
+- ``<port>/dump.rdb``: the node's keys, saved when it stops (no snapshots while it serves);
 - ``create.log``: the output of the last ``redis-cli --cluster create``.
 
 Example:
@@ -36,6 +36,7 @@ from tessera.services import lifecycle, process
 from tessera.services.errors import ServiceError
 from tessera.services.lifecycle import Probe, Say
 from tessera.services.redis_server import (
+    NO_PERIODIC_SNAPSHOTS,
     RedisFiles,
     _quote,
     ensure_debian_tool,
@@ -124,6 +125,7 @@ class ClusterNode(RedisFiles):
             'logfile ""',
             f"dir {_quote(str(self.state))}",
             "appendonly no",
+            *NO_PERIODIC_SNAPSHOTS,
             "cluster-enabled yes",
             f"cluster-config-file {_quote(str(self.nodes_conf))}",
             f"cluster-node-timeout {_NODE_TIMEOUT_MS}",

@@ -1,7 +1,8 @@
 """The local Redis: Debian's ``redis-server`` on loopback, state under ``<state_dir>/redis/``.
 
 Files: ``redis.conf`` (rewritten on every start), ``redis.pid``, ``redis.log`` (the server's
-stdout/stderr, where it logs) and the data directory itself (``dump.rdb`` when Redis saves).
+stdout/stderr, where it logs) and the data directory itself (``dump.rdb``, saved on
+``tessera services down``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ LOOPBACK = "127.0.0.1"
 _APT_TIMEOUT_S = 900
 # A Unix socket's path must fit ``sockaddr_un.sun_path`` (108 bytes on Linux, with its NUL)
 SUN_PATH_MAX = 107
+# Keys are saved to dump.rdb when the server stops (SIGTERM: `tessera services down`) and
+# loaded when it starts, but never snapshotted while it serves. Redis's default (a BGSAVE a
+# minute after 10,000 writes: after every materialize) forks a child that competes for the
+# CPUs for its whole write: SDK 1 x 10 reads' p99 went from 72-99 µs to 223-227 µs during one
+# (docs/services.md). The online store is derived from the offline one: a crash takes it back
+# to its last stop, materialize's own state key with it, so the next `tessera materialize`
+# catches up from there and never applies a wrong increment.
+NO_PERIODIC_SNAPSHOTS = ('save ""', "shutdown-on-sigterm save", "shutdown-on-sigint save")
 
 
 class RedisFiles:
@@ -128,6 +137,7 @@ class RedisServer(RedisFiles):
             'logfile ""',
             f"dir {_quote(str(self.state))}",
             "appendonly no",
+            *NO_PERIODIC_SNAPSHOTS,
             f"proc-title-template {_quote(title)}",
             "",
         ])

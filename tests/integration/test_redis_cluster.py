@@ -273,6 +273,6 @@ def test_the_node_config_is_cluster_mode_on_loopback(tmp_path: Path) -> None:
 
     conf = ClusterNode(7001, tmp_path / "7001").render_conf()
     for line in ("bind 127.0.0.1", "port 7001", "protected-mode yes", "appendonly no",
-                 "cluster-enabled yes", f'cluster-config-file "{tmp_path}/7001/nodes.conf"'):
+                 'save ""', "shutdown-on-sigterm save", "cluster-enabled yes", f'cluster-config-file "{tmp_path}/7001/nodes.conf"'):
         assert line in conf.splitlines()
     assert ClusterNode(7001, tmp_path).ports == (7001, 17001)
