@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,14 +48,16 @@ def main() -> None:
     users = (pl.read_parquet(REPO / "data" / "transactions", hive_partitioning=False)
              ["user_id"].unique().to_list())
     client = redis.Redis.from_url(store.config.online.url, socket_timeout=30)
-    print(f"{client.dbsize():,} keys, {client.info('memory')['used_memory_human']} used")
+    memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+    print(f"{client.dbsize():,} keys, {memory['used_memory_human']} used")
     rng = random.Random(1)
     clock = time.perf_counter_ns
     for _ in range(3000):  # warm-up
         store.get_online_features(refs, [{"user_id": rng.choice(users)}])
 
     def snapshot_running() -> bool:
-        return bool(client.info("persistence")["rdb_bgsave_in_progress"])
+        persistence: dict[str, Any] = client.info("persistence")  # type: ignore[assignment]
+        return bool(persistence["rdb_bgsave_in_progress"])
 
     def block() -> tuple[float, float, float]:
         lat = []
