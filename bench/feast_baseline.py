@@ -95,7 +95,8 @@ Progress = Callable[[int], None]
 def snapshots_paused(url: str) -> Iterator[str]:
     """Redis's RDB snapshots off for the block, restored after; yields the saved setting.
 
-    The local Redis keeps Redis's default ``save`` points. A snapshot forks the server (40 ms
+    The local Redis of ``tessera services up`` has no ``save`` points (docs/services.md); a
+    Redis of your own may keep Redis's default ones. A snapshot forks the server (40 ms
     with the ~700 MB a test run leaves behind) and writes the data set to disk on the same two
     cores: measured in a latency benchmark, that is Redis persistence, not feature serving, and
     it lands on whichever side happens to run then. Both sides run with snapshots off.
