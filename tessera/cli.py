@@ -2,18 +2,24 @@
 
 Heavy libraries (Feast, Spark, Great Expectations, Evidently) are imported by the functions the
 commands call, never at import time, so ``tessera --help`` answers at once.
+
+The ``services`` and ``schedule`` groups live in :mod:`tessera.cli_services` and
+:mod:`tessera.cli_schedule`; what every command shares (``--repo``, the consoles, the handling
+of user errors) in :mod:`tessera.cli_common`.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from datetime import datetime
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
+
+from tessera.cli_common import DEFAULT_REPO, RepoOpt, _config, _console, _error_console, _friendly
+from tessera.cli_schedule import schedule_app
+from tessera.cli_services import services_app
 
 app = typer.Typer(
     name="tessera",
@@ -25,136 +31,7 @@ app = typer.Typer(
     # `tessera --help` must answer at once.
     rich_markup_mode=None,
 )
-services_app = typer.Typer(help="Local Redis, Apache Kafka and (optionally) a Redis Cluster on "
-                           "127.0.0.1 (for dev, tests, demo).",
-                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(services_app, name="services")
-
-RepoOpt = Annotated[Path, typer.Option("--repo", "-r", help="Path to feature_repo.yaml.",
-                                       envvar="TESSERA_REPO")]
-DEFAULT_REPO = Path("feature_repo.yaml")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-#: Width of the consoles when the output is not a terminal (a pipe, a file, a CI log) and
-#: COLUMNS is not set: rich would fall back to 80 columns and cut numbers in tables.
-PIPE_WIDTH = 200
-_OUR_PACKAGES = ("features", "pipelines", "streaming", "validation", "tessera")
-
-
-def _width(stream: Any) -> int | None:
-    """Console width for ``stream``: None (rich measures) on a terminal, else COLUMNS or 200."""
-    isatty = getattr(stream, "isatty", None)
-    if callable(isatty) and isatty():
-        return None
-    import os
-
-    columns = os.environ.get("COLUMNS", "").strip()
-    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
-
-
-def _error_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
-
-
-def _one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
-    """A ``warnings.showwarning`` printing Tessera's warnings as one yellow line each.
-
-    Other libraries' warnings go to ``fallback`` (Python's usual file:line rendering).
-    """
-
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Any = None, line: str | None = None) -> None:
-        if category.__module__.split(".")[0] not in _OUR_PACKAGES:
-            fallback(message, category, filename, lineno, file, line)
-            return
-        from rich.markup import escape
-
-        _error_console().print(f"[bold yellow]warning:[/] {escape(str(message))}", markup=True)
-
-    return show
-
-
-def _friendly(fn: F) -> F:
-    """Turn a TesseraError into one red line and exit code 1 (no traceback for user errors).
-
-    Tessera's warnings print as one yellow line each (not Python's file:line + source line).
-    """
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import warnings
-
-        from features.errors import TesseraError
-
-        with warnings.catch_warnings():  # restores showwarning afterwards
-            warnings.showwarning = _one_line_warnings(warnings.showwarning)
-            try:
-                return fn(*args, **kwargs)
-            except TesseraError as e:
-                from rich.markup import escape
-
-                _error_console().print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
-                raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False, width=_width(sys.stdout))
-
-
-def _config(repo: Path) -> Any:
-    from features.config import load_config
-
-    return load_config(repo)
-
-
-@services_app.command("up")
-@_friendly
-def services_up(
-    cluster: Annotated[bool, typer.Option(
-        "--cluster", help="Also start the local 3-master Redis Cluster (services.redis_cluster),"
-        " even when it is not enabled.")] = False,
-    repo: RepoOpt = DEFAULT_REPO,
-) -> None:
-    """Start Redis and Kafka, and the Redis Cluster when enabled or with --cluster (idempotent:
-    running healthy services are left alone)."""
-    from tessera import services
-
-    cfg = _config(repo)
-    console = _console()
-    console.print(services.render_status(
-        services.up(cfg.services, cfg.root, console=console, cluster=cluster)))
-
-
-@services_app.command("down")
-@_friendly
-def services_down(repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Stop the local services started by `services up`."""
-    from tessera import services
-
-    cfg = _config(repo)
-    console = _console()
-    console.print(services.render_status(services.down(cfg.services, cfg.root, console=console)))
-
-
-@services_app.command("status")
-@_friendly
-def services_status(repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Show each local service: address, pid, version and health. Exit 1 if one is down."""
-    from tessera import services
-
-    cfg = _config(repo)
-    statuses = services.status(cfg.services, cfg.root)
-    _console().print(services.render_status(statuses))
-    if not all(s.healthy for s in statuses):
-        raise typer.Exit(1)
 
 
 @app.command("config")
@@ -446,67 +323,7 @@ def demo(repo: RepoOpt = DEFAULT_REPO) -> None:
     run_demo(_config(repo), _console())
 
 
-schedule_app = typer.Typer(help="Run drift reports, batch runs and materializations on the "
-                           "cron expressions of feature_repo.yaml (schedules:); see "
-                           "docs/schedule.md.", invoke_without_command=True,
-                           rich_markup_mode=None)
 app.add_typer(schedule_app, name="schedule")
-
-
-@schedule_app.callback()
-@_friendly
-def schedule_cmd(ctx: typer.Context, repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Without a subcommand: run the scheduler in the foreground until SIGINT or SIGTERM."""
-    if ctx.invoked_subcommand is None:
-        schedule_start(repo)
-    # Typer bundles its own click: compare the source by name, not by enum identity.
-    elif getattr(ctx.get_parameter_source("repo"), "name", None) == "COMMANDLINE":
-        raise typer.BadParameter(f"give it after the subcommand: tessera schedule "
-                                 f"{ctx.invoked_subcommand} --repo {repo}", param_hint="--repo")
-
-
-@schedule_app.command("start")
-@_friendly
-def schedule_start(repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Run the scheduler in the foreground, one line per run, until SIGINT or SIGTERM (then
-    wait for running jobs up to scheduler.stop_wait_seconds and exit 0)."""
-    from validation.schedule import run_foreground
-
-    raise typer.Exit(run_foreground(_config(repo), repo, _console().out))  # .out: no wrap
-
-
-@schedule_app.command("list")
-@_friendly
-def schedule_list(repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Each scheduled job with its next run time (UTC), last run and command."""
-    from validation.schedule_views import list_jobs
-
-    list_jobs(_config(repo), repo, _console())
-
-
-@schedule_app.command("run")
-@_friendly
-def schedule_run(name: Annotated[str, typer.Argument(help="The schedule's name.")],
-                 repo: RepoOpt = DEFAULT_REPO) -> None:
-    """Run one job now, recorded like a scheduled run; exit 0 when it ended ok or found drift,
-    1 otherwise."""
-    from validation.schedule import run_now
-
-    record = run_now(_config(repo), repo, name, _console().out)
-    raise typer.Exit(0 if record.status in ("ok", "drift") else 1)
-
-
-@schedule_app.command("history")
-@_friendly
-def schedule_history(
-    job: Annotated[str | None, typer.Option("--job", help="Only this job's runs.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="The last N runs.")] = 20,
-    repo: RepoOpt = DEFAULT_REPO,
-) -> None:
-    """The recorded runs: status, exit code, and links to each run's log and reports."""
-    from validation.schedule_views import show_history
-
-    show_history(_config(repo), _console(), job, limit)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
