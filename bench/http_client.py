@@ -3,8 +3,9 @@
 One measurement loop for both servers, so their numbers compare like for like: the same request
 bodies (seeded draws of entity ids), the same client (one keep-alive client per thread: httpx,
 or the stdlib's ``http.client`` with ``client="stdlib"``), the same bounds and the same result
-dict as ``bench/feast_baseline.py`` (whose ``summarize`` and ``_batches`` it uses;
-``FeastServer.http_latency`` calls :func:`http_latency`).
+dict as ``bench/feast_baseline.py`` (``bench/timing.py``'s ``summarize`` and ``_batches``;
+``FeastServer.http_latency`` calls :func:`http_latency`). ``TesseraServer`` is in
+``bench/servers.py``.
 
 Interface::
 
@@ -32,7 +33,6 @@ import contextlib
 import itertools
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 try:  # run as a script (bench/ on sys.path) or imported as bench.http_client
-    from feast_baseline import ServerProcess, _batches, free_port, summarize
+    from servers import TesseraServer
+    from timing import _batches, summarize
 except ImportError:  # pragma: no cover - depends on how the caller set sys.path
-    from bench.feast_baseline import ServerProcess, _batches, free_port, summarize  # type: ignore[no-redef]
+    from bench.servers import TesseraServer  # type: ignore[no-redef]
+    from bench.timing import _batches, summarize  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 Progress = Callable[[int], None]
@@ -240,48 +242,6 @@ def all_present(min_present: float = 0.5) -> Check:
     return check
 
 
-class TesseraServer(ServerProcess):
-    """A ``tessera serve`` subprocess (its own process group) on 127.0.0.1, a free port unless
-    given; a context manager that always stops it."""
-
-    label = "tessera serve"
-    healthy = (200, 503)
-    poll_s = 0.1
-
-    def __init__(self, repo: Path, port: int | None = None, workers: int = 1,
-                 env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
-        self.repo = Path(repo).resolve()
-        self.port = port or free_port()
-        self.workers = workers
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
-        folder = self.repo if self.repo.is_dir() else self.repo.parent
-        self.log_path = log_path or folder / f"tessera-serve-{self.port}.log"
-        self.proc = None
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "tessera.cli", "serve", "--repo", str(self.repo),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
-
-    def spawn_options(self) -> dict[str, Any]:
-        return {"cwd": ROOT, "env": self.env}
-
-    def start(self, timeout: float = 60.0) -> TesseraServer:  # type: ignore[override]
-        super().start(timeout)
-        return self
-
-    def __enter__(self) -> TesseraServer:
-        if self.proc is None:
-            self.start()
-        return self
-
-    def http_latency(self, entity_ids: Sequence[Any], feature_refs: Sequence[str],
-                     join_key: str, **kw: Any) -> dict[str, Any]:
-        """:func:`http_latency` against this server (same keyword arguments)."""
-        return http_latency(self.url, feature_refs, join_key, entity_ids, **kw)
-
-
 def repo_sample(repo: Path, view: str | None, features: int,
                 entities: int = 10_000) -> tuple[list[str], str, list[Any]]:
     """(feature refs, join key, entity ids): the first ``features`` of ``view`` (default: the
@@ -316,9 +276,9 @@ def compare_with_feast(args: argparse.Namespace, refs: list[str], key: str,
     import statistics
 
     try:
-        from feast_baseline import WORK, FeastSide, synthetic_table
+        from feast_side import WORK, FeastSide, synthetic_table
     except ImportError:  # pragma: no cover
-        from bench.feast_baseline import WORK, FeastSide, synthetic_table  # type: ignore[no-redef]
+        from bench.feast_side import WORK, FeastSide, synthetic_table  # type: ignore[no-redef]
 
     side = FeastSide.setup(synthetic_table(args.feast_entities), "user_id", "event_ts", WORK,
                            redis_db=1)

@@ -6,7 +6,7 @@ days before today's midnight, run on Polars. Features: 10 windowed features of `
 
 Feast gets the same values: one row per user holding these 10 features' values at today's
 midnight (read from Tessera), registered in a Feast repo with its Redis online store on db 1 of
-the same Redis (``bench/feast_baseline.py``). Measured in this order, all loops bounded:
+the same Redis (``bench/feast_side.py``). Measured in this order, all loops bounded:
 
 1. materialization: Tessera from the batch run's online snapshot (the default) and from the
    tiles (``offline.online_snapshot`` off), and Feast (rows → Redis), entity-rows/s; the batch
@@ -45,17 +45,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.feast_baseline import (
-    FeastSide,
-    _batches,
-    core_shared_with_redis,
-    halt_polling,
-    raw_hmget_latency,
-    snapshots_paused,
-    summarize,
-    timed_loop,
-)
+from bench.feast_baseline import raw_hmget_latency
+from bench.feast_side import FeastSide
 from bench.http_client import CLIENTS
+from bench.machine import core_shared_with_redis, halt_polling, snapshots_paused
+from bench.timing import _batches, summarize, timed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".tessera" / "bench" / "online"
@@ -416,7 +410,8 @@ def round_ratio(r: dict[str, Any], a: str, b: str, key: str = "p99_ms") -> float
 
 def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) -> dict:
     """``tessera serve`` and ``feast serve``, 1 × 10, sequential and concurrent."""
-    from bench.http_client import TesseraServer, all_present
+    from bench.http_client import all_present
+    from bench.servers import TesseraServer
 
     out: dict[str, Any] = {}
     refs = [f"user_spend:{f}" for f in FEATURES]

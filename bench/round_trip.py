@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.feast_baseline import halt_polling
+from bench.machine import halt_polling
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = b"*2\r\n$4\r\nMGET\r\n$20\r\ntessera:bench:absent\r\n"

@@ -39,6 +39,9 @@ freshness at a steady rate.
 Every loop is bounded; the topics, consumer groups and the Redis keys of every project the
 benchmark made are deleted at the end.
 
+The stream runs and their time split are in ``bench/streaming_runs.py``, the freshness run
+and its table in ``bench/streaming_freshness.py``.
+
     .venv/bin/python bench/streaming.py [--events 200000] [--rounds 3] [--profile]
 """
 
@@ -46,387 +49,30 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
-import logging
-import multiprocessing
-import pstats
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console
 from rich.table import Table
+
+from bench.streaming_freshness import (
+    GOAL_P99_S,
+    WARMUP_S,
+    _freshness_table,
+    _goal,
+    freshness,
+)
+from bench.streaming_runs import PARTS, Run, console, profile_split, round_config, stream_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_RATE = 50_000  # events/s per process
-GOAL_P99_S = 0.5
-WARMUP_S = 1.0  # freshness: applied batches of the first second are left out
-console = Console(width=150)
-
-
-@dataclass
-class Run:
-    """One StreamConsumer run: its summary and per-batch (start, end, events so far)."""
-
-    name: str
-    summary: Any
-    marks: list[tuple[float, float, int]] = field(default_factory=list)
-    split: dict[str, float] = field(default_factory=dict)  # part -> seconds (Timers.parts)
-
-    @property
-    def e2e(self) -> float:
-        return self.summary.rate
-
-    @property
-    def steady(self) -> float:
-        """Events/s of the batches after the first (from the end of the first)."""
-        if len(self.marks) < 2:
-            return float("nan")
-        return ((self.marks[-1][2] - self.marks[0][2])
-                / (self.marks[-1][1] - self.marks[0][1]))
-
-    @property
-    def first_batch_s(self) -> float:
-        return self.marks[0][1] - self.marks[0][0] if self.marks else float("nan")
-
-
-def timed(consumer: Any) -> list[tuple[float, float, int]]:
-    """Record each batch's processing start, end and the events so far (wraps the instance's
-    ``_process``; the class is untouched)."""
-    marks: list[tuple[float, float, int]] = []
-    process = consumer._process
-
-    def wrapper(records: Any, summary: Any) -> Any:
-        began = time.monotonic()
-        out = process(records, summary)
-        marks.append((began, time.monotonic(), summary.events))
-        return out
-
-    consumer._process = wrapper
-    return marks
-
-
-class Timers:
-    """Wall time of each step of the consumer, without a profiler: the step methods of this
-    consumer's own objects are wrapped (one clock read per call, a few calls per batch);
-    ``merge_batch`` in ``streaming.apply`` and, when polling has a thread of its own,
-    ``streaming.fetcher.Fetcher._poll`` are swapped for the run and put back after."""
-
-    def __init__(self, consumer: Any) -> None:
-        import streaming.apply as apply_module
-
-        self.seconds: dict[str, float] = {}
-        self._patched: list[tuple[Any, str, Any]] = []
-        self.threaded = not hasattr(consumer, "_poll")
-        if self.threaded:
-            from streaming.fetcher import Fetcher
-
-            self._patch(Fetcher, "_poll", "poll")
-        else:
-            self._wrap(consumer, "_poll", "poll")
-        for name in ("_commit", "_dead_letters"):
-            if hasattr(consumer, name):
-                self._wrap(consumer, name, "commit")
-        self._wrap(consumer.online, "get", "redis")
-        self._wrap(consumer.online, "call_many", "redis")
-        for topic in consumer.topics.values():
-            self._wrap(topic.decoder, "decode", "json")
-            if topic.landing is not None:
-                self._wrap(topic.landing, "write", "landing")
-            for writer in topic.views:
-                self._wrap(writer, "reject", "rules")
-                self._wrap(writer, "rules", "rules")
-                self._wrap(writer, "apply", "apply")
-        self._patch(apply_module, "merge_batch", "merge")
-
-    def _timed(self, inner: Any, label: str) -> Any:
-        seconds = self.seconds
-        seconds.setdefault(label, 0.0)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                seconds[label] += time.perf_counter() - began
-
-        return wrapper
-
-    def _wrap(self, obj: Any, attr: str, label: str) -> None:
-        """An instance's method: the wrapper dies with the instance."""
-        setattr(obj, attr, self._timed(getattr(obj, attr), label))
-
-    def _patch(self, owner: Any, attr: str, label: str) -> None:
-        """A class's or module's function: put back by :meth:`restore`."""
-        inner = getattr(owner, attr)
-        self._patched.append((owner, attr, inner))
-        setattr(owner, attr, self._timed(inner, label))
-
-    def restore(self) -> None:
-        for owner, attr, inner in reversed(self._patched):
-            setattr(owner, attr, inner)
-        self._patched.clear()
-
-    def parts(self, total: float, inside: float) -> dict[str, float]:
-        """Seconds per part of ``PARTS`` (nested calls subtracted from their callers);
-        ``inside``: the seconds spent in batches (``_process``)."""
-        t = self.seconds
-        known = t["json"] + t.get("landing", 0.0) + t["rules"] + t["apply"] + t["commit"]
-        return {"outside": total - inside, "json": t["json"],
-                "landing": t.get("landing", 0.0), "rules": t["rules"], "merge": t["merge"],
-                "bookkeeping": t["apply"] - t["merge"] - t["redis"], "redis": t["redis"],
-                "commit": t["commit"], "inside": inside - known, "poll": t["poll"],
-                "threaded": float(self.threaded)}
-
-
-#: The parts of a stream run, in the order they are shown. All but ``poll`` are the main
-#: thread's and add up to the run's wall time.
-PARTS = {
-    "outside": "main thread between batches: connect, group join, and the Kafka poll "
-               "(or, with a polling thread, waiting for it)",
-    "json": "JSON decoding (streaming/decode.py)",
-    "landing": "landing Parquet (streaming/landing.py, one fsync'd file per partition)",
-    "rules": "rules + partials: reject, project, collect (ViewWriter.reject/rules)",
-    "merge": "state merge (streaming/state.py merge_batch)",
-    "bookkeeping": "entity tags, offsets, CAS commands (rest of ViewWriter.apply)",
-    "redis": "Redis: MGET + EVALSHA pipelines (RedisOnline.get/call_many)",
-    "commit": "dead letters (+ the offset commit when on the main thread)",
-    "inside": "the rest of each batch: frames, partition/offset columns, metrics",
-    "poll": "Kafka poll: fetch + record decoding (kafka-python)",
-}
-
-
-class ThreadProfiles:
-    """cProfile for the consumer's polling thread too (``cProfile`` sees one thread): while
-    installed, a thread named ``tessera-stream-fetcher`` starts a profiler of its own."""
-
-    NAME = "tessera-stream-fetcher"
-
-    def __init__(self) -> None:
-        self.profiles: list[cProfile.Profile] = []
-
-    def _hook(self, *_: Any) -> None:
-        sys.setprofile(None)
-        if threading.current_thread().name.startswith(self.NAME):
-            profile = cProfile.Profile()
-            self.profiles.append(profile)
-            profile.enable()
-
-    def __enter__(self) -> ThreadProfiles:
-        threading.setprofile(self._hook)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type]
-
-
-def round_config(cfg: Any, project: str, land: Path) -> Any:
-    """``cfg`` with its own Redis namespace (project) and landing folder."""
-    return cfg.model_copy(update={"project": project,
-                                  "offline": cfg.offline.model_copy(update={"path": land})})
-
-
-def stream_run(name: str, cfg: Any, views: list, group: str, events: int, clock: Any,
-               profile: cProfile.Profile | None = None) -> Run:
-    from streaming.consumer import StreamConsumer
-
-    consumer = StreamConsumer(cfg, views, group=group, clock=clock)
-    timers = Timers(consumer) if profile is None else None
-    marks = timed(consumer)
-    threads = ThreadProfiles()
-    try:
-        if profile is not None:
-            threads.__enter__()
-            profile.enable()
-        summary = consumer.run(max_events=events, max_seconds=300, handle_signals=False)
-    finally:
-        if profile is not None:
-            profile.disable()
-            threads.__exit__()
-        if timers is not None:
-            timers.restore()
-        consumer.online.close()
-    inside = sum(end - began for began, end, _ in marks)
-    split = {} if timers is None else timers.parts(summary.seconds, inside)
-    if profile is not None:
-        split = {"threads": threads.profiles}  # type: ignore[dict-item]
-    applied = sum(summary.applied.values())
-    if summary.events != events or applied != 2 * events or summary.skipped:
-        console.print(f"[red]{name}: expected {events:,} events each applied to both views, "
-                      f"got {summary.format()}[/]")
-    return Run(name, summary, marks, split)
-
-
-# --- profile ----------------------------------------------------------------------------------
-
-
-def profile_split(profile: cProfile.Profile, threads: list[cProfile.Profile],
-                  total: float) -> dict[str, float]:
-    """Seconds per part of ``PARTS`` (and ``records``: kafka-python's record decoding, part of
-    ``poll``) in one profiled stream run, from the cumulative times of the entry points; the
-    polling thread's profile, when there is one, is added to the main thread's."""
-    merged = pstats.Stats(profile)
-    for p in threads:
-        merged.add(p)
-    stats = merged.stats  # type: ignore[attr-defined]
-
-    def cum(suffix: str, *names: str) -> float:
-        return sum(v[3] for (file, _line, name), v in stats.items()
-                   if file.replace("\\", "/").endswith(suffix) and name in names)
-
-    redis = cum("features/online/redis_store.py", "get", "call_many")
-    merge = cum("streaming/state.py", "merge_batch")
-    apply = cum("streaming/apply.py", "apply")
-    out = {
-        "json": cum("streaming/decode.py", "decode"),
-        "landing": cum("streaming/landing.py", "write"),
-        "rules": cum("streaming/apply.py", "reject", "rules"),
-        "merge": merge,
-        "bookkeeping": apply - merge - redis,
-        "redis": redis,
-        "commit": cum("streaming/consumer.py", "_commit", "_dead_letters"),
-    }
-    inside = cum("streaming/consumer.py", "_process")
-    out["inside"] = inside - out["json"] - out["landing"] - out["rules"] - apply - out["commit"]
-    out["outside"] = total - inside
-    out["poll"] = cum("streaming/consumer.py", "_poll") + cum("streaming/fetcher.py", "_poll")
-    out["records"] = cum("kafka/consumer/fetcher.py", "fetched_records")
-    return out
-
-
-# --- freshness --------------------------------------------------------------------------------
-
-
-def _produce_at(bootstrap: str, topic: str, payloads: list[bytes], keys: list[bytes],
-                rate: float, seconds: float, start: float, out: Any) -> None:
-    """In its own process: wait for the planned instant, then produce at ``rate``."""
-    import kafka  # noqa: F401  (imported before the planned instant, not after it)
-    import rich.progress  # noqa: F401
-
-    from streaming.produce import produce
-
-    time.sleep(max(0.0, start - time.time()))
-    summary = produce(bootstrap, topic, payloads, keys, rate=rate, max_seconds=seconds)
-    out.put((summary.sent, summary.seconds))
-
-
-def freshness(repo: Any, events: Any, rate: float, seconds: float) -> dict[str, Any]:
-    import numpy as np
-    import polars as pl
-
-    from streaming import events as E
-    from streaming.consumer import StreamConsumer
-
-    n = int(rate * seconds)
-    frame = events.sample(n, with_replacement=n > events.height, seed=11)
-    views = repo.views
-    consumer = StreamConsumer(repo.cfg, views, group=f"bench-fresh-{uuid.uuid4().hex[:6]}")
-    batches: list[tuple[float, Any]] = []  # (applied at, lags in µs), every batch
-    observe = consumer.metrics.freshness
-
-    def record(lag_us: Any) -> None:
-        if len(lag_us):
-            batches.append((time.monotonic(), np.asarray(lag_us)))
-        observe(lag_us)
-
-    consumer.metrics.freshness = record
-    timers = Timers(consumer)
-    marks = timed(consumer)
-    sent_at: list[tuple[int, bytes]] = []  # (CreateTime ms, value) of every 20th record
-    process = consumer._process
-
-    def sample(records: Any, summary: Any) -> Any:
-        for recs in records.values():
-            sent_at.extend((r.timestamp, r.value) for r in recs[::20])
-        return process(records, summary)
-
-    consumer._process = sample
-    result: dict[str, Any] = {}
-    assigned = threading.Event()
-    log = logging.getLogger("tessera.stream")
-    handler = _OnAssigned(assigned)
-    level, propagate = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # the bench prints its own lines (warnings through the handler)
-    thread = threading.Thread(target=lambda: result.update(summary=consumer.run(
-        max_seconds=seconds + 60, handle_signals=False)), daemon=True)
-    thread.start()
-    if not assigned.wait(30):  # start producing once the consumer holds its partitions
-        console.print("[yellow]freshness: no partitions assigned after 30 s[/]")
-    start = time.time() + 2.0
-    start_us = int(start * 1e6)
-    ts = pl.Series("event_ts", start_us + (np.arange(n) * (1e6 / rate)).astype(np.int64))
-    frame = frame.with_columns(ts.cast(pl.Datetime("us", "UTC")))
-    src = views[0].source
-    payloads, keys = E.encode_events(frame, src), E.encode_keys(frame, "user_id")
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    producer = ctx.Process(target=_produce_at, args=(repo.bootstrap, repo.topic, payloads, keys,
-                                                     rate, seconds, start, out))
-    producer.start()
-    try:
-        sent, produce_s = out.get(timeout=seconds + 90)
-    finally:
-        producer.join(timeout=30)
-    deadline = time.monotonic() + 30
-    while consumer.metrics.total_events < sent and time.monotonic() < deadline:
-        time.sleep(0.05)
-    consumer.stop()
-    thread.join(timeout=30)
-    timers.restore()
-    consumer.online.close()
-    log.removeHandler(handler)
-    log.setLevel(level)
-    log.propagate = propagate
-
-    skew = np.array([ms * 1000 - _event_us(json.loads(v)["event_ts"]) for ms, v in sent_at],
-                    np.float64) / 1e6  # send time - event time, s
-    offset = float(np.median(skew)) if len(skew) else 0.0
-    first = batches[0][0] if batches else 0.0
-    every = np.concatenate([x for _, x in batches]) / 1e6 if batches else np.zeros(0)
-    warm = [x for t, x in batches if t - first >= WARMUP_S]
-    steady = np.concatenate(warm) / 1e6 if warm else np.zeros(0)
-    return {
-        "sent": sent, "produce_s": produce_s, "summary": result.get("summary"),
-        "consumed": consumer.metrics.total_events,
-        "metrics_p50": consumer.metrics.freshness_p(0.5, seconds=3600),
-        "metrics_p99": consumer.metrics.freshness_p(0.99, seconds=3600),
-        "offset": offset, "skew_p99": float(np.quantile(skew, 0.99)) if len(skew) else 0.0,
-        "all": every, "steady": steady, "marks": marks, "timers": timers.seconds,
-    }
-
-
-class _OnAssigned(logging.Handler):
-    """Sets ``event`` when the consumer logs that it got partitions."""
-
-    def __init__(self, event: threading.Event) -> None:
-        super().__init__(logging.INFO)
-        self.event = event
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            console.print(f"[yellow]stream: {text}[/]")
-        if text.startswith("partitions assigned") and not text.endswith("none"):
-            self.event.set()
-
-
-def _event_us(text: str) -> int:
-    from datetime import datetime
-
-    from features.windows import to_micros
-
-    return to_micros(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 # --- cleanup ----------------------------------------------------------------------------------
@@ -504,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     projects: list[str] = []
     groups: list[str] = []
     repos: list[Any] = []
-    from bench.feast_baseline import snapshots_paused
+    from bench.machine import snapshots_paused
 
     with tempfile.TemporaryDirectory(prefix="tessera-bench-stream-") as tmp, \
             snapshots_paused(redis_url) as saved:
@@ -647,60 +293,6 @@ def main(argv: list[str] | None = None) -> None:
                 gone = delete_keys(redis_url, projects)
             console.print(f"deleted {len(repos)} topics (and their DLQs), {len(groups)} "
                           f"consumer groups and {gone:,} Redis keys of {len(projects)} projects")
-
-
-def _goal(ok: bool) -> str:
-    return "[green]met[/]" if ok else "[red]missed[/]"
-
-
-def _freshness_table(f: dict[str, Any], rate: float, seconds: float) -> float:
-    """Prints the run's tables; returns its p99 after the warm-up, ms (inf: no batch)."""
-    import numpy as np
-
-    def q(x: Any, p: float) -> str:
-        return f"{np.quantile(x, p) * 1000:,.0f}" if len(x) else "n/a"
-
-    off = f["offset"]
-    table = Table(title=f"Freshness: {f['sent']:,} events produced at {rate:,.0f}/s for "
-                        f"{seconds:g} s ({f['sent'] / f['produce_s']:,.0f}/s achieved), "
-                        f"{f['consumed']:,} consumed")
-    for col in ("measure", "events × views", "p50 ms", "p99 ms", "max ms",
-                f"goal p99 ≤ {GOAL_P99_S * 1000:.0f} ms"):
-        table.add_column(col, justify="right")
-    mp50, mp99 = f["metrics_p50"], f["metrics_p99"]
-    table.add_row("StreamMetrics.freshness_p, all (event time to visible)",
-                  f"{len(f['all']):,}",
-                  "n/a" if mp50 is None else f"{mp50 * 1000:,.0f}",
-                  "n/a" if mp99 is None else f"{mp99 * 1000:,.0f}",
-                  f"{f['all'].max() * 1000:,.0f}" if len(f["all"]) else "n/a", "")
-    for name, x in (("all, send offset subtracted", f["all"] - off),
-                    (f"after the first {WARMUP_S:g} s, send offset subtracted",
-                     f["steady"] - off)):
-        ok = len(x) and np.quantile(x, 0.99) <= GOAL_P99_S
-        table.add_row(name, f"{len(x):,}", q(x, 0.5), q(x, 0.99),
-                      f"{x.max() * 1000:,.0f}" if len(x) else "n/a", _goal(bool(ok)))
-    console.print(table)
-    console.print(f"send time − event time (CreateTime, sampled): median {off * 1000:,.0f} ms, "
-                  f"p99 {f['skew_p99'] * 1000:,.0f} ms (the median is subtracted above)")
-    if f["summary"] is not None:
-        console.print(f"  {f['summary'].format()}")
-    marks = f["marks"]
-    if len(marks) > 1:
-        sizes = np.diff([0] + [m[2] for m in marks])
-        spent = np.array([m[1] - m[0] for m in marks])
-        console.print(f"  batches: {len(marks)}, events per batch median {np.median(sizes):,.0f}; "
-                      f"processing per batch (decode → Redis → commit) p50 "
-                      f"{np.median(spent) * 1000:,.0f} ms, p99 "
-                      f"{np.quantile(spent, 0.99) * 1000:,.0f} ms, first {spent[0] * 1000:,.0f} ms")
-        t = f["timers"]
-        per = {"JSON": t["json"], "landing": t.get("landing", 0.0), "rules": t["rules"],
-               "merge": t["merge"], "tags/offsets/CAS": t["apply"] - t["merge"] - t["redis"],
-               "Redis": t["redis"], "commit": t["commit"]}
-        per["rest"] = spent.sum() - sum(per.values())
-        console.print("  per batch, mean ms: " + ", ".join(
-            f"{k} {v / len(marks) * 1000:,.0f}" for k, v in per.items()))
-    steady = f["steady"] - off
-    return float(np.quantile(steady, 0.99) * 1000) if len(steady) else float("inf")
 
 
 if __name__ == "__main__":
