@@ -14,7 +14,8 @@ the same Redis (``bench/feast_side.py``). Measured in this order, all loops boun
 2. SDK, 1 entity × 10 features and 100 × 10: Tessera (with its default ``online.spin_us``,
    which depends on the machine's ``guest_halt_poll_ns``, and with reads that block at once),
    Feast, and the raw floor (a redis-py ``HMGET`` of 10 fields of Feast's hash; pipelined for
-   100), and for 1 × 10 the round trip alone (``socket_floor``: a bare socket's ``MGET``);
+   100), and for 1 × 10 the round trip alone (``bench/round_trip.py``'s ``socket_floor``: a
+   bare socket's ``MGET``);
    the four 1 × 10 measures again over the Redis's Unix socket (``--unix-socket``; by default
    the one of ``tessera services up``), Feast's client connecting over it too;
 3. HTTP, 1 × 10, sequential and with ``--concurrency`` clients: ``tessera serve`` and
@@ -29,8 +30,8 @@ VM's idle vCPUs"). ``--guest-halt-poll-ns N`` sets it for the run and restores i
 CPU, so neither waits for the other's vCPU to be woken (docs/benchmarks.md, "Where a round
 trip goes").
 
-Results print as a table with the ratios the goals are stated in, and go to
-``.tessera/bench/online.json``.
+Results print as a table with the ratios the goals are stated in (``bench/online_report.py``),
+and go to ``.tessera/bench/online.json``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ from bench.feast_baseline import raw_hmget_latency
 from bench.feast_side import FeastSide
 from bench.http_client import CLIENTS
 from bench.machine import core_shared_with_redis, halt_polling, snapshots_paused
+from bench.online_report import median_round, report
+from bench.round_trip import socket_floor
 from bench.timing import _batches, summarize, timed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,74 +169,6 @@ def tessera_latency(store: Any, users: list[int], batch: int, iterations: int,
 
     lat, seconds = timed_loop(call, payloads, iterations, max_seconds)
     return summarize(lat, seconds, batch)
-
-
-def socket_floor(store: Any, users: list[int], address: int | str, iterations: int,
-                 max_seconds: float, gap_us: float = 20.0) -> dict[str, Any]:
-    """The round trip alone: one ``MGET`` of a random user's Tessera key, packed beforehand,
-    sent on a bare non-blocking socket and polled for with hiredis, nothing else timed. Before
-    each call the loop busy-waits ``gap_us`` untimed, standing for the Python a real call runs
-    between its round trips (~20 µs of a Tessera 1 × 10 read here): on a VM, Redis's vCPU halts
-    in such a gap and each request pays for waking it, which back-to-back calls would hide.
-    No client, in any language, reads faster than this on this box. ``address``: the TCP port
-    on 127.0.0.1, or the path of a Unix socket."""
-    import random
-    import socket
-
-    import hiredis
-
-    from features.online import keys as K
-    from features.online.resp import mget
-
-    view = store.definitions.views["user_spend"]
-    head, tail = K.prefix(store.config.project, view.name, view.fingerprint())
-    rng = random.Random(5)
-    commands = [mget([head + str(rng.choice(users)) + tail]) for _ in range(min(iterations,
-                                                                                5000))]
-    if isinstance(address, str):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(address)
-    else:
-        sock = socket.create_connection(("127.0.0.1", address))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
-    reader = hiredis.Reader()
-    clock = time.perf_counter_ns
-    gap_ns = int(gap_us * 1000)
-
-    def call(command: bytes) -> Any:
-        sock.sendall(command)
-        while True:
-            reply = reader.gets()
-            if reply is not False:
-                return reply
-            try:
-                reader.feed(sock.recv(1 << 16))
-            except BlockingIOError:  # polling: nothing yet
-                continue
-
-    try:
-        if call(commands[0])[0] is None:
-            raise RuntimeError(f"no Tessera value at {commands[0]!r}")
-        for command in commands[:100]:  # warm-up
-            call(command)
-        lat: list[int] = []
-        began = clock()
-        deadline = began + int(max_seconds * 1e9)
-        for i in range(iterations):
-            until = clock() + gap_ns
-            while clock() < until:
-                pass
-            t0 = clock()
-            call(commands[i % len(commands)])
-            t1 = clock()
-            lat.append(t1 - t0)
-            if t1 > deadline:
-                break
-        seconds = (clock() - began) / 1e9
-    finally:
-        sock.close()
-    return summarize(lat, seconds, 1)
 
 
 def without_spin(store: Any, fn: Any) -> Any:
@@ -389,25 +323,6 @@ def unix_runs(store: Any, side: Any, users: list[int], keys: list[bytes], fields
     ]
 
 
-def median_round(got: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rounds' median p50, p99 and max (each its own median), n summed."""
-    import statistics
-
-    out = dict(got[len(got) // 2])
-    for key in ("p50_ms", "p99_ms", "max_ms", "mean_ms", "ops_per_s", "entities_per_s"):
-        out[key] = statistics.median(g[key] for g in got)
-    out["n"] = sum(g["n"] for g in got)
-    return out
-
-
-def round_ratio(r: dict[str, Any], a: str, b: str, key: str = "p99_ms") -> float:
-    """Median over rounds of a/b (measured in the same round)."""
-    import statistics
-
-    pairs = zip(r["rounds"][a], r["rounds"][b], strict=True)
-    return statistics.median(x[key] / y[key] for x, y in pairs)
-
-
 def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) -> dict:
     """``tessera serve`` and ``feast serve``, 1 × 10, sequential and concurrent."""
     from bench.http_client import all_present
@@ -469,92 +384,6 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
         out[name] = median_round(got)
     out["http rounds"] = rounds
     return out
-
-
-def report(console: Any, r: dict[str, Any], args: Any) -> None:
-    from rich.table import Table
-
-    poll = r["guest_halt_poll_ns"]
-    t = Table(title=f"online serving, {args.rows:,} events, 10 windowed features; "
-                    f"guest_halt_poll_ns {'n/a' if poll is None else f'{poll:,}'}, "
-                    f"online.spin_us {r['spin_us']}; read path {r['read path']}"
-                    + ("" if r.get("cpu shared with redis") is None
-                       else f"; this process and Redis on CPU {r['cpu shared with redis']}"))
-    for col in ("measure", "n", "p50 ms", "p99 ms", "max ms", "calls/s"):
-        t.add_column(col, justify="left" if col == "measure" else "right")
-    for name, v in r.items():
-        if isinstance(v, dict) and "p50_ms" in v:
-            t.add_row(name, f"{v['n']:,}", f"{v['p50_ms']:.3f}", f"{v['p99_ms']:.3f}",
-                      f"{v['max_ms']:.2f}", f"{v['ops_per_s']:,.0f}")
-    console.print(t)
-    bt = args.batch
-    ratios = [
-        ("materialize: tessera / feast (entity-rows/s)",
-         r["materialize tessera"]["rows_per_s"] / r["materialize feast"]["rows_per_s"],
-         "≥ 20×, and ≥ 100k rows/s"),
-        ("materialize from the tiles: tessera / feast",
-         r["materialize tessera (tiles)"]["rows_per_s"] / r["materialize feast"]["rows_per_s"],
-         "(snapshots off)"),
-        ("SDK 1x10 p50: tessera / raw HMGET",
-         round_ratio(r, "tessera sdk 1x10", "raw HMGET 1x10", "p50_ms"), ""),
-        ("SDK 1x10 p99: tessera / raw HMGET",
-         round_ratio(r, "tessera sdk 1x10", "raw HMGET 1x10"), "≤ 1.5×"),
-        ("SDK 1x10 p99: feast / tessera",
-         round_ratio(r, "feast sdk 1x10", "tessera sdk 1x10"), "≥ 5×"),
-        ("SDK 1x10 p99: feast / bare socket MGET",
-         round_ratio(r, "feast sdk 1x10", "bare socket MGET, 20 µs gaps"),
-         "the ceiling: the round trip alone"),
-        ("SDK 1x10 p50: feast / tessera",
-         round_ratio(r, "feast sdk 1x10", "tessera sdk 1x10", "p50_ms"), ""),
-        ("SDK 1x10 p50: spin off / on",
-         round_ratio(r, "tessera sdk 1x10, spin off", "tessera sdk 1x10", "p50_ms"),
-         "online.spin_us 0 vs the default"),
-        (f"SDK {bt}x10 p99: feast / tessera",
-         round_ratio(r, f"feast sdk {bt}x10", f"tessera sdk {bt}x10"),
-         "≥ 7× (and tessera p99 ≤ 3 ms)"),
-        (f"SDK {bt}x10 p99: tessera / raw pipelined HMGET",
-         round_ratio(r, f"tessera sdk {bt}x10", f"raw pipelined HMGET {bt}x10"), ""),
-    ]
-    if "tessera sdk 1x10, unix" in r:
-        ratios += [
-            ("unix socket, SDK 1x10 p99: tessera / raw HMGET",
-             round_ratio(r, "tessera sdk 1x10, unix", "raw HMGET 1x10, unix"), "≤ 1.5×"),
-            ("unix socket, SDK 1x10 p99: feast / tessera",
-             round_ratio(r, "feast sdk 1x10, unix", "tessera sdk 1x10, unix"), "≥ 5×"),
-            ("unix socket, SDK 1x10 p50: feast / tessera",
-             round_ratio(r, "feast sdk 1x10, unix", "tessera sdk 1x10, unix", "p50_ms"), ""),
-            ("SDK 1x10 p99: tessera tcp / unix",
-             round_ratio(r, "tessera sdk 1x10", "tessera sdk 1x10, unix"), ""),
-            ("SDK 1x10 p99: feast tcp / unix",
-             round_ratio(r, "feast sdk 1x10", "feast sdk 1x10, unix"), ""),
-        ]
-    if "tessera http 1x10" in r:
-        conc = args.concurrency
-        h = {name: r[name] for name in r if name.startswith(("tessera http", "feast http"))}
-        ratios += [
-            ("HTTP 1x10 p99: feast / tessera",
-             h["feast http 1x10"]["p99_ms"] / h["tessera http 1x10"]["p99_ms"], "≥ 4×"),
-            ("HTTP 1x10 p50: feast / tessera",
-             h["feast http 1x10"]["p50_ms"] / h["tessera http 1x10"]["p50_ms"], ""),
-            (f"HTTP 1x10 x{conc} requests/s: tessera / feast",
-             h[f"tessera http 1x10 x{conc}"]["ops_per_s"]
-             / h[f"feast http 1x10 x{conc}"]["ops_per_s"], "higher is better"),
-            (f"HTTP 1x10 x{conc} p99: feast / tessera",
-             h[f"feast http 1x10 x{conc}"]["p99_ms"] / h[f"tessera http 1x10 x{conc}"]["p99_ms"],
-             "≥ 4×"),
-        ]
-    g = Table(title="ratios (the issue's goals)")
-    for col in ("ratio", "value", "goal"):
-        g.add_column(col)
-    for name, value, goal in ratios:
-        g.add_row(name, f"{value:.2f}×", goal)
-    console.print(g)
-    console.print(f"tessera materialize {r['materialize tessera']['rows_per_s']:,.0f} "
-                  f"entity-rows/s (from the tiles "
-                  f"{r['materialize tessera (tiles)']['rows_per_s']:,.0f}); feast "
-                  f"{r['materialize feast']['rows_per_s']:,.0f}")
-    r["ratios"] = {name: value for name, value, _ in ratios}
-    time.sleep(0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ wakes Redis's vCPU through the host, and part of that is paid inside the caller'
 ``send`` (docs/benchmarks.md, "Where a round trip goes"). Each round is 20,000 ``MGET``s of one
 missing key, 20 µs apart; the transports alternate, and the last line gives the ratio of the
 two in the same run. Needs the local Redis (``tessera services up``).
+
+``socket_floor`` is the same round trip as ``bench/online.py`` measures it beside the reads: a
+bare socket's ``MGET`` of a real key, the floor no client can read under.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import halt_polling
+from bench.timing import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = b"*2\r\n$4\r\nMGET\r\n$20\r\ntessera:bench:absent\r\n"
@@ -71,6 +75,74 @@ def one_round(conn: Any, n: int, max_seconds: float) -> dict[str, list[int]]:
 def pct(xs: list[int], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))] / 1e3
+
+
+def socket_floor(store: Any, users: list[int], address: int | str, iterations: int,
+                 max_seconds: float, gap_us: float = 20.0) -> dict[str, Any]:
+    """The round trip alone: one ``MGET`` of a random user's Tessera key, packed beforehand,
+    sent on a bare non-blocking socket and polled for with hiredis, nothing else timed. Before
+    each call the loop busy-waits ``gap_us`` untimed, standing for the Python a real call runs
+    between its round trips (~20 µs of a Tessera 1 × 10 read here): on a VM, Redis's vCPU halts
+    in such a gap and each request pays for waking it, which back-to-back calls would hide.
+    No client, in any language, reads faster than this on this box. ``address``: the TCP port
+    on 127.0.0.1, or the path of a Unix socket."""
+    import random
+    import socket
+
+    import hiredis
+
+    from features.online import keys as K
+    from features.online.resp import mget
+
+    view = store.definitions.views["user_spend"]
+    head, tail = K.prefix(store.config.project, view.name, view.fingerprint())
+    rng = random.Random(5)
+    commands = [mget([head + str(rng.choice(users)) + tail]) for _ in range(min(iterations,
+                                                                                5000))]
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address)
+    else:
+        sock = socket.create_connection(("127.0.0.1", address))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    reader = hiredis.Reader()
+    clock = time.perf_counter_ns
+    gap_ns = int(gap_us * 1000)
+
+    def call(command: bytes) -> Any:
+        sock.sendall(command)
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+            try:
+                reader.feed(sock.recv(1 << 16))
+            except BlockingIOError:  # polling: nothing yet
+                continue
+
+    try:
+        if call(commands[0])[0] is None:
+            raise RuntimeError(f"no Tessera value at {commands[0]!r}")
+        for command in commands[:100]:  # warm-up
+            call(command)
+        lat: list[int] = []
+        began = clock()
+        deadline = began + int(max_seconds * 1e9)
+        for i in range(iterations):
+            until = clock() + gap_ns
+            while clock() < until:
+                pass
+            t0 = clock()
+            call(commands[i % len(commands)])
+            t1 = clock()
+            lat.append(t1 - t0)
+            if t1 > deadline:
+                break
+        seconds = (clock() - began) / 1e9
+    finally:
+        sock.close()
+    return summarize(lat, seconds, 1)
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.online import FEATURES, make_repo, median_round, midnight, tessera_latency
+from bench.online import FEATURES, make_repo, midnight, tessera_latency
+from bench.online_report import median_round
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".tessera" / "bench" / "serving_log"
