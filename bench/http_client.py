@@ -33,18 +33,17 @@ import contextlib
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-try:  # run as a script (bench/ on sys.path) or imported as bench.http_client
-    from servers import TesseraServer
-    from timing import _batches, summarize
-except ImportError:  # pragma: no cover - depends on how the caller set sys.path
-    from bench.servers import TesseraServer  # type: ignore[no-redef]
-    from bench.timing import _batches, summarize  # type: ignore[no-redef]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
+
+from bench.servers import TesseraServer
+from bench.timing import _batches, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 Progress = Callable[[int], None]
@@ -275,10 +274,7 @@ def compare_with_feast(args: argparse.Namespace, refs: list[str], key: str,
     prints every round and the medians."""
     import statistics
 
-    try:
-        from feast_side import WORK, FeastSide, synthetic_table
-    except ImportError:  # pragma: no cover
-        from bench.feast_side import WORK, FeastSide, synthetic_table  # type: ignore[no-redef]
+    from bench.feast_side import WORK, FeastSide, synthetic_table
 
     side = FeastSide.setup(synthetic_table(args.feast_entities), "user_id", "event_ts", WORK,
                            redis_db=1)

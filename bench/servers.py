@@ -125,10 +125,7 @@ class TesseraServer(ServerProcess):
     def http_latency(self, entity_ids: Sequence[Any], feature_refs: Sequence[str],
                      join_key: str, **kw: Any) -> dict[str, Any]:
         """:func:`http_latency` against this server (same keyword arguments)."""
-        try:
-            from http_client import http_latency
-        except ImportError:  # imported as bench.servers
-            from bench.http_client import http_latency
+        from bench.http_client import http_latency  # lazy: it imports this module
 
         return http_latency(self.url, feature_refs, join_key, entity_ids, **kw)
 
@@ -173,10 +170,7 @@ class FeastServer(ServerProcess):
         Latency is per request; ``ops_per_s`` is requests over the wall time of the load.
         ``path="/health"`` (a GET) measures the HTTP stack alone. The loop is
         ``bench/http_client.py``'s, the one that measures ``tessera serve`` too."""
-        try:
-            from http_client import all_present, http_latency
-        except ImportError:  # imported as bench.servers
-            from bench.http_client import all_present, http_latency
+        from bench.http_client import all_present, http_latency  # lazy: it imports this module
 
         return http_latency(self.url, self.side.feature_refs, self.side.join_key, entity_ids,
                             iterations=iterations, max_seconds=max_seconds,
