@@ -83,7 +83,7 @@ def halt_polling(ns: int | None) -> Iterator[int | None]:
     round trip to Redis ~25 µs here (docs/benchmarks.md, "The VM's idle vCPUs"). The kernel's
     default is 200,000; this machine ships 0. Writing it needs root.
     """
-    from features.online.redis_store import HALT_POLL as KNOB
+    from features.online.spin import HALT_POLL as KNOB
 
     HALT_POLL = Path(KNOB)
     if not HALT_POLL.exists():

@@ -462,25 +462,25 @@ def test_an_unset_spin_polls_only_where_the_kernel_does_not(tmp_path: Path,
     on a one-CPU machine reading a local Redis, where the poll would hold Redis's CPU; a value
     in the repo always wins."""
     from features.config import load_config
-    from features.online import redis_store
+    from features.online import spin
 
     knob = tmp_path / "guest_halt_poll_ns"
     knob.write_text("200000\n")
-    assert redis_store.default_spin_us(str(knob)) == 0
+    assert spin.default_spin_us(str(knob)) == 0
     knob.write_text("0\n")  # what this VM ships: every idle vCPU halts at once
-    assert redis_store.default_spin_us(str(knob)) == redis_store.SPIN_US == 200
-    assert redis_store.default_spin_us(str(tmp_path / "absent")) == 200  # no haltpoll driver
+    assert spin.default_spin_us(str(knob)) == spin.SPIN_US == 200
+    assert spin.default_spin_us(str(tmp_path / "absent")) == 200  # no haltpoll driver
     knob.write_text("garbage")
-    assert redis_store.default_spin_us(str(knob)) == 200
+    assert spin.default_spin_us(str(knob)) == 200
     # One CPU and a local Redis: Redis answers on the CPU the poll would hold.
     knob.write_text("0\n")
     for local in ("redis://127.0.0.1:6390/0", "redis://localhost:6379", "rediss://[::1]:6380",
                   "unix:///run/redis/redis.sock?db=0", "redis://127.8.0.3:6379/1"):
-        assert redis_store.default_spin_us(str(knob), url=local, cpus=1) == 0, local
-        assert redis_store.default_spin_us(str(knob), url=local, cpus=2) == 200, local
+        assert spin.default_spin_us(str(knob), url=local, cpus=1) == 0, local
+        assert spin.default_spin_us(str(knob), url=local, cpus=2) == 200, local
     for remote in ("redis://10.0.0.5:6379/0", "redis://redis.internal:6379",
                    "rediss://[2001:db8::1]:6380"):  # our vCPU's wake-up is still saved
-        assert redis_store.default_spin_us(str(knob), url=remote, cpus=1) == 200, remote
+        assert spin.default_spin_us(str(knob), url=remote, cpus=1) == 200, remote
 
     definitions = REPO_ROOT / "example" / "card_features.py"
     (tmp_path / "unset").mkdir()
@@ -491,7 +491,7 @@ def test_an_unset_spin_polls_only_where_the_kernel_does_not(tmp_path: Path,
         f"project: spin\ndefinitions: [{definitions}]\nonline:\n  url: {redis_url}\n"
         f"  spin_us: 7\n")
     unset = FeatureStore(config=load_config(tmp_path / "unset"))
-    assert unset.online.spin_s == redis_store.default_spin_us(url=redis_url) / 1e6  # this box's
+    assert unset.online.spin_s == spin.default_spin_us(url=redis_url) / 1e6  # this box's
     assert FeatureStore(config=load_config(tmp_path / "set")).online.spin_s == 7e-6
 
 

@@ -1,0 +1,63 @@
+"""How long a single-node read polls for Redis's reply before it blocks: ``online.spin_us``
+when the repo leaves it unset.
+
+Decided once, when a store connects (:class:`features.online.redis_store.RedisOnline`), from the
+machine: whether its kernel already polls before halting an idle vCPU, how many CPUs it has and
+whether Redis is local. The poll itself is ``features.online.resp.call_spinning``; which reads
+poll (only one with no other in flight) is ``redis_store``'s, on the read path. docs/online.md,
+"Spin reads", has the measurements.
+"""
+
+from __future__ import annotations
+
+import os
+
+SPIN_US = 200  # the poll before a read blocks, where the kernel does not poll itself
+HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+
+
+def default_spin_us(halt_poll: str = HALT_POLL, url: str | None = None,
+                    cpus: int | None = None) -> int:
+    """``online.spin_us`` when the config leaves it unset: :data:`SPIN_US`, or 0 where polling
+    only costs:
+
+    - on a virtual machine whose kernel polls before it halts an idle vCPU (the ``haltpoll``
+      cpuidle driver with ``guest_halt_poll_ns`` > 0). Our poll saves the host's wake-up of
+      this process's halted vCPU when Redis's reply lands; the kernel's saves that more
+      cheaply, and Redis's side as well. Measured here, SDK 1 × 10, four rounds of 6,000
+      reads (docs/benchmarks.md, "The VM's idle vCPUs"): with the kernel polling 200 µs, p50
+      37-38 µs either way and p99 68-81 µs without our poll against 77-109 with it; with the
+      kernel not polling (this VM ships ``guest_halt_poll_ns`` 0), our poll halves the read
+      (p50 59-76 against 104-141 µs).
+    - on a machine with one CPU (``cpus``, default ``os.cpu_count()``) whose Redis is local
+      (``url`` a Unix socket or a loopback address): Redis answers on the CPU the poll holds,
+      so the poll can only delay it. Measured with the reader and Redis on one vCPU
+      (docs/benchmarks.md, "Where a round trip goes"): p50 23-25 µs either way,
+      p99 70-76 µs polling against 39-50 µs not.
+    """
+    if url is not None and (cpus if cpus is not None else os.cpu_count()) == 1 \
+            and _is_local(url):
+        return 0
+    try:
+        with open(halt_poll) as f:
+            polls = int(f.read().strip()) > 0
+    except (OSError, ValueError):  # no haltpoll driver (bare metal, other hypervisors)
+        return SPIN_US
+    return 0 if polls else SPIN_US
+
+
+def _is_local(url: str) -> bool:
+    """True for a Redis on this machine: a Unix socket, or a loopback host."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
