@@ -26,11 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from features.definitions import FeatureView
 from features.online.codec import (
-    _CODES,
     _HEAD,
-    COUNTS_AT,
     NO_EVENT,
-    NUMPY_CODES,
     VERSION,
     Codec,
     Record,
@@ -40,6 +37,7 @@ from features.tiles import Input, layout, merge_pairs, suffix_merge
 from pipelines import online_pack as pk
 from pipelines.engine_polars import partial_aggs
 from pipelines.online_build import expire_at
+from streaming.stored import LatestColumns, StoredValues, arrow_type, row_dtype
 
 if TYPE_CHECKING:
     import polars as pl
@@ -53,13 +51,6 @@ class Merged:
     expire_us: Any  # np.int64 per entity: -1 never, else when the value stops mattering
     lifetime: Any  # Arrow binary per entity, or None (the view has no lifetime feature)
     newest: Any  # np.int64 newest event time per entity
-
-
-def row_dtype(rec: Record) -> Any:
-    """numpy dtype of one stored section row: tile index, then the record."""
-    import numpy as np
-
-    return np.dtype([("tile", "<i8"), *rec.numpy_dtype().descr])
 
 
 def _columns(arr: Any, rec: Record) -> dict[str, Any]:
@@ -108,22 +99,7 @@ def _batch_columns(frame: pl.DataFrame, rec: Record) -> dict[str, Any]:
     return out
 
 
-def _arrow_type(dtype: str) -> Any:
-    import pyarrow as pa
-
-    return {"string": pa.large_string(), "float64": pa.float64(), "bool": pa.bool_()}.get(
-        dtype, pa.int64())  # int64 and timestamps (µs)
-
-
-@dataclass
-class _Latest:
-    present: Any
-    at: Any
-    seq: Any
-    values: Any  # Arrow
-
-
-def _old_latest(inp: Input, items: Sequence[tuple[Any, int, int] | None]) -> _Latest:
+def _old_latest(inp: Input, items: Sequence[tuple[Any, int, int] | None]) -> LatestColumns:
     import numpy as np
     import pyarrow as pa
 
@@ -131,19 +107,19 @@ def _old_latest(inp: Input, items: Sequence[tuple[Any, int, int] | None]) -> _La
     present = np.fromiter((it is not None for it in items), bool, n)
     at = np.fromiter((0 if it is None else it[1] for it in items), np.int64, n)
     seq = np.fromiter((0 if it is None else it[2] for it in items), np.int64, n)
-    values = pa.array([None if it is None else it[0] for it in items], _arrow_type(inp.dtype))
-    return _Latest(present, at, seq, values)
+    values = pa.array([None if it is None else it[0] for it in items], arrow_type(inp.dtype))
+    return LatestColumns(present, at, seq, values)
 
 
-def _batch_latest(inp: Input, per: pl.DataFrame) -> _Latest:
+def _batch_latest(inp: Input, per: pl.DataFrame) -> LatestColumns:
     """A ``last`` input's newest value per entity, from a frame prepared by :func:`_plan`."""
     value = per[inp.column("l")]
-    return _Latest(per[f"{inp.column('l')}?"].to_numpy(), per[inp.column("lt")].to_numpy(),
+    return LatestColumns(per[f"{inp.column('l')}?"].to_numpy(), per[inp.column("lt")].to_numpy(),
                    per[inp.column("ls")].to_numpy(),
-                   value.to_arrow().cast(_arrow_type(inp.dtype)))
+                   value.to_arrow().cast(arrow_type(inp.dtype)))
 
 
-def _merge_latest(old: _Latest, new: _Latest) -> _Latest:
+def _merge_latest(old: LatestColumns, new: LatestColumns) -> LatestColumns:
     """Per entity the newer of two values by (event time, source order)."""
     import numpy as np
     import pyarrow as pa
@@ -151,118 +127,14 @@ def _merge_latest(old: _Latest, new: _Latest) -> _Latest:
 
     take = new.present & (~old.present | (new.at > old.at)
                           | ((new.at == old.at) & (new.seq > old.seq)))
-    return _Latest(old.present | new.present, np.where(take, new.at, old.at),
+    return LatestColumns(old.present | new.present, np.where(take, new.at, old.at),
                    np.where(take, new.seq, old.seq),
                    pc.if_else(pa.array(take), new.values, old.values))
 
 
-def _pack_latest(tags: list[str], newest: Any, latest: Sequence[_Latest]) -> pk.Latest:
+def _pack_latest(tags: list[str], newest: Any, latest: Sequence[LatestColumns]) -> pk.Latest:
     return pk.Latest(tags, newest, [x.present for x in latest], [x.at for x in latest],
                      [x.seq for x in latest], [x.values for x in latest])
-
-
-class _Stored:
-    """The stored window values of the batch's entities, decoded to columns.
-
-    Decoded for all entities at once: the values are laid end to end in one buffer and each
-    field is read at every entity's current position with a numpy gather, the positions then
-    advancing by each entity's field length; the tile rows are sliced whole from each value.
-    (A Python loop over entities, field by field, cost ~30 µs per entity, the largest share of
-    a small batch's merge.) Gives what the per-value decoder of :mod:`features.online.codec`
-    gives.
-    """
-
-    def __init__(self, cod: Codec, blobs: Sequence[bytes | None]) -> None:
-        import numpy as np
-        import pyarrow as pa
-
-        n = len(blobs)
-        self.newest = np.full(n, NO_EVENT, np.int64)
-        arr = pa.array(blobs, pa.large_binary())
-        have = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False))
-        offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
-        raw = arr.buffers()[2]
-        data = np.frombuffer(raw, np.uint8) if raw is not None else np.zeros(0, np.uint8)
-        data = np.concatenate([data, np.zeros(32, np.uint8)])  # fixed-width reads may overrun
-        pos = offsets[have].copy()
-        if len(have):
-            version = data[pos]
-            if (version != VERSION).any():
-                bad = int(version[version != VERSION][0])
-                raise ValueError(f"online value of view {cod.view.name!r} has version {bad}, "
-                                 f"expected {VERSION} (re-materialize)")
-            self.newest[have] = _read(data, pos + 1, "<i8")
-        first = pos
-        pos = pos + cod.head.size
-        self.latest = []
-        for inp in cod.latest:
-            flag = data[pos] != 0
-            at, seq = np.zeros(n, np.int64), np.zeros(n, np.int64)
-            present = np.zeros(n, bool)
-            present[have] = flag
-            at[have] = np.where(flag, _read(data, pos + 1, "<i8"), 0)
-            seq[have] = np.where(flag, _read(data, pos + 9, "<i8"), 0)
-            start = pos + 17
-            if inp.dtype == "string":
-                size = np.where(flag, _read(data, start, "<u4"), 0).astype(np.int64)
-                values = _strings(data, start + 4, size, have, present, n)
-                pos = np.where(flag, start + 4 + size, pos + 1)
-            else:
-                code = NUMPY_CODES[_CODES[inp.dtype]]
-                column = np.zeros(n, code)
-                column[have] = np.where(flag, _read(data, start, code), 0)
-                values = pa.array(column.astype(bool) if code == "u1" else column,
-                                  mask=~present).cast(_arrow_type(inp.dtype))
-                pos = np.where(flag, start + np.dtype(code).itemsize, pos + 1)
-            self.latest.append(_Latest(present, at, seq, values))
-        self.sections = []
-        for j, sec in enumerate(cod.sections):
-            dtype = row_dtype(sec.record)
-            count = _read(data, first + COUNTS_AT + 4 * j, "<u4").astype(np.int64)
-            size = count * dtype.itemsize
-            # whole slices of each value (a memcpy each) beat a gather byte by byte here
-            rows = np.frombuffer(b"".join([
-                blobs[i][r:r + k]  # type: ignore[index]  # `have`: only present values
-                for i, r, k in zip(have.tolist(), (pos - first).tolist(), size.tolist(),
-                                   strict=True) if k]), dtype)
-            self.sections.append((np.repeat(have, count), rows))
-            pos = pos + size
-
-
-def _read(data: Any, at: Any, code: str) -> Any:
-    """The ``code`` value (numpy dtype) at each byte position ``at`` of ``data``."""
-    import numpy as np
-
-    width = np.dtype(code).itemsize
-    return data[np.asarray(at)[:, None] + np.arange(width)].view(code).ravel()
-
-
-def _ranges(data: Any, starts: Any, lengths: Any) -> Any:
-    """The bytes ``data[s:s + l]`` of every (start, length), end to end (one gather)."""
-    import numpy as np
-
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, np.uint8)
-    ends = np.cumsum(lengths)
-    return data[np.repeat(starts - (ends - lengths), lengths) + np.arange(total)]
-
-
-def _strings(data: Any, starts: Any, sizes: Any, have: Any, present: Any, n: int) -> Any:
-    """An Arrow string array of ``n`` rows: row ``have[i]`` holds ``data[starts[i]:][:sizes[i]]``
-    where ``present``, null elsewhere."""
-    import numpy as np
-    import pyarrow as pa
-
-    lengths = np.zeros(n, np.int64)
-    lengths[have] = sizes
-    chars = _ranges(data, starts, sizes)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    validity = pa.array(present).buffers()[1]
-    out = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [
-        validity, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
-    return out.cast(pa.large_string())
 
 
 def _first_tile(cod: Codec, k: int, now_us: int) -> int:
@@ -410,7 +282,7 @@ def merge_batch(cod: Codec, tags: list[str], window: Sequence[bytes | None],
         engine="in-memory")
     if per.height != n or not bool((per["__e"].to_numpy() == np.arange(n)).all()):
         raise ValueError("merge_batch: every entity needs at least one row")
-    stored = _Stored(cod, window)
+    stored = StoredValues(cod, window)
     newest = np.maximum(stored.newest, per["__newest"].to_numpy())
     placed = []
     for k in range(len(cod.sections)):

@@ -153,7 +153,7 @@ def test_the_stream_decodes_many_stored_values_as_the_reference_decoder() -> Non
     """streaming.state reads all of a batch's stored values at once (numpy gathers); it must
     read what codec's per-value decoder reads: newest times, each last input's (value, time,
     seq) including absent ones, unicode and empty strings, bools, and every tile row."""
-    from streaming.state import _Stored
+    from streaming.stored import StoredValues
 
     src = Source(name="s", path="x", timestamp_field="ts",
                  schema={"k": "int64", "x": "float64", "c": "string", "b": "bool",
@@ -197,7 +197,7 @@ def test_the_stream_decodes_many_stored_values_as_the_reference_decoder() -> Non
         newest = rng.randrange(10**15)
         blobs.append(c.encode_window(newest, c.encode_latest(c.latest, latest), sections))
         want.append((newest, latest, sections))
-    got = _Stored(c, blobs)
+    got = StoredValues(c, blobs)
     for i, w in enumerate(want):
         if w is None:
             assert not any(x.present[i] for x in got.latest)
