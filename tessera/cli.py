@@ -226,7 +226,7 @@ def serve_cmd(
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """HTTP feature server: POST /get-online-features (Feast's JSON), GET /health, /metrics."""
-    from tessera.server import serve
+    from tessera.server_run import serve
 
     serve(_config(repo), repo, host=host, port=port, workers=workers, access_log=access_log,
           console=_error_console())

@@ -27,11 +27,9 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.errors import OnlineRequestError, OnlineUnavailableError
@@ -39,7 +37,6 @@ from tessera.feast_json import RequestError, dumps, encode_response, parse_reque
 from tessera.server_metrics import ENDPOINTS, OTHER, Metrics
 
 if TYPE_CHECKING:
-    from features.config import RepoConfig
     from features.store import FeatureStore
 
 log = logging.getLogger("uvicorn.error")  # configured by uvicorn: lines beside its own
@@ -49,7 +46,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 FEATURES_PATH = "/get-online-features"
-REPO_ENV = "TESSERA_SERVE_REPO"  # the repo file the workers of `--workers N` load
 PROBE_SECONDS = 0.2  # how often the breaker pings Redis while it is open
 # A request that starts within this long of the previous one's end was waiting on the loop: the
 # sign of a queue, and the switch to awaited reads. A lone client's next request takes longer
@@ -59,7 +55,7 @@ _JSON = [(b"content-type", b"application/json")]
 _CREDENTIALS = re.compile(r"(?<=//)[^/@\s]*@")  # user:password@ in a URL
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     return _CREDENTIALS.sub("***@", " ".join(message.split()))
 
 
@@ -153,7 +149,7 @@ class FeatureServer:
                                    f"POST {FEATURES_PATH}, GET /health and GET /metrics")
         except RequestError as e:
             status, error = e.status, e.kind
-            body = dumps({"error": _one_line(str(e))})
+            body = dumps({"error": one_line(str(e))})
             if e.kind == "unauthorized":
                 headers = [*_JSON, (b"www-authenticate", b"Bearer")]
             elif e.kind == "unavailable":
@@ -163,7 +159,7 @@ class FeatureServer:
         except Exception as e:  # a bug: still one line and JSON, and the traceback in the log
             log.exception("%s %s failed", method, path)
             status, error = 500, "internal"
-            body = dumps({"error": _one_line(f"internal error: {type(e).__name__}: {e}")})
+            body = dumps({"error": one_line(f"internal error: {type(e).__name__}: {e}")})
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -270,14 +266,14 @@ class FeatureServer:
                 reason = str(e)
                 self._trip(reason)
         if reason is not None:
-            return 503, dumps({"status": "unavailable", "error": _one_line(reason)})
+            return 503, dumps({"status": "unavailable", "error": one_line(reason)})
         return 200, b'{"status":"ok"}'
 
     def _trip(self, reason: str) -> None:
         """Open the breaker: answer 503 at once until a background ping succeeds."""
         if self.down is None:
             log.warning("%s; answering 503 until it is reachable again",
-                        _one_line(reason).rstrip("."))
+                        one_line(reason).rstrip("."))
         self.down = reason
         if self._probe is None or self._probe.done():
             self._probe = asyncio.get_running_loop().create_task(self._recover())
@@ -311,101 +307,3 @@ def create_app(store: FeatureStore, *, token: str | None = None, max_entities: i
     return FeatureServer(store, token=cfg.resolve_token() if token is None else token,
                          max_entities=max_entities or cfg.max_entities,
                          max_body_bytes=max_body_bytes or cfg.max_body_bytes, offload=offload)
-
-
-def app_from_env() -> FeatureServer:
-    """The app of one worker of ``--workers N``: the repo named by ``TESSERA_SERVE_REPO``."""
-    from features.store import FeatureStore
-
-    app = create_app(FeatureStore(os.environ[REPO_ENV]))
-    _prepare_process()
-    return app
-
-
-def _prepare_process() -> None:
-    """Process-wide settings of a server process (never of a process that embeds the app).
-
-    The start-up heap (definitions, libraries: ~60k objects) is kept out of every later garbage
-    collection: a full collection over it stalls a request by ~45 ms here; after this, <1 ms.
-    The ``*_created`` series are dropped from /metrics: they double its size for no use.
-    """
-    from prometheus_client import disable_created_metrics
-
-    from features.heap import freeze_heap
-
-    disable_created_metrics()
-    freeze_heap()
-
-
-def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
-          host: str | None = None, port: int | None = None, workers: int = 1,
-          access_log: bool = False, console: Any = None) -> None:
-    """Run the feature server until interrupted (``tessera serve``).
-
-    Args:
-        cfg: the repo; ``serve:`` gives the defaults of host, port, token and limits.
-        repo_file: its feature_repo.yaml, which every worker loads when ``workers > 1``.
-        host, port: override ``serve.host`` and ``serve.port``.
-        workers: processes sharing the port. One is the default: a single core's event loop
-            already answers thousands of requests per second; add workers for more cores.
-        access_log: log every request (costs ~10% throughput).
-        console: where the start-up lines go (a ``rich`` console); None: nowhere.
-
-    Raises:
-        ConfigError: ``serve.token_env`` names an unset variable, or ``workers > 1`` without a
-            repo file.
-    """
-    import uvicorn
-
-    from features.errors import ConfigError
-    from features.store import FeatureStore
-
-    host = host or cfg.serve.host
-    port = cfg.serve.port if port is None else port
-    token = cfg.serve.resolve_token()  # an unset token_env stops here, not at the first request
-    store = FeatureStore(config=cfg)
-    common: dict[str, Any] = {
-        "host": host, "port": port, "loop": "auto", "http": "auto", "lifespan": "on",
-        "access_log": access_log, "server_header": False, "timeout_graceful_shutdown": 5,
-    }
-    say = console.print if console is not None else (lambda *_a, **_k: None)
-    views, services = len(store.definitions.views), len(store.definitions.services)
-    say(f"tessera serve: {views} feature views, {services} feature services of "
-        f"{cfg.project!r} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
-        f"token {'required' if token else 'not required'})")
-    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who can reach "
-            f"it can read features (set serve.token_env)")
-    try:
-        store.online.ping()
-    except OnlineUnavailableError as e:
-        say(f"[bold yellow]warning:[/] {_one_line(str(e))}; serving anyway (GET /health "
-            f"answers 503 until it is reachable)")
-    if workers <= 1:
-        # One process keeps its metrics in memory: an inherited PROMETHEUS_MULTIPROC_DIR (Feast
-        # sets one when imported) would mix other processes' counts into ours.
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        app = FeatureServer(store, token=token, max_entities=cfg.serve.max_entities,
-                            max_body_bytes=cfg.serve.max_body_bytes)
-        _prepare_process()
-        uvicorn.run(app, **common)
-        return
-    if repo_file is None:
-        raise ConfigError("--workers N needs the repo file (--repo): every worker loads it")
-    store.close()
-    import tempfile
-
-    saved = {k: os.environ.get(k) for k in (REPO_ENV, "PROMETHEUS_MULTIPROC_DIR")}
-    with tempfile.TemporaryDirectory(prefix="tessera-serve-metrics-") as metrics_dir:
-        os.environ[REPO_ENV] = str(Path(repo_file).resolve())
-        # Always our own, fresh folder: an inherited one (Feast sets it when imported) would
-        # add other processes' counts to ours.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        try:
-            uvicorn.run("tessera.server:app_from_env", factory=True, workers=workers, **common)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v

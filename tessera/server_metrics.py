@@ -2,7 +2,7 @@
 
 Each server instance owns its registry (no global state, so tests and embedders can run several).
 With ``--workers N`` the workers share a ``PROMETHEUS_MULTIPROC_DIR`` set up by
-:func:`tessera.server.serve`, and ``/metrics`` aggregates every worker's files, so one scrape
+:func:`tessera.server_run.serve`, and ``/metrics`` aggregates every worker's files, so one scrape
 sees the whole server whichever worker answers it.
 """
 
