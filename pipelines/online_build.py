@@ -22,6 +22,7 @@ from features.sql import file_list, quote
 from features.tiles import EXACT_TILE_US, suffix_merge
 from features.windows import US_PER_UNIT, from_micros
 from pipelines import online_pack as pk
+from pipelines.online_expiry import expire_at
 
 DAY_US = US_PER_UNIT["d"]
 _TWO64 = 2**64  # (time, seq) as one sortable HUGEINT: time * 2^64 + seq
@@ -309,31 +310,6 @@ def build(reader: Reader, cod: Codec, now_us: int) -> Values:
     return Values(tags, window, expire, life_tags, life_blobs)
 
 
-def expire_at(view: FeatureView, cod: Codec, placed: Sequence[tuple[int, tuple[Any, pk.Section]]],
-              latest: pk.Latest | None, latest_index: Any, entities: int) -> Any:
-    """When each entity's window value stops mattering (µs; -1: never): its newest tile has
-    left the longest window of its size, and its newest ``last`` values their TTL."""
-    import numpy as np
-
-    expire = np.full(entities, NO_EVENT, np.int64)
-    for k, (index, sec) in placed:
-        spec = cod.sections[k]
-        last_tile = sec.tiles[sec.ends - 1]
-        np.maximum.at(expire, index, (last_tile + spec.horizon) * spec.tile_us)
-    never = np.zeros(entities, bool)
-    if latest is not None:
-        for k, rule in enumerate(_expiry_rules(view, cod)):
-            present = np.zeros(entities, bool)
-            at = np.zeros(entities, np.int64)
-            present[latest_index] = latest.present[k]
-            at[latest_index] = latest.at[k]
-            if rule is None:
-                never |= present
-            else:
-                np.maximum.at(expire, np.flatnonzero(present), at[present] + rule)
-    return np.where(never, -1, expire)
-
-
 def _subset(latest: pk.Latest, rows: Any) -> pk.Latest:
     import numpy as np
     import pyarrow as pa
@@ -392,20 +368,3 @@ def _lifetime(reader: Reader, cod: Codec, window_tags: Any,
     parts = [pk.head_values(life_newest), records,
              *pk.latest_values(cod.lifetime_latest, latest, len(tags), index)]
     return tags, pk.join(parts)
-
-
-def _expiry_rules(view: FeatureView, cod: Codec) -> list[int | None]:
-    """Per latest input: how long after its event time a value still matters (None: ever)."""
-    rules: list[int | None] = []
-    for inp in cod.latest:
-        spans: list[int | None] = []
-        for f in view.features:
-            if f.function != "last" or cod.layout.input_of(f) != inp:
-                continue
-            if f.window is None:
-                spans.append(view.feature_ttl_us(f))
-            elif f.window.tiles is not None:
-                spans.append(f.window.tile_us + (f.window.length_us or 0))
-        rules.append(None if any(x is None for x in spans)
-                     else max(x for x in spans if x is not None))
-    return rules

@@ -36,7 +36,7 @@ from features.online.codec import (
 from features.tiles import Input, layout, merge_pairs, suffix_merge
 from pipelines import online_pack as pk
 from pipelines.engine_polars import partial_aggs
-from pipelines.online_build import expire_at
+from pipelines.online_expiry import expire_at
 from streaming.stored import LatestColumns, StoredValues, arrow_type, row_dtype
 
 if TYPE_CHECKING:
