@@ -3,10 +3,10 @@
 Both servers run at once on the same repo and Redis: this checkout's, and one from a git
 worktree of ``--base`` (removed afterwards). Rounds of sequential requests alternate between
 them (``bench/http_client.py``'s load loop and raw client, the online benchmark's), first one
-then the other, so a noisy minute of the shared machine lands on both. The compiled read path
-is shared too: builds are named by their module's source hash (``features/compiled.py``), so a
-module that did not change between the commits imports the same build in both, and one that
-did imports as Python in the worktree unless it was built there.
+then the other, so a noisy minute of the shared machine lands on both. Each side runs its own
+compiled read path: the worktree's modules are built by its own ``tessera compile`` into a
+folder of its own (``TESSERA_COMPILED_DIR``), since a build in the shared folder would remove
+this checkout's builds of the modules that differ.
 
 Run after ``bench/online.py`` has built its repo (or give ``--repo``)::
 
@@ -16,6 +16,7 @@ Run after ``bench/online.py`` has built its repo (or give ``--repo``)::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -35,12 +36,26 @@ BENCH_REPO = ROOT / ".tessera" / "bench" / "online" / "repo"
 class ServerAt(TesseraServer):
     """``tessera serve`` with its code imported from ``source`` (a worktree) first."""
 
-    def __init__(self, repo: Path, source: Path) -> None:
-        super().__init__(repo)
+    def __init__(self, repo: Path, source: Path, compiled: Path) -> None:
+        super().__init__(repo, env=source_env(source, compiled))
         self.source = source
 
     def spawn_options(self) -> dict[str, Any]:
-        return {"cwd": self.source, "env": {**self.env, "PYTHONPATH": str(self.source)}}
+        return {"cwd": self.source, "env": self.env}
+
+
+def source_env(source: Path, compiled: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(source), "TESSERA_COMPILED_DIR": str(compiled)}
+
+
+def build(source: Path, compiled: Path) -> None:
+    """``tessera compile`` of the worktree into its own folder; prints how each module imports."""
+    env = source_env(source, compiled)
+    cmd = [sys.executable, "-m", "tessera.cli", "compile"]
+    subprocess.run(cmd, cwd=source, env=env, check=True, capture_output=True)
+    check = subprocess.run([*cmd, "--check"], cwd=source, env=env, check=True,
+                           capture_output=True, text=True).stdout
+    print(f"base's read path: {check.count('compiled')} modules compiled")
 
 
 def compare(repo: Path, base: str, rounds: int, iterations: int,
@@ -54,9 +69,10 @@ def compare(repo: Path, base: str, rounds: int, iterations: int,
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
                         base], check=True)
         try:
+            build(tree, Path(tmp) / "compiled")
             labels = (f"{base} (base)", f"{head} (this checkout)")
             results: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
-            with ServerAt(repo, tree) as old, TesseraServer(repo) as new:
+            with ServerAt(repo, tree, Path(tmp) / "compiled") as old, TesseraServer(repo) as new:
                 servers = dict(zip(labels, (old, new), strict=True))
                 for s in servers.values():  # warm both: imports, caches, connections
                     http_latency(s.url, refs, key, ids, iterations=500, client="raw")
