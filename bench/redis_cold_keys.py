@@ -93,16 +93,16 @@ def main() -> None:
     by_size = sorted(keys, key=sizes.__getitem__)
     quarter = len(by_size) // 4
     small, large = by_size[:quarter], by_size[-quarter:]
-    same = rng.sample(keys, args.keys)
-    cases: dict[str, Callable[[], Sequence[bytes]]] = {
-        f"{args.keys} random keys": lambda: rng.sample(keys, args.keys),
-        f"the same {args.keys} keys (hot)": lambda: same,
-        "random, smallest quarter": lambda: rng.sample(small, args.keys),
-        "random, largest quarter": lambda: rng.sample(large, args.keys),
-    }
-    mean = {name: statistics.mean(sizes[k] for k in group) for name, group in
-            ((f"{args.keys} random keys", keys), (f"the same {args.keys} keys (hot)", same),
-             ("random, smallest quarter", small), ("random, largest quarter", large))}
+    hot = rng.sample(keys, args.keys)
+    random_name, hot_name = f"{args.keys} random keys", f"the same {args.keys} keys (hot)"
+    pools = {random_name: keys, hot_name: hot, "random, smallest quarter": small,
+             "random, largest quarter": large}
+
+    def picker(pool: Sequence[bytes]) -> Callable[[], Sequence[bytes]]:
+        return (lambda: hot) if pool is hot else (lambda: rng.sample(pool, args.keys))
+
+    cases = {name: picker(pool) for name, pool in pools.items()}
+    mean = {name: statistics.mean(sizes[k] for k in pool) for name, pool in pools.items()}
     print(f"{cfg.online.url}: {len(keys):,} window keys of {cfg.project!r}; Redis's own MGET "
           f"time, µs, {args.calls:,} calls per case and round")
     results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
@@ -118,9 +118,9 @@ def main() -> None:
         m = med[name]
         print(f"{name:34s} {mean[name]:10.0f} {m['p50']:8.1f} {m['p99']:8.1f} {m['p99.9']:8.1f} "
               f"{m['client_p50']:10.1f}")
-    cold, hot = med[f"{args.keys} random keys"]["p50"], med[f"the same {args.keys} keys (hot)"]["p50"]
-    print(f"\nrandom / same keys, Redis's p50: {cold / hot:.1f}×; per key "
-          f"{cold / args.keys:.2f} µs cold against {hot / args.keys:.2f} µs hot")
+    cold_us, hot_us = med[random_name]["p50"], med[hot_name]["p50"]
+    print(f"\nrandom / same keys, Redis's p50: {cold_us / hot_us:.1f}×; per key "
+          f"{cold_us / args.keys:.2f} µs cold against {hot_us / args.keys:.2f} µs hot")
 
 
 if __name__ == "__main__":
