@@ -1,6 +1,6 @@
 """``tessera serve`` over real HTTP and real Redis: Feast's JSON, the same values and statuses as
 ``FeatureStore.get_online_features``, a one-line 4xx for every malformed request, a token when
-configured, metrics that move, and a 503 while Redis is down that heals by itself.
+configured, and metrics that move (Redis down or hung: test_server_faults.py).
 
 Servers run as ``tessera serve`` subprocesses on free ports (the CLI path users run). The repo
 is the card example plus a view keyed by a string (country), generated for the last ten days,
@@ -9,16 +9,10 @@ run with Polars and materialized into the project's Redis under a project name o
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,141 +23,19 @@ import pytest
 
 from features.store import FeatureStore, OnlineResponse
 from tests.conftest import REPO_ROOT
-from tests.online.private_redis import PrivateRedis, free_port
+from tests.integration.serve_harness import (
+    MAX_BODY,
+    MAX_ENTITIES,
+    USER_FEATURES,
+    Server,
+    one_line_error,
+)
+from tests.online.private_redis import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-PROJECT = f"httptest{os.getpid()}"  # keys of its own: parallel runs never share them
-MAX_ENTITIES = 50
-MAX_BODY = 8192
 TOKEN_VAR = "TESSERA_TEST_SERVE_TOKEN"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?Z$")
-USER_FEATURES = ["user_spend:txn_count_1h", "user_spend:txn_count_1d", "user_spend:txn_count_7d",
-                 "user_spend:spend_eur_1d", "user_spend:spend_eur_7d",
-                 "user_spend:spend_eur_mean_7d", "user_spend:spend_eur_max_7d",
-                 "user_spend:spend_eur_std_7d", "user_spend:last_country",
-                 "user_spend:last_channel"]
-
-COUNTRY_VIEW = '''
-from features import Entity, FeatureView, Source, agg, col
-
-country = Entity(name="country", join_key="country", dtype="string")
-by_country = Source(
-    name="transactions_by_country", path="data/transactions", timestamp_field="event_ts",
-    schema={"transaction_id": "int64", "user_id": "int64", "merchant_id": "int64",
-            "amount": "float64", "currency": "string", "country": "string",
-            "channel": "string", "card_present": "bool", "mcc": "string", "is_fraud": "bool",
-            "event_ts": "timestamp"})
-country_activity = FeatureView(
-    name="country_activity", entities=[country], source=by_country, ttl="30d",
-    features=[agg.count(windows=["1d"], name="txn_count"),
-              agg.last(col("channel"), name="last_channel")])
-'''
-
-
-def write_repo(folder: Path, redis_url: str, offline: Path, extra: str = "") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "example" / "card_features.py", folder / "card_features.py")
-    (folder / "country_features.py").write_text(COUNTRY_VIEW)
-    (folder / "feature_repo.yaml").write_text(
-        f"project: {PROJECT}\n"
-        "definitions: [card_features.py, country_features.py]\n"
-        f"offline: {{path: {offline}}}\n"
-        f"online: {{url: '{redis_url}', timeout_ms: 200}}\n"
-        f"serve: {{max_entities: {MAX_ENTITIES}, max_body_bytes: {MAX_BODY}{extra}}}\n")
-    return folder / "feature_repo.yaml"
-
-
-class Server:
-    """``tessera serve`` in a subprocess (own process group), always stopped on exit."""
-
-    def __init__(self, repo: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = repo.parent / f"serve-{self.port}.log"
-        self.cmd = [sys.executable, "-m", "tessera.cli", "serve", "--repo", str(repo),
-                    "--port", str(self.port), "--workers", str(workers)]
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env, cwd=REPO_ROOT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tessera serve exited: {self.log.read_text()[-2000:]}")
-            try:
-                httpx.get(self.url + "/metrics", timeout=1.0)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.__exit__()
-        raise TimeoutError(f"tessera serve did not answer in 60 s: {self.log.read_text()}")
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-
-    def post(self, body: Any, **kw: Any) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.post(self.url + "/get-online-features", content=content, timeout=10, **kw)
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics, ``name{labels}`` -> value."""
-        text = httpx.get(self.url + "/metrics", timeout=5).text
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines() if line and not line.startswith("#")}
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Path]:
-    """The repo file: ten days of transactions up to today, materialized into Redis."""
-    from pipelines.batch import run
-    from pipelines.datagen import generate_cli
-
-    root = tmp_path_factory.mktemp("serve")
-    path = write_repo(root / "repo", redis_url, root / "offline")
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    generate_cli(rows=20_000, out=root / "repo" / "data", start=start - timedelta(days=10),
-                 days=10, seed=5, progress=False)
-    store = FeatureStore(path)
-    try:
-        run(store.config, list(store.definitions.views.values()), "polars", show_progress=False)
-        store.materialize()
-        yield path
-    finally:
-        client = store.online.client
-        keys = list(client.scan_iter(match=f"{PROJECT}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        store.close()
-
-
-@pytest.fixture(scope="module")
-def store(repo: Path) -> Iterator[FeatureStore]:
-    s = FeatureStore(repo)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def users(store: FeatureStore) -> list[int]:
-    """The busiest users (with values in every window) and one never seen."""
-    import polars as pl
-
-    events = pl.read_parquet(store.config.root / "data" / "transactions" / "**" / "*.parquet")
-    busiest = events["user_id"].value_counts().sort("count", descending=True)["user_id"]
-    return [*busiest.head(4).to_list(), 424242]
 
 
 @pytest.fixture(scope="module")
@@ -256,17 +128,6 @@ def test_string_join_keys(server: Server, store: FeatureStore) -> None:
                          entity_rows={"country": countries})
     assert doc["results"][2]["statuses"][:2] == ["PRESENT", "PRESENT"]
     assert doc["results"][2]["statuses"][2:] == ["NOT_FOUND", "NOT_FOUND"]
-
-
-def one_line_error(r: httpx.Response, status: int, *fragments: str) -> str:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/json"
-    assert "\n" not in r.text
-    doc = r.json()
-    assert set(doc) == {"error"} and doc["error"], doc
-    for fragment in fragments:
-        assert fragment in doc["error"], doc["error"]
-    return str(doc["error"])
 
 
 USER = {"user_id": [1]}
@@ -425,127 +286,3 @@ def test_two_workers_share_the_port_and_the_metrics(repo: Path) -> None:
         # Every worker writes its own files; a scrape adds them up, whichever worker answers.
         key = 'tessera_http_requests_total{code="200",endpoint="/get-online-features"}'
         assert s.metrics()[key] == 20
-
-
-def private_repo(repo: Path, folder: Path) -> tuple[PrivateRedis, Path]:
-    """A redis-server of the test's own (stopped and restarted at will), and the test repo
-    pointed at it."""
-    redis = PrivateRedis(folder / "redis")
-    cfg = FeatureStore(repo).config
-    path = write_repo(folder / "private", redis.url, cfg.resolve(cfg.offline.path))
-    redis.start()
-    return redis, path
-
-
-def test_redis_down_is_a_quick_503_and_the_server_heals_itself(
-        repo: Path, tmp_path: Path, users: list[int]) -> None:
-    redis, path = private_repo(repo, tmp_path)
-    try:
-        FeatureStore(path).materialize(views=["user_spend"])
-        body = {"features": USER_FEATURES, "entities": {"user_id": users[:2]}}
-        with Server(path) as s:
-            r = s.post(body)
-            assert r.status_code == 200 and r.json()["results"][1]["statuses"][0] == "PRESENT"
-
-            redis.stop(save=False)
-            began = time.monotonic()
-            r = s.post(body)
-            elapsed = time.monotonic() - began
-            one_line_error(r, 503, f"127.0.0.1:{redis.port}", "unavailable")
-            assert elapsed < 1.5  # 200 ms timeout, one retry: far below
-            assert r.headers["retry-after"] == "1"
-            health = httpx.get(s.url + "/health", timeout=5)
-            assert health.status_code == 503 and "unavailable" in health.json()["error"]
-            # While it stays down, a burst of concurrent requests all get a quick 503.
-            codes: list[int] = []
-            began = time.monotonic()
-            threads = [threading.Thread(target=lambda: codes.append(s.post(body).status_code))
-                       for _ in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=10)
-            assert codes == [503] * 8 and time.monotonic() - began < 1.5
-
-            redis.start()  # empty: it never saved
-            deadline = time.monotonic() + 10
-            while (code := s.post(body).status_code) != 200 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert code == 200
-            assert httpx.get(s.url + "/health").status_code == 200
-            FeatureStore(path).materialize(views=["user_spend"])
-            assert s.post(body).json()["results"][1]["statuses"][0] == "PRESENT"
-            assert s.metrics()['tessera_http_errors_total{kind="unavailable"}'] >= 9
-    finally:
-        redis.stop(save=False)
-
-
-def test_a_hung_redis_costs_one_timeout_then_quick_503s(repo: Path, tmp_path: Path) -> None:
-    """A Redis that accepts connections but never answers (SIGSTOP): the request that finds out
-    waits for the timeout; the ones after it get the 503 at once, not one timeout each."""
-    redis, path = private_repo(repo, tmp_path)
-    try:
-        body = {"features": USER_FEATURES, "entities": USER}
-        with Server(path) as s:
-            assert s.post(body).status_code == 200
-            os.kill(redis.proc.pid, signal.SIGSTOP)
-            try:
-                began = time.monotonic()
-                one_line_error(s.post(body), 503, "unavailable", "Timeout")
-                assert time.monotonic() - began < 2.0  # 200 ms, one retry
-                began = time.monotonic()
-                codes = [s.post(body).status_code for _ in range(10)]
-                assert codes == [503] * 10 and time.monotonic() - began < 1.0
-                # /health and /metrics answer during the outage (nothing blocks the loop).
-                assert httpx.get(s.url + "/health", timeout=5).status_code == 503
-                assert httpx.get(s.url + "/metrics", timeout=5).status_code == 200
-            finally:
-                os.kill(redis.proc.pid, signal.SIGCONT)
-            deadline = time.monotonic() + 10
-            while (code := s.post(body).status_code) != 200 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert code == 200
-        assert "answering 503 until it is reachable again" in s.log.read_text()
-        assert "online store reachable again" in s.log.read_text()
-    finally:
-        redis.stop(save=False)
-
-
-# --------------------------------------------------------------------------------------------
-# The JSON encoding, without a server
-# --------------------------------------------------------------------------------------------
-
-def test_timestamps_use_feasts_precision_rules() -> None:
-    from tessera.feast_json import rfc3339
-
-    base = int(datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC).timestamp()) * 1_000_000
-    assert rfc3339(base) == "2026-03-01T12:30:05Z"
-    assert rfc3339(base + 250_000) == "2026-03-01T12:30:05.250Z"
-    assert rfc3339(base + 7) == "2026-03-01T12:30:05.000007Z"
-    assert rfc3339(0) == "1970-01-01T00:00:00Z"
-    assert rfc3339(-1) == "1969-12-31T23:59:59.999999Z"
-
-
-def test_timestamp_values_are_rfc3339_text_like_event_times() -> None:
-    from tessera.feast_json import encode_response
-
-    us = int(datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp()) * 1_000_000 + 5
-    resp = OnlineResponse(["seen"], ["timestamp"], {"k": [1, 2]}, [[us, None]],
-                          [["PRESENT", "NULL_VALUE"]], [[us, us]])
-    doc = json.loads(encode_response(resp, ["k"]))
-    assert doc["results"][1] == {"values": ["2026-03-01T12:00:00.000005Z", None],
-                                 "statuses": ["PRESENT", "NULL_VALUE"],
-                                 "event_timestamps": ["2026-03-01T12:00:00.000005Z"] * 2}
-
-
-def test_non_finite_floats_are_spelled_as_feast_does() -> None:
-    from tessera.feast_json import encode_response
-
-    resp = OnlineResponse(["a", "b"], ["float64", "float64"], {"k": [1, 2]},
-                          [[math.nan, 1.5], [math.inf, -math.inf]],
-                          [["PRESENT", "PRESENT"]] * 2, [[None, 10**6]] * 2)
-    doc = json.loads(encode_response(resp, ["k"]))
-    assert [r["values"] for r in doc["results"]] == [[1, 2], ["NaN", 1.5],
-                                                     ["Infinity", "-Infinity"]]
-    assert doc["results"][1]["event_timestamps"] == ["1970-01-01T00:00:00Z",
-                                                     "1970-01-01T00:00:01Z"]
