@@ -1,7 +1,7 @@
 """Producing events to Kafka: keys and partitions, pacing, topics and errors, and every value
 back exactly (the encoding without Kafka: test_events.py).
 
-The tests run against the real local broker (``kafka_bootstrap``); each uses its own
+The Kafka tests run against the real local broker (``kafka_bootstrap``); each uses its own
 topic (a uuid in the name) and deletes it afterwards. Every consume loop is bounded in record
 count and in time.
 """
