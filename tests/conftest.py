@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,15 @@ def require_service(name: str, host: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {msg}", pytrace=False)
     pytest.skip(msg)
+
+
+def delete_project_keys(store: Any) -> None:
+    """A test's teardown: delete every Redis key of ``store``'s project, then close it."""
+    client = store.online.client
+    keys = list(client.scan_iter(match=f"{store.config.project}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    store.close()
 
 
 @pytest.fixture(scope="session")

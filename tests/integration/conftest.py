@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from features.store import FeatureStore
-from tests.integration.serve_harness import PROJECT, write_repo
+from tests.conftest import delete_project_keys
+from tests.integration.serve_harness import write_repo
 
 
 @pytest.fixture(scope="package")
@@ -30,11 +31,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[P
         store.materialize()
         yield path
     finally:
-        client = store.online.client
-        keys = list(client.scan_iter(match=f"{PROJECT}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        store.close()
+        delete_project_keys(store)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from features.online.serving_log import THREAD_NAME, ServingLog
 from features.store import FeatureStore, OnlineResponse
 from features.windows import to_micros
 from pipelines.materialize import materialize
+from tests.conftest import delete_project_keys
 from tests.online.repo import build, today
 
 pytestmark = pytest.mark.redis
@@ -54,11 +55,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[P
             f.write(f"serving_log: {{sample_rate: 1.0, path: {HTTP_LOG}, flush_seconds: 0.2}}\n")
         yield folder
     finally:
-        client = store.online.client
-        keys = list(client.scan_iter(match=f"{store.config.project}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        store.close()
+        delete_project_keys(store)
 
 
 @pytest.fixture(scope="module")
