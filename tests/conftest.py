@@ -41,12 +41,11 @@ def require_service(name: str, host: str, port: int) -> None:
 
 
 def delete_project_keys(store: Any) -> None:
-    """A test's teardown: delete every Redis key of ``store``'s project, then close it."""
+    """Delete every Redis key of ``store``'s project (a clean slate, or a test's teardown)."""
     client = store.online.client
     keys = list(client.scan_iter(match=f"{store.config.project}:*", count=1000))
     if keys:
         client.delete(*keys)
-    store.close()
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[P
         yield path
     finally:
         delete_project_keys(store)
+        store.close()
 
 
 @pytest.fixture(scope="module")

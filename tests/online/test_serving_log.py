@@ -56,6 +56,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[P
         yield folder
     finally:
         delete_project_keys(store)
+        store.close()
 
 
 @pytest.fixture(scope="module")

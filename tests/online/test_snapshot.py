@@ -21,6 +21,7 @@ from pipelines import materialize as mat
 from pipelines import online_build as ob
 from pipelines import online_snapshot as snap
 from pipelines.batch import run
+from tests.conftest import delete_project_keys
 from tests.online.repo import build, historical, today
 from tests.online.test_materialize import NOW, materialize, state, views
 
@@ -31,19 +32,13 @@ HOUR_US = 3_600_000_000
 def fresh(tmp_path: Path, redis_url: str) -> FeatureStore:
     s = build(tmp_path / "repo", redis_url, rows=6_000, days=10)
     yield s
-    clear(s)
+    delete_project_keys(s)
     s.close()
 
 
 def without_snapshots(cfg: RepoConfig) -> RepoConfig:
     return cfg.model_copy(update={"offline": cfg.offline.model_copy(
         update={"online_snapshot": False})})
-
-
-def clear(store: FeatureStore) -> None:
-    client = store.online.client
-    for key in list(client.scan_iter(f"{store.config.project}:*", count=1000)):
-        client.delete(key)
 
 
 def current(store: FeatureStore, view: str) -> tuple[Path, offline_store.Manifest]:
@@ -98,7 +93,7 @@ def test_materialize_copies_the_snapshot_byte_for_byte_when_built_at_the_same_in
     copied = materialize(fresh)
     assert [m.source for m in copied] == ["snapshot", "snapshot"]
     from_snapshot = state(fresh)
-    clear(fresh)
+    delete_project_keys(fresh)
     tiles = mat_tiles(fresh)
     assert [m.source for m in tiles] == ["tiles", "tiles"]
     assert [m.entities for m in tiles] == [m.entities for m in copied]
@@ -116,12 +111,12 @@ def test_a_snapshot_built_earlier_reads_the_same_as_the_tiles_later(fresh: Featu
     run(fresh.config, views(fresh), "polars", now_us=NOW - 2 * HOUR_US, show_progress=False)
     assert [m.source for m in materialize(fresh)] == ["snapshot", "snapshot"]
     copied = reads(fresh, NOW)
-    clear(fresh)
+    delete_project_keys(fresh)
     mat_tiles(fresh)
     assert reads(fresh, NOW) == copied
     # A snapshot built after the materialization's instant is not used.
     run(fresh.config, views(fresh), "polars", now_us=NOW + HOUR_US, show_progress=False)
-    clear(fresh)
+    delete_project_keys(fresh)
     assert [m.source for m in materialize(fresh)] == ["tiles", "tiles"]
 
 
@@ -169,7 +164,7 @@ def test_an_entity_whose_events_were_replaced_away_is_rewritten(fresh: FeatureSt
                                        now=today()).to_dict()["txn_count_7d"][0]
     assert before > expected  # the stale value still counts the dropped events
     for copy, source in ((materialize, "snapshot"), (mat_tiles, "tiles")):
-        clear(fresh)
+        delete_project_keys(fresh)
         for k, (value, ttl) in stored.items():  # the state before this materialization
             client.set(k, value, px=ttl if ttl > 0 else None)
         summaries = copy(fresh)
@@ -196,7 +191,7 @@ def fell_back_to_the_tiles(store: FeatureStore, file: Path) -> None:
     assert (spend.source, merchant.source) == ("tiles", "snapshot")
     assert str(file) in spend.note and "built from the tiles" in spend.note
     after = state(store)
-    clear(store)
+    delete_project_keys(store)
     mat_tiles(store)
     assert state(store) == after
 
@@ -273,7 +268,7 @@ def test_a_snapshot_is_copied_one_row_group_at_a_time(fresh: FeatureStore,
     assert [m.source for m in copied] == ["snapshot", "snapshot"]
     assert len(read) >= meta.num_row_groups and max(read) <= 40
     from_snapshot = state(fresh)
-    clear(fresh)
+    delete_project_keys(fresh)
     tiles = mat_tiles(fresh)
     assert [m.entities for m in tiles] == [m.entities for m in copied]
     assert [m.keys_written for m in tiles] == [m.keys_written for m in copied]

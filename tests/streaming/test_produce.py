@@ -42,7 +42,8 @@ from streaming.kafka_admin import (
 )
 from streaming.produce import produce
 from streaming.produce_cmd import produce_cli
-from tests.streaming.event_checks import NOW, bits, parse_ts
+from tests.reference.expr_eval import same_bits
+from tests.streaming.event_checks import NOW, parse_ts
 
 
 def _free_port() -> int:
@@ -119,7 +120,7 @@ def test_events_round_trip_through_kafka_exactly(kafka_bootstrap: str,
         index, row = rows.pop(obj["transaction_id"])
         for name, kind in source.schema.items():
             if kind == "float64":
-                assert bits(obj[name]) == bits(row[name]), name
+                assert same_bits(obj[name], row[name]), name
             elif kind == "timestamp":
                 assert parse_ts(obj[name]) == row[name], name
             else:
