@@ -177,6 +177,8 @@ class Plan:
                 numbers = column if None not in column else [v for v in column if v is not None]
                 if not numbers or (min(numbers) >= _I64_MIN and max(numbers) <= _I64_MAX):
                     continue
+            plain = int if dtype == "int64" else str
+            echoed = None  # a copy of the column, once a key is not a plain int or str
             for i, value in enumerate(column):
                 if value is None:
                     continue
@@ -195,6 +197,10 @@ class Plan:
                     raise OnlineRequestError(
                         f"entity row {i}: join key {key!r} is {type(value).__name__} {value!r}; "
                         f"feature view {view!r} expects {dtype}")
+                if type(value) is not plain:  # a numpy int or str: echoed as Python's, as
+                    if echoed is None:  # Feast does, so the response is JSON as it is
+                        echoed = columns[key] = list(column)  # never the caller's list
+                    echoed[i] = plain(value)
         return n, columns
 
     def _row_columns(self, rows: list[Any]) -> dict[str, list[Any]]:
