@@ -12,10 +12,16 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-# uv installs exactly the versions in uv.lock; re-run only when the lock or project changes.
-$(VENV)/.installed: pyproject.toml uv.lock
+# uv installs exactly the versions in uv.lock; re-run only when the lock, the project or this
+# recipe changes. --compile-bytecode writes every package's .pyc at install (~35 s once, ~3 s
+# when already done): uv does not by default, and where PYTHONDONTWRITEBYTECODE is set (as in
+# many images and CI boxes) no import ever caches one, so every process compiled its imports
+# from source. Measured: `import great_expectations` 11-12.7 s -> 5.0-5.3 s, `import evidently`
+# 11.2-12.5 -> 5.2, `import feast` 8.7-9.1 -> 4.4, a fresh SDK process's first online read
+# ~0.3 s -> ~0.05 s (redis-py's modules were 0.22 s of it).
+$(VENV)/.installed: pyproject.toml uv.lock Makefile
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 # The online read path's modules as C extensions (features/compiled.py). A module edited since
