@@ -74,7 +74,8 @@ class OnlineConfig(_Model):
     spin_us: int | None = Field(None, ge=0, le=100_000, description=(
         "A read with no other in flight polls for Redis's reply this long before it sleeps "
         "(0: never). On a VM it saves the wake-up of an idle vCPU, ~25-80 µs a read; it costs "
-        "that CPU time. Unset: 200, or 0 where the guest kernel already polls before it "
+        "that CPU time. Unset: 1000 for a local Redis (Unix socket or loopback), 200 for one "
+        "elsewhere, or 0 where the guest kernel already polls before it "
         "halts an idle vCPU (haltpoll's guest_halt_poll_ns > 0), which does it better, and "
         "on a one-CPU machine with a local Redis, where the poll would hold Redis's CPU. "
         "Set 0 where the reader and Redis are pinned to one CPU."))

@@ -13,13 +13,26 @@ from __future__ import annotations
 import os
 
 SPIN_US = 200  # the poll before a read blocks, where the kernel does not poll itself
+LOCAL_SPIN_US = 1_000  # the same, Redis on this machine: its slow replies are the host's
 HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
 
 
 def default_spin_us(halt_poll: str = HALT_POLL, url: str | None = None,
                     cpus: int | None = None) -> int:
-    """``online.spin_us`` when the config leaves it unset: :data:`SPIN_US`, or 0 where polling
-    only costs:
+    """``online.spin_us`` when the config leaves it unset: :data:`LOCAL_SPIN_US` for a Redis on
+    this machine (``url`` a Unix socket or a loopback address), :data:`SPIN_US` for one
+    elsewhere, or 0 where polling only costs.
+
+    Local Redis, a longer poll: a local reply later than 200 µs is the host waking Redis's vCPU
+    late, not Redis's work, and a read that blocks then pays its own wake-up and runs its
+    Python on cold caches after it. Measured on this VM on a slow afternoon (docs/benchmarks.md,
+    "A longer poll for a local Redis"), SDK 1 × 10 in alternating rounds of 4,000 reads in one
+    process: p99 300-617 µs polling 200 µs, 257-626 polling 1,000 (lower in 7 of 10 rounds),
+    the same p50 and no more CPU per read (a blocked read's wake-up costs CPU too). Over the
+    network a reply takes a round trip of hundreds of µs on its own, which a 1 ms poll would
+    spend on a core every read: 200 µs there.
+
+    Polling only costs:
 
     - on a virtual machine whose kernel polls before it halts an idle vCPU (the ``haltpoll``
       cpuidle driver with ``guest_halt_poll_ns`` > 0). Our poll saves the host's wake-up of
@@ -35,15 +48,16 @@ def default_spin_us(halt_poll: str = HALT_POLL, url: str | None = None,
       (docs/benchmarks.md, "Where a round trip goes"): p50 23-25 µs either way,
       p99 70-76 µs polling against 39-50 µs not.
     """
-    if url is not None and (cpus if cpus is not None else os.cpu_count()) == 1 \
-            and _is_local(url):
+    local = url is not None and _is_local(url)
+    if local and (cpus if cpus is not None else os.cpu_count()) == 1:
         return 0
+    spin = LOCAL_SPIN_US if local else SPIN_US
     try:
         with open(halt_poll) as f:
             polls = int(f.read().strip()) > 0
     except (OSError, ValueError):  # no haltpoll driver (bare metal, other hypervisors)
-        return SPIN_US
-    return 0 if polls else SPIN_US
+        return spin
+    return 0 if polls else spin
 
 
 def _is_local(url: str) -> bool:

@@ -182,10 +182,10 @@ def test_only_a_lone_read_polls(redis_url: str, monkeypatch: pytest.MonkeyPatch)
 
 def test_an_unset_spin_polls_only_where_the_kernel_does_not(tmp_path: Path,
                                                             redis_url: str) -> None:
-    """``online.spin_us`` unset: 200 µs, but 0 on a VM whose kernel already polls before it
-    halts an idle vCPU (haltpoll's ``guest_halt_poll_ns`` > 0), where our poll only costs, and
-    on a one-CPU machine reading a local Redis, where the poll would hold Redis's CPU; a value
-    in the repo always wins."""
+    """``online.spin_us`` unset: 1,000 µs for a local Redis and 200 µs for one over the network,
+    but 0 on a VM whose kernel already polls before it halts an idle vCPU (haltpoll's
+    ``guest_halt_poll_ns`` > 0), where our poll only costs, and on a one-CPU machine reading a
+    local Redis, where the poll would hold Redis's CPU; a value in the repo always wins."""
     from features.config import load_config
     from features.online import spin
 
@@ -202,10 +202,15 @@ def test_an_unset_spin_polls_only_where_the_kernel_does_not(tmp_path: Path,
     for local in ("redis://127.0.0.1:6390/0", "redis://localhost:6379", "rediss://[::1]:6380",
                   "unix:///run/redis/redis.sock?db=0", "redis://127.8.0.3:6379/1"):
         assert spin.default_spin_us(str(knob), url=local, cpus=1) == 0, local
-        assert spin.default_spin_us(str(knob), url=local, cpus=2) == 200, local
+        assert spin.default_spin_us(str(knob), url=local, cpus=2) == spin.LOCAL_SPIN_US == 1000
+        assert spin.default_spin_us(str(tmp_path / "absent"), url=local, cpus=2) == 1000
+        knob.write_text("200000\n")  # the kernel polls: no poll of ours, local or not
+        assert spin.default_spin_us(str(knob), url=local, cpus=2) == 0, local
+        knob.write_text("0\n")
     for remote in ("redis://10.0.0.5:6379/0", "redis://redis.internal:6379",
                    "rediss://[2001:db8::1]:6380"):  # our vCPU's wake-up is still saved
         assert spin.default_spin_us(str(knob), url=remote, cpus=1) == 200, remote
+        assert spin.default_spin_us(str(knob), url=remote, cpus=2) == 200, remote
 
     definitions = REPO_ROOT / "example" / "card_features.py"
     (tmp_path / "unset").mkdir()
