@@ -76,11 +76,14 @@ class FeatureServer:
             kept for the benchmark that shows it).
         queued_s: a feature request that starts within this long of the previous request's
             end, or while another awaits Redis, awaits its own read instead of blocking on it.
+        poll_s: after a response, the event loop polls for the next request this long before it
+            sleeps (0: it sleeps at once; ``serve.poll_us``).
     """
 
     def __init__(self, store: FeatureStore, *, token: str | None = None,
                  max_entities: int = 1000, max_body_bytes: int = 1 << 20,
-                 offload: bool = False, queued_s: float = QUEUED_S) -> None:
+                 offload: bool = False, queued_s: float = QUEUED_S,
+                 poll_s: float = 0.0) -> None:
         self.store = store
         self.metrics = Metrics()
         self.max_entities = max_entities
@@ -92,6 +95,9 @@ class FeatureServer:
         self._busy = 0  # feature requests in progress on the loop
         self._done = 0.0  # perf_counter when the last one finished
         self._probe: asyncio.Task[None] | None = None
+        self.poll_s = poll_s
+        self._poll_until = 0.0
+        self._polling: asyncio.AbstractEventLoop | None = None  # the loop kept polling, if any
         self.warm()
 
     def warm(self) -> None:
@@ -165,8 +171,31 @@ class FeatureServer:
         await send({"type": "http.response.body", "body": body})
         self._done = done = time.perf_counter()
         self.metrics.observe(endpoint, status, done - began, error, entities)
+        if self.poll_s:
+            self._poll_after(done)
         if entities and self.store.serving_log is not None:
             self.metrics.serving_log(self.store.serving_log.stats())
+
+    def _poll_after(self, now: float) -> None:
+        """Keep the event loop polling for the next request until ``poll_s`` after ``now``.
+
+        A callback ready to run makes the loop's next wait for I/O a poll (timeout 0); one
+        that queues itself again each turn keeps the loop polling, and the vCPU awake, until
+        the deadline, then the loop sleeps as usual. One chain per loop, whatever the number of
+        requests; a request ending meanwhile only moves the deadline.
+        """
+        self._poll_until = now + self.poll_s
+        loop = asyncio.get_running_loop()
+        if self._polling is not loop:  # none running (or one left on a closed loop)
+            self._polling = loop
+            loop.call_soon(self._poll_turn)
+
+    def _poll_turn(self) -> None:
+        loop = self._polling
+        if loop is not None and time.perf_counter() < self._poll_until:
+            loop.call_soon(self._poll_turn)
+        else:
+            self._polling = None
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:
@@ -296,7 +325,7 @@ class FeatureServer:
 
 def create_app(store: FeatureStore, *, token: str | None = None, max_entities: int | None = None,
                max_body_bytes: int | None = None, offload: bool = False) -> FeatureServer:
-    """The ASGI app serving ``store``; limits and token default to its ``serve:`` config.
+    """The ASGI app serving ``store``; limits, token and poll default to its ``serve:`` config.
 
     Example:
         >>> from features.store import FeatureStore                      # doctest: +SKIP
@@ -306,4 +335,5 @@ def create_app(store: FeatureStore, *, token: str | None = None, max_entities: i
     cfg = store.config.serve
     return FeatureServer(store, token=cfg.resolve_token() if token is None else token,
                          max_entities=max_entities or cfg.max_entities,
-                         max_body_bytes=max_body_bytes or cfg.max_body_bytes, offload=offload)
+                         max_body_bytes=max_body_bytes or cfg.max_body_bytes, offload=offload,
+                         poll_s=cfg.resolve_poll_us() / 1e6)

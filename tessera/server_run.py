@@ -78,7 +78,8 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
     views, services = len(store.definitions.views), len(store.definitions.services)
     say(f"tessera serve: {views} feature views, {services} feature services of "
         f"{cfg.project!r} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
-        f"token {'required' if token else 'not required'})")
+        f"token {'required' if token else 'not required'}, polls {cfg.serve.resolve_poll_us()} µs "
+        f"for the next request)")
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         say(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who can reach "
             f"it can read features (set serve.token_env)")
@@ -92,7 +93,8 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
         # sets one when imported) would mix other processes' counts into ours.
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         app = FeatureServer(store, token=token, max_entities=cfg.serve.max_entities,
-                            max_body_bytes=cfg.serve.max_body_bytes)
+                            max_body_bytes=cfg.serve.max_body_bytes,
+                            poll_s=cfg.serve.resolve_poll_us() / 1e6)
         _prepare_process()
         uvicorn.run(app, **common)
         return
