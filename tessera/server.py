@@ -188,12 +188,13 @@ class FeatureServer:
         loop = asyncio.get_running_loop()
         if self._polling is not loop:  # none running (or one left on a closed loop)
             self._polling = loop
-            loop.call_soon(self._poll_turn)
+            loop.call_soon(self._poll_turn, loop)
 
-    def _poll_turn(self) -> None:
-        loop = self._polling
-        if loop is not None and time.perf_counter() < self._poll_until:
-            loop.call_soon(self._poll_turn)
+    def _poll_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._polling:  # superseded by a chain on another loop
+            return
+        if time.perf_counter() < self._poll_until:
+            loop.call_soon(self._poll_turn, loop)
         else:
             self._polling = None
 

@@ -43,10 +43,10 @@ def test_the_loop_polls_after_a_response_then_sleeps(store: FeatureStore) -> Non
     turns = 0
     turn = polling._poll_turn
 
-    def counted() -> None:
+    def counted(loop: asyncio.AbstractEventLoop) -> None:
         nonlocal turns
         turns += 1
-        turn()
+        turn(loop)
 
     polling._poll_turn = counted  # type: ignore[method-assign]
 
