@@ -69,6 +69,7 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
     host = host or cfg.serve.host
     port = cfg.serve.port if port is None else port
     token = cfg.serve.resolve_token()  # an unset token_env stops here, not at the first request
+    poll_us = cfg.serve.resolve_poll_us()  # reads the machine's knobs once (workers: each its own)
     store = FeatureStore(config=cfg)
     common: dict[str, Any] = {
         "host": host, "port": port, "loop": "auto", "http": "auto", "lifespan": "on",
@@ -78,7 +79,7 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
     views, services = len(store.definitions.views), len(store.definitions.services)
     say(f"tessera serve: {views} feature views, {services} feature services of "
         f"{cfg.project!r} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
-        f"token {'required' if token else 'not required'}, polls {cfg.serve.resolve_poll_us()} µs "
+        f"token {'required' if token else 'not required'}, polls {poll_us} µs "
         f"for the next request)")
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         say(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who can reach "
@@ -94,7 +95,7 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         app = FeatureServer(store, token=token, max_entities=cfg.serve.max_entities,
                             max_body_bytes=cfg.serve.max_body_bytes,
-                            poll_s=cfg.serve.resolve_poll_us() / 1e6)
+                            poll_s=poll_us / 1e6)
         _prepare_process()
         uvicorn.run(app, **common)
         return
