@@ -18,7 +18,8 @@ the same Redis (``bench/feast_side.py``). Measured in this order, all loops boun
    bare socket's ``MGET``);
    the four 1 × 10 measures again over the Redis's Unix socket (``--unix-socket``; by default
    the one of ``tessera services up``), Feast's client connecting over it too;
-3. HTTP, 1 × 10, sequential and with ``--concurrency`` clients: ``tessera serve`` and
+3. HTTP, 1 × 10, sequential and with ``--concurrency`` clients: ``tessera serve`` (as
+   configured, and with both its polls off: ``online.spin_us`` and ``serve.poll_us`` 0) and
    ``feast serve``.
 
     .venv/bin/python bench/online.py --rows 2000000
@@ -345,9 +346,10 @@ def http_runs(store: Any, side: Any, users: list[int], args: Any, console: Any) 
         (f"feast http 1x10 x{conc}", lambda t, f: f.http_latency(
             users, it * 2, sec, concurrency=conc, **kw)),
     ]
-    # Tessera's server as configured (reads poll for the reply, online.spin_us), and with
-    # reads that block at once.
-    variants = {"": {}, ", spin off": {"TESSERA__ONLINE__SPIN_US": "0"}}
+    # Tessera's server as configured (its reads poll for Redis's reply, online.spin_us, and
+    # its loop for the next request, serve.poll_us), and with both polls off.
+    variants = {"": {}, ", polls off": {"TESSERA__ONLINE__SPIN_US": "0",
+                                        "TESSERA__SERVE__POLL_US": "0"}}
     rounds: dict[str, list[dict[str, Any]]] = {
         name + (suffix if name.startswith("tessera") else ""): []
         for name, _ in tests for suffix in variants}
