@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 # many images and CI boxes) no import ever caches one, so every process compiled its imports
 # from source. Measured: `import great_expectations` 11-12.7 s -> 5.0-5.3 s, `import evidently`
 # 11.2-12.5 -> 5.2, `import feast` 8.7-9.1 -> 4.4, a fresh SDK process's first online read
-# ~0.3 s -> ~0.05 s (redis-py's modules were 0.22 s of it).
+# 0.25-0.34 s -> 0.11-0.13 s (docs/online.md, "A serving process's first seconds").
 $(VENV)/.installed: pyproject.toml uv.lock Makefile
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
 	$(UV) sync --frozen --compile-bytecode

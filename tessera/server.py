@@ -325,7 +325,8 @@ class FeatureServer:
 
 
 def create_app(store: FeatureStore, *, token: str | None = None, max_entities: int | None = None,
-               max_body_bytes: int | None = None, offload: bool = False) -> FeatureServer:
+               max_body_bytes: int | None = None, offload: bool = False,
+               poll_us: int | None = None) -> FeatureServer:
     """The ASGI app serving ``store``; limits, token and poll default to its ``serve:`` config.
 
     Example:
@@ -337,4 +338,4 @@ def create_app(store: FeatureStore, *, token: str | None = None, max_entities: i
     return FeatureServer(store, token=cfg.resolve_token() if token is None else token,
                          max_entities=max_entities or cfg.max_entities,
                          max_body_bytes=max_body_bytes or cfg.max_body_bytes, offload=offload,
-                         poll_s=cfg.resolve_poll_us() / 1e6)
+                         poll_s=(cfg.resolve_poll_us() if poll_us is None else poll_us) / 1e6)

@@ -93,9 +93,7 @@ def serve(cfg: RepoConfig, repo_file: str | os.PathLike[str] | None = None, *,
         # One process keeps its metrics in memory: an inherited PROMETHEUS_MULTIPROC_DIR (Feast
         # sets one when imported) would mix other processes' counts into ours.
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        app = FeatureServer(store, token=token, max_entities=cfg.serve.max_entities,
-                            max_body_bytes=cfg.serve.max_body_bytes,
-                            poll_s=poll_us / 1e6)
+        app = create_app(store, token=token, poll_us=poll_us)  # the poll as printed
         _prepare_process()
         uvicorn.run(app, **common)
         return
