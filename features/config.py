@@ -191,8 +191,8 @@ class ServeConfig(_Model):
         "up to that much CPU a request, a core at most while requests keep coming. Unset: "
         "1000, or 0 where the guest kernel already polls before it halts an idle vCPU "
         "(haltpoll's guest_halt_poll_ns > 0), on a one-CPU machine and under a CPU quota "
-        "(cgroup cpu.max) of less than 2 CPUs. Measured cost: 20% of a core at 100 "
-        "requests/s against 10% without, 79% at 500/s against 26%."))
+        "(cgroup v2 cpu.max or v1 cpu.cfs_quota_us) of less than 2 CPUs. Measured cost: "
+        "20% of a core at 100 requests/s against 10% without, 79% at 500/s against 26%."))
 
     @field_validator("token", mode="before")
     @classmethod
