@@ -43,8 +43,10 @@ def to_table(rows: Any) -> pa.Table:
     import pyarrow as pa
 
     if isinstance(rows, pa.Table):
+        check_unique(rows.column_names)
         return rows
     if isinstance(rows, pa.RecordBatch):
+        check_unique(rows.schema.names)
         return pa.Table.from_batches([rows])
     if isinstance(rows, str | Path):
         return _read_file(Path(rows))
@@ -54,6 +56,7 @@ def to_table(rows: Any) -> pa.Table:
             rows = rows.collect()
         return rows.to_arrow()
     if module == "pandas":
+        check_unique([str(c) for c in rows.columns])
         return _from_columns({str(c): rows[c] for c in rows.columns}, pandas=True)
     if isinstance(rows, Mapping):
         return _from_columns({str(k): v for k, v in rows.items()})
@@ -63,6 +66,17 @@ def to_table(rows: Any) -> pa.Table:
     raise EntityRowsError(f"entity rows: expected a pandas or Polars DataFrame, a pyarrow Table, "
                           f"a list of dicts, a dict of lists or a Parquet/CSV path, got "
                           f"{type(rows).__name__}")
+
+
+def check_unique(names: Sequence[str]) -> None:
+    """The error naming a column that repeats (a pandas frame or an Arrow table may repeat
+    one: which of the two would be the key?)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise EntityRowsError(f"entity rows: column {name!r} appears {names.count(name)} "
+                                  f"times; give each column once")
+        seen.add(name)
 
 
 def _from_columns(columns: Mapping[str, Any], pandas: bool = False) -> pa.Table:

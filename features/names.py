@@ -42,10 +42,33 @@ def check_identifier(kind: str, name: object) -> str | None:
             f"not starting with a digit)")
 
 
-__all__ = ["IDENTIFIER", "IDENTIFIER_PATTERN", "check_identifier", "is_identifier"]
+__all__ = ["IDENTIFIER", "IDENTIFIER_PATTERN", "check_identifier", "is_identifier", "shown"]
+
+#: The longest repr an error message echoes of what a caller gave (a name, a key, a value).
+SHOWN_CHARS = 80
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to :data:`SHOWN_CHARS` with its full length said: an error about a
+    500 KB feature name or key stays one readable line (and a small HTTP answer).
+
+    Example:
+        >>> shown("user_id")
+        "'user_id'"
+        >>> shown("x" * 1000)[55:]
+        'xxxxx... (1,002 characters)'
+    """
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS - 20]}... ({len(text):,} characters)"
 
 
 def did_you_mean(name: str, names: Iterable[str]) -> str:
-    """`` (did you mean 'a', 'b'?)`` for up to three close names; empty when none is close."""
-    near = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    """`` (did you mean 'a', 'b'?)`` for up to three close names; empty when none is close
+    (or ``name`` is far longer than any name could be close to)."""
+    names = list(names)
+    if len(name) > 2 * max(map(len, names), default=0) + 10:
+        return ""
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig, load_config
+from features.errors import OnlineRequestError
+from features.names import shown
 from features.online.keys import entity_tag
-from features.online.request import Plan, resolve
+from features.online.request import Plan, resolve, service_name
 from features.repo import Definitions, load_definitions
 
 if TYPE_CHECKING:
@@ -127,15 +129,26 @@ class FeatureStore:
     def plan(self, features: Sequence[str] | None = None, feature_service: str | None = None,
              full_feature_names: bool = False) -> Plan:
         """The checked shape of a request (cached: the same features plan once)."""
-        cache_key = (None if features is None else tuple(features), feature_service,
-                     full_feature_names)
-        plan = self._plans.get(cache_key)
+        if feature_service is not None and type(feature_service) is not str:
+            feature_service = service_name(feature_service)  # a FeatureService object
+        flag = full_feature_names
+        if type(flag) is not bool and type(flag).__name__ != "bool_":  # numpy's is as good
+            raise OnlineRequestError(f"full_feature_names is {type(flag).__name__} "
+                                     f"{shown(flag)}; expected True or False")
+        try:
+            cache_key: tuple[Any, ...] | None = (
+                None if features is None else tuple(features), feature_service,
+                full_feature_names)
+            plan = self._plans.get(cache_key)
+        except TypeError:  # not a list of names (a list in the list, a number): resolve says
+            cache_key, plan = None, None
         if plan is None:
             pairs = resolve(self.definitions, features, feature_service)
             plan = Plan.of(self.config.project, pairs, full_feature_names)
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[cache_key] = plan
+            if cache_key is not None:
+                if len(self._plans) >= _PLAN_CACHE_SIZE:
+                    self._plans.clear()
+                self._plans[cache_key] = plan
         return plan
 
     def get_online_features(self, features: Sequence[str] | None = None,
@@ -263,9 +276,7 @@ def _now_us(now: Any) -> int:
         return int(now.astype("datetime64[us]").astype("int64"))
     elif isinstance(now, Integral) and not isinstance(now, bool):  # numpy ints
         return int(now)
-    from features.errors import OnlineRequestError
-
-    raise OnlineRequestError(f"now is {type(now).__name__} {now!r}; expected a datetime, an "
+    raise OnlineRequestError(f"now is {type(now).__name__} {shown(now)}; expected a datetime, an "
                              f"ISO 8601 string or µs since the epoch as an int")
 
 

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import repeat
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 from features.definitions import Feature, FeatureView
 from features.errors import OnlineRequestError
-from features.names import did_you_mean
+from features.names import did_you_mean, shown
 from features.online import keys as K
 from features.online.read import ViewRead
 from features.repo import Definitions
@@ -37,23 +37,55 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _frame_columns(rows: Any) -> Any:
-    """A data frame's columns as lists of Python values, nulls as None, read as the
+def _given(names: Iterable[Any]) -> str:
+    """The names a caller gave, for an error message: comma-separated, cut to a line."""
+    text = ", ".join(map(str, names)) or "none"
+    return text if len(text) <= 200 else f"{text[:180]}... ({len(text):,} characters)"
+
+
+def _is_null(value: Any) -> bool:
+    """A null that is not None: pandas' ``NA`` and ``NaT``, or a float NaN (how pandas and numpy
+    mark a missing value in a column of keys)."""
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    return isinstance(value, Real) and not isinstance(value, Integral) and value != value
+
+
+def _frame_columns(rows: Any, join_keys: Sequence[str]) -> Any:
+    """A data frame's join key columns as lists of Python values, nulls as None, read as the
     point-in-time read reads entity rows (:func:`features.entity_rows.to_table`); anything else
-    as it is. By module name, so no frame library is imported for a list or a dict."""
+    as it is. Its other columns (labels, anything) are not read. By module name, so no frame
+    library is imported for a list or a dict."""
     module = type(rows).__module__.partition(".")[0]
     if module not in ("pyarrow", "pandas", "polars"):
         return rows
     if type(rows).__name__ == "LazyFrame":  # a read does not run a query unasked
         raise OnlineRequestError("entity rows are a polars LazyFrame; expected a DataFrame "
                                  "(call .collect()), a list of dicts or a dict of columns")
-    from features.entity_rows import to_table
+    from features.entity_rows import check_unique, to_table
     from features.errors import EntityRowsError
 
+    names = [str(c) for c in (rows.column_names if module == "pyarrow" else rows.columns)]
+    keep = [k for k in join_keys if k in names]  # a missing one: entity_columns names it
     try:
+        check_unique([n for n in names if n in keep])
+        if module == "pandas":
+            rows = rows.loc[:, [str(c) in keep for c in rows.columns]]
+        else:
+            rows = rows.select(keep)
         return to_table(rows).to_pydict()
     except EntityRowsError as e:
         raise OnlineRequestError(str(e)) from None
+
+
+def service_name(service: Any) -> str:
+    """The name of a feature service given by name, or as a FeatureService object (ours, or
+    Feast's: anything with a ``name``), as Feast's ``get_online_features`` takes it."""
+    name = getattr(service, "name", None)
+    if isinstance(service, str) or (isinstance(name, str) and not isinstance(service, Iterable)):
+        return service if isinstance(service, str) else name  # type: ignore[return-value]
+    raise OnlineRequestError(f"feature_service is {type(service).__name__} {shown(service)}; "
+                             f"expected a feature service's name (a str) or a FeatureService")
 
 
 def resolve(defs: Definitions, features: Sequence[str] | None,
@@ -63,28 +95,36 @@ def resolve(defs: Definitions, features: Sequence[str] | None,
         raise OnlineRequestError("give either features=['view:feature', ...] or "
                                  "feature_service='name', not both and not neither")
     if feature_service is not None:
+        feature_service = service_name(feature_service)
         service = defs.services.get(feature_service)
         if service is None:
-            raise OnlineRequestError(f"unknown feature service {feature_service!r}"
+            raise OnlineRequestError(f"unknown feature service {shown(feature_service)}"
                                      f"{did_you_mean(feature_service, defs.services)}; defined: "
                                      f"{', '.join(sorted(defs.services)) or 'none'}")
         features = list(service.features)
     if isinstance(features, str):
         features = [features]
+    elif not isinstance(features, list | tuple):
+        try:
+            features = list(features)  # type: ignore[arg-type]
+        except TypeError:
+            raise OnlineRequestError(
+                f"features is {type(features).__name__} {shown(features)}; expected a list of "
+                f"'view:feature' strings") from None
     if not features:
         raise OnlineRequestError("no features requested")
     out = []
     for ref in features:
         if not isinstance(ref, str) or ref.count(":") != 1:
-            raise OnlineRequestError(f"feature reference {ref!r} is not 'view:feature'")
+            raise OnlineRequestError(f"feature reference {shown(ref)} is not 'view:feature'")
         view_name, name = ref.split(":")
         view = defs.views.get(view_name)
         if view is None:
-            raise OnlineRequestError(f"unknown feature view {view_name!r} in {ref!r}"
+            raise OnlineRequestError(f"unknown feature view {shown(view_name)} in {shown(ref)}"
                                      f"{did_you_mean(view_name, defs.views)}")
         names = [f.name for f in view.features]
         if name not in names:
-            raise OnlineRequestError(f"feature view {view_name!r} has no feature {name!r}"
+            raise OnlineRequestError(f"feature view {view_name!r} has no feature {shown(name)}"
                                      f"{did_you_mean(name, names)}")
         out.append((view, view.feature(name)))
     return out
@@ -144,25 +184,31 @@ class Plan:
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
         """(row count, join key -> values) of the entity rows, checked against the key types."""
         if type(entity_rows) is not list and not isinstance(entity_rows, Mapping):
-            entity_rows = _frame_columns(entity_rows)
+            entity_rows = _frame_columns(entity_rows, self.join_keys)
         if isinstance(entity_rows, Mapping):
             columns = {}
             for k, v in entity_rows.items():
                 if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, Iterable):
-                    raise OnlineRequestError(f"entities[{k!r}] is {type(v).__name__}; expected "
-                                             f"a list of values, one per entity")
+                    raise OnlineRequestError(f"entities[{shown(k)}] is {type(v).__name__}; "
+                                             f"expected a list of values, one per entity")
                 columns[str(k)] = v if isinstance(v, list) else list(v)
             lengths = {len(v) for v in columns.values()}
             if len(lengths) > 1:
-                raise OnlineRequestError(f"entity columns have different lengths: "
-                                         f"{ {k: len(v) for k, v in columns.items()} }")
+                raise OnlineRequestError("entity columns have different lengths: " + _given(
+                    f"{k}: {len(v)}" for k, v in columns.items()))
             n = lengths.pop() if lengths else 0
             for key in self.join_keys:
                 if key not in columns:
-                    raise self._no_key("entities have", key,
-                                       f"given: {', '.join(sorted(columns)) or 'none'}")
+                    raise self._no_key("entities have", key, f"given: {_given(sorted(columns))}")
         else:
-            rows = entity_rows if type(entity_rows) is list else list(entity_rows)
+            if type(entity_rows) is list:
+                rows = entity_rows
+            elif isinstance(entity_rows, str | bytes) or not isinstance(entity_rows, Iterable):
+                raise OnlineRequestError(
+                    f"entity rows are {type(entity_rows).__name__} {shown(entity_rows)}; "
+                    f"expected a list of dicts, a dict of columns or a data frame")
+            else:
+                rows = list(entity_rows)
             n = len(rows)
             found = None
             if n > _FEW and set(map(type, rows)) <= _DICT:  # plain dicts: C-level loops
@@ -192,11 +238,16 @@ class Plan:
                         f"view {view!r} keys are -2**63 .. 2**63-1)")
                 if not ok and dtype == "string" and isinstance(value, str):
                     raise OnlineRequestError(f"entity row {i}: join key {key!r} is not valid "
-                                             f"UTF-8 text: {value!r}")
+                                             f"UTF-8 text: {shown(value)}")
+                if not ok and _is_null(value):  # NaN, pandas' NA: a null key, not found
+                    if echoed is None:
+                        echoed = columns[key] = list(column)
+                    echoed[i] = None
+                    continue
                 if not ok:
                     raise OnlineRequestError(
-                        f"entity row {i}: join key {key!r} is {type(value).__name__} {value!r}; "
-                        f"feature view {view!r} expects {dtype}")
+                        f"entity row {i}: join key {key!r} is {type(value).__name__} "
+                        f"{shown(value)}; feature view {view!r} expects {dtype}")
                 if type(value) is not plain:  # a numpy int or str: echoed as Python's, as
                     if echoed is None:  # Feast does, so the response is JSON as it is
                         echoed = columns[key] = list(column)  # never the caller's list
@@ -214,8 +265,8 @@ class Plan:
                                          f"dict of join keys")
             for key in self.join_keys:
                 if key not in row:
-                    raise self._no_key(f"entity row {i} has", key, "the row has: "
-                                       f"{', '.join(map(str, row)) or 'nothing'}")
+                    raise self._no_key(f"entity row {i} has", key,
+                                       f"the row has: {_given(row) if row else 'nothing'}")
                 columns[key][i] = row[key]
         return columns
 

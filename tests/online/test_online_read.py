@@ -230,6 +230,17 @@ def test_null_key_reads_not_found(materialized: FeatureStore) -> None:
     ({"features": ["user_spend:txn_count_7d"],
       "entity_rows": {"user_id": [*range(9), 2.0]}},
      r"entity row 9: join key 'user_id' is float 2.0"),
+    # arguments of the wrong kind: the one line names the argument, never a bare TypeError
+    ({"features": [["user_spend:txn_count_7d"]]},
+     r"feature reference \['user_spend:txn_count_7d'\] is not 'view:feature'"),
+    ({"features": 5}, r"^features is int 5; expected a list of 'view:feature' strings"),
+    ({"feature_service": ["fraud_model_v1"]},
+     r"^feature_service is list \['fraud_model_v1'\]; expected a feature service's name"),
+    ({"features": ["user_spend:txn_count_7d"], "full_feature_names": "no"},
+     r"^full_feature_names is str 'no'; expected True or False"),
+    ({"features": ["user_spend:txn_count_7d"], "entity_rows": None},
+     r"^entity rows are NoneType None; expected a list of dicts, a dict of columns or a data"),
+    ({"features": ["user_spend:txn_count_7d"], "entity_rows": 5}, r"^entity rows are int 5"),
 ])
 def test_bad_requests_fail_in_one_line(materialized: FeatureStore, kwargs: dict,
                                        message: str) -> None:
@@ -237,6 +248,71 @@ def test_bad_requests_fail_in_one_line(materialized: FeatureStore, kwargs: dict,
     with pytest.raises(OnlineRequestError, match=message) as e:
         materialized.get_online_features(**kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_a_feature_service_object_reads_as_its_name(materialized: FeatureStore) -> None:
+    """As Feast's SDK takes it: ``feature_service=store.get_feature_service(...)``'s object."""
+    rows = [{"user_id": ids(materialized, "user_id", 2)[0], "merchant_id": ORPHAN}]
+    service = materialized.definitions.services["fraud_model_v1"]
+    by_name = materialized.get_online_features(feature_service="fraud_model_v1",
+                                               entity_rows=rows, full_feature_names=True)
+    by_object = materialized.get_online_features(feature_service=service, entity_rows=rows,
+                                                 full_feature_names=True)
+    assert by_object.to_dict() == by_name.to_dict()
+
+
+def test_nan_and_pandas_nulls_are_null_keys(materialized: FeatureStore) -> None:
+    """A key pandas or numpy marks missing (``pd.NA``, ``NaN``) reads NOT_FOUND, as None does,
+    in rows of dicts, in columns, and among many rows (the C-level checks' path)."""
+    import numpy as np
+    import pandas as pd
+
+    [user] = ids(materialized, "user_id", 2)[:1]
+    feats = ["user_spend:txn_count_7d", "user_spend:spend_eur_7d"]
+    want = materialized.get_online_features(feats, [{"user_id": user}, {"user_id": None}])
+    for null in (pd.NA, np.nan, float("nan"), np.float32("nan")):
+        got = materialized.get_online_features(feats, [{"user_id": user}, {"user_id": null}])
+        assert got.to_dict() == want.to_dict(), repr(null)
+        assert got.status_dict()["txn_count_7d"] == ["PRESENT", "NOT_FOUND"]
+        many = materialized.get_online_features(feats, {"user_id": [user] * 7 + [null]})
+        assert many.to_dict()["user_id"][-1] is None
+        assert many.status_dict()["spend_eur_7d"][-1] == "NOT_FOUND"
+
+
+def test_a_frame_is_read_by_its_join_keys_only(materialized: FeatureStore) -> None:
+    """Labels and other columns of a data frame are not read (whatever they hold); a join key
+    given twice is an error naming it."""
+    import pandas as pd
+    import pyarrow as pa
+
+    users = ids(materialized, "user_id", 3)
+    feats = ["user_spend:txn_count_7d"]
+    want = materialized.get_online_features(feats, {"user_id": users}).to_dict()
+    frame = pd.DataFrame({"label": [{"a": 1}, "x", 2.5], "user_id": users})
+    assert materialized.get_online_features(feats, frame).to_dict() == want
+    twice = pd.DataFrame([[u, u] for u in users], columns=["user_id", "user_id"])
+    with pytest.raises(OnlineRequestError, match=r"^entity rows: column 'user_id' appears 2 "
+                                                 r"times; give each column once$"):
+        materialized.get_online_features(feats, twice)
+    table = pa.Table.from_arrays([pa.array(users), pa.array(users)], ["user_id", "user_id"])
+    with pytest.raises(OnlineRequestError, match=r"column 'user_id' appears 2 times"):
+        materialized.get_online_features(feats, table)
+
+
+def test_a_huge_name_or_value_is_cut_in_the_message(materialized: FeatureStore) -> None:
+    """What a caller gave is echoed cut, with its length: the line stays readable."""
+    huge = "x" * 100_000
+    cases = [({"features": [f"user_spend:{huge}"]}, "(100,002 characters)"),
+             ({"features": [f"{huge}:txn_count_7d"]}, "(100,002 characters)"),
+             ({"features": ["user_spend:txn_count_7d"], "entity_rows": [{"user_id": huge}]},
+              "(100,002 characters); feature view 'user_spend' expects int64"),
+             ({"features": ["user_spend:txn_count_7d"], "entity_rows": {huge: [1]}},
+              "given: xxxxx")]
+    for kwargs, fragment in cases:
+        kwargs.setdefault("entity_rows", [{"user_id": 1}])
+        with pytest.raises(OnlineRequestError) as e:
+            materialized.get_online_features(**kwargs)
+        assert fragment in str(e.value) and len(str(e.value)) < 400, str(e.value)[:500]
 
 
 def test_now_accepts_datetime_or_micros(materialized: FeatureStore) -> None:
