@@ -185,6 +185,9 @@ class ServeConfig(_Model):
                                   description="Name of an environment variable holding it.")
     max_entities: int = Field(1000, ge=1, description="Entities per request, at most.")
     max_body_bytes: int = Field(1 << 20, ge=64, description="Request body size, at most.")
+    body_timeout_ms: int = Field(10_000, ge=1, description=(
+        "A request whose body has not all arrived this long after it started gets a 408 and "
+        "its connection is closed (a client that declared more bytes than it sent)."))
     poll_us: int | None = Field(None, ge=0, le=100_000, description=(
         "After each response the event loop polls for the next request this long before it "
         "sleeps (0: never). On a VM it saves the wake-up of the server's idle vCPU; it costs "

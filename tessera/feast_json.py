@@ -14,6 +14,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from features.names import shown
 from tessera.server_metrics import ERROR_KINDS
 
 if TYPE_CHECKING:
@@ -22,6 +23,27 @@ if TYPE_CHECKING:
 EPOCH = "1970-01-01T00:00:00Z"  # Feast's event timestamp of "none" (a zero protobuf Timestamp)
 REQUEST_KEYS = ("features", "feature_service", "entities", "full_feature_names",
                 "include_feature_view_version_metadata")
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
+               float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+# Strict JSON: NaN and Infinity (which Python's json reads by default) are refused.
+_decode = json.JSONDecoder(parse_constant=_not_json).decode
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads`` of a body in UTF-8, -16 or -32 (with or without a BOM), strict."""
+    return _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
 
 
 class RequestError(Exception):
@@ -40,19 +62,19 @@ def parse_request(body: bytes, max_entities: int) -> tuple[list[str] | None, str
     Checks the shape only; names and join keys are checked by the store, which knows them.
     """
     try:
-        req = json.loads(body)
+        req = _loads(body)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, >4300-digit ints
         raise RequestError("bad_json", f"the body is not valid JSON: {e}") from None
     if not isinstance(req, dict):
-        raise RequestError("bad_json", f"the body is a JSON {type(req).__name__}, expected an "
+        raise RequestError("bad_json", f"the body is {_json_type(req)}, expected a JSON "
                            f"object like {{\"features\": [...], \"entities\": {{...}}}}")
     unknown = [k for k in req if k not in REQUEST_KEYS]
     if unknown:
         import difflib
 
-        near = difflib.get_close_matches(unknown[0], REQUEST_KEYS, n=1)
+        near = difflib.get_close_matches(unknown[0][:100], REQUEST_KEYS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise RequestError("bad_request", f"unknown field {unknown[0]!r}{hint}; a request has "
+        raise RequestError("bad_request", f"unknown field {shown(unknown[0])}{hint}; a request has "
                            f"{', '.join(REQUEST_KEYS)}")
     features = req.get("features") or None  # Feast sends [] with a feature service
     service = req.get("feature_service")
@@ -68,13 +90,13 @@ def parse_request(body: bytes, max_entities: int) -> tuple[list[str] | None, str
         if not isinstance(req.get(flag, False), bool):
             raise RequestError("bad_request", f"{flag!r} must be true or false")
     entities = req.get("entities")
-    if not isinstance(entities, dict) or not entities:
-        raise RequestError("bad_entities", "'entities' must be an object of join key -> list of "
-                           "values, like {\"user_id\": [1, 2]}")
+    if not isinstance(entities, dict):  # {} is the store's to answer: it names the keys needed
+        raise RequestError("bad_entities", f"'entities' is {_json_type(entities)}; it must be an "
+                           f"object of join key -> array of values, like {{\"user_id\": [1, 2]}}")
     for key, values in entities.items():
         if not isinstance(values, list):
-            raise RequestError("bad_entities", f"entities[{key!r}] is a JSON "
-                               f"{type(values).__name__}, expected a list of values")
+            raise RequestError("bad_entities", f"entities[{shown(key)}] is "
+                               f"{_json_type(values)}, expected an array of values")
         if len(values) > max_entities:
             raise RequestError("too_many_entities", f"{len(values)} entities in one request; "
                                f"the limit is {max_entities} (serve.max_entities): split it")

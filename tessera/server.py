@@ -47,6 +47,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 FEATURES_PATH = "/get-online-features"
 PROBE_SECONDS = 0.2  # how often the breaker pings Redis while it is open
+# A request whose body has not all arrived this long after it started gets a 408: a client that
+# declared more bytes than it sent, or sends them a few a minute, holds no connection for ever
+# (serve.body_timeout_ms).
+BODY_TIMEOUT_S = 10.0
+_MESSAGE_CHARS = 1000  # an error message longer than this is cut (the sources already cut names)
 # A request that starts within this long of the previous one's end was waiting on the loop: the
 # sign of a queue, and the switch to awaited reads. A lone client's next request takes longer
 # to arrive (its round trip over the loopback alone is ~50 µs here).
@@ -56,7 +61,8 @@ _CREDENTIALS = re.compile(r"(?<=//)[^/@\s]*@")  # user:password@ in a URL
 
 
 def one_line(message: str) -> str:
-    return _CREDENTIALS.sub("***@", " ".join(message.split()))
+    text = _CREDENTIALS.sub("***@", " ".join(message.split()))
+    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 20] + "... (cut)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,12 +84,14 @@ class FeatureServer:
             end, or while another awaits Redis, awaits its own read instead of blocking on it.
         poll_s: after a response, the event loop polls for the next request this long before it
             sleeps (0: it sleeps at once; ``serve.poll_us``).
+        body_timeout_s: a request whose body has not all arrived this long after it started
+            gets a 408 and its connection is closed.
     """
 
     def __init__(self, store: FeatureStore, *, token: str | None = None,
                  max_entities: int = 1000, max_body_bytes: int = 1 << 20,
                  offload: bool = False, queued_s: float = QUEUED_S,
-                 poll_s: float = 0.0) -> None:
+                 poll_s: float = 0.0, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
         self.store = store
         self.metrics = Metrics()
         self.max_entities = max_entities
@@ -98,6 +106,10 @@ class FeatureServer:
         self.poll_s = poll_s
         self._poll_until = 0.0
         self._polling: asyncio.AbstractEventLoop | None = None  # the loop kept polling, if any
+        self.body_timeout_s = body_timeout_s
+        self._reading: dict[asyncio.Task[Any], float] = {}  # requests reading a body: since
+        self._late: set[asyncio.Task[Any]] = set()  # those the watchdog cancelled
+        self._watchdog: asyncio.Task[None] | None = None
         self.warm()
 
     def warm(self) -> None:
@@ -124,8 +136,9 @@ class FeatureServer:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._probe is not None:
-                    self._probe.cancel()
+                for task in (self._probe, self._watchdog):
+                    if task is not None:
+                        task.cancel()
                 self.store.close()  # also writes the buffered serving log
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -162,6 +175,8 @@ class FeatureServer:
                 headers = [*_JSON, (b"retry-after", b"1")]
             elif e.kind == "method_not_allowed":
                 headers = [*_JSON, (b"allow", b"POST" if path == FEATURES_PATH else b"GET")]
+            elif e.kind == "body_timeout":  # the rest of the body may still come: drop it
+                headers = [*_JSON, (b"connection", b"close")]
         except Exception as e:  # a bug: still one line and JSON, and the traceback in the log
             log.exception("%s %s failed", method, path)
             status, error = 500, "internal"
@@ -221,17 +236,22 @@ class FeatureServer:
             if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(),
                                                                      self._token):
                 raise RequestError("unauthorized", "wrong bearer token")
-        raw = await self._body(receive, length)
+        raw = await self._body(receive, length, began)
         features, service, entities, full = parse_request(raw, self.max_entities)
         store = self.store
         try:
-            store.plan(features, service, full)
+            plan = store.plan(features, service, full)
         except OnlineRequestError as e:
             message = str(e).replace("full_feature_names=True", '"full_feature_names": true')
             kind = "bad_request" if "requested twice" in message else "unknown_feature"
             raise RequestError(kind, message) from None
-        if self.down is not None:
-            raise RequestError("unavailable", self.down)
+        if self.down is not None:  # a malformed request is still a 400; one needing no key is
+            try:                   # answered (every key null, or no entity): no Redis in it
+                _, columns = plan.entity_columns(entities)
+            except OnlineRequestError as e:
+                raise RequestError("bad_entities", str(e)) from None
+            if any(v is not None for key in plan.join_keys for v in columns[key]):
+                raise RequestError("unavailable", self.down)
         self._busy += 1
         try:
             if self.offload:
@@ -262,7 +282,9 @@ class FeatureServer:
         n = len(next(iter(resp.entities.values()), ()))
         return encode_response(resp, list(entities)), n
 
-    async def _body(self, receive: Receive, length: bytes | None) -> bytes:
+    async def _body(self, receive: Receive, length: bytes | None, began: float) -> bytes:
+        """The request's body, whole; a 413 past ``max_body_bytes``, a 408 when it has not all
+        arrived ``body_timeout_s`` after ``began`` (the watchdog cancels the wait)."""
         limit = self.max_body_bytes
         if length is not None:
             try:
@@ -272,20 +294,47 @@ class FeatureServer:
             if declared > limit:
                 raise RequestError("body_too_large", f"the body is {declared} bytes; the limit "
                                    f"is {limit} (serve.max_body_bytes)")
-        message = await receive()
-        body = message.get("body", b"")
-        if not message.get("more_body", False) and len(body) <= limit:
-            return body  # the usual case: the whole body in one message
-        chunks, size = [body], len(body)
-        while message.get("more_body", False) and size <= limit:
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = began
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_bodies())
+        try:
             message = await receive()
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
+            body = message.get("body", b"")
+            if not message.get("more_body", False) and len(body) <= limit:
+                return body  # the usual case: the whole body in one message
+            chunks, size = [body], len(body)
+            while message.get("more_body", False) and size <= limit:
+                message = await receive()
+                chunk = message.get("body", b"")
+                chunks.append(chunk)
+                size += len(chunk)
+        except asyncio.CancelledError:
+            if task not in self._late:  # cancelled by someone else (a shutdown): let it go
+                raise
+            task.uncancel()
+            raise RequestError("body_timeout", f"the body had not all arrived after "
+                               f"{self.body_timeout_s:g} s (serve.body_timeout_ms; a "
+                               f"Content-Length larger than the body sent?)") from None
+        finally:
+            del self._reading[task]
+            self._late.discard(task)
         if size > limit:  # chunked, or a Content-Length that lied
             raise RequestError("body_too_large", f"the body is over {limit} bytes, the limit "
                                f"(serve.max_body_bytes)")
         return b"".join(chunks)
+
+    async def _watch_bodies(self) -> None:
+        """Cancel the body reads older than ``body_timeout_s``; runs while there are some
+        (a dict entry per read costs the request nothing like a timer of its own would)."""
+        while self._reading:
+            await asyncio.sleep(self.body_timeout_s / 4)
+            now = time.perf_counter()
+            for task, since in list(self._reading.items()):
+                if now - since > self.body_timeout_s and task not in self._late:
+                    self._late.add(task)
+                    task.cancel()
 
     async def _health(self) -> tuple[int, bytes]:
         reason = self.down
@@ -338,4 +387,5 @@ def create_app(store: FeatureStore, *, token: str | None = None, max_entities: i
     return FeatureServer(store, token=cfg.resolve_token() if token is None else token,
                          max_entities=max_entities or cfg.max_entities,
                          max_body_bytes=max_body_bytes or cfg.max_body_bytes, offload=offload,
-                         poll_s=(cfg.resolve_poll_us() if poll_us is None else poll_us) / 1e6)
+                         poll_s=(cfg.resolve_poll_us() if poll_us is None else poll_us) / 1e6,
+                         body_timeout_s=cfg.body_timeout_ms / 1000)

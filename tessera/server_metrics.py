@@ -23,6 +23,7 @@ ERROR_KINDS = {
     "bad_entities": 400,       # missing or mistyped join key, columns of different lengths
     "too_many_entities": 400,  # more than serve.max_entities
     "body_too_large": 413,     # more than serve.max_body_bytes (Content-Length or bytes read)
+    "body_timeout": 408,       # the body had not all arrived in time (serve.body_timeout_ms)
     "unauthorized": 401,       # missing or wrong bearer token
     "not_found": 404,          # no such path
     "method_not_allowed": 405,

@@ -9,10 +9,12 @@ run with Polars and materialized into the project's Redis under a project name o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,8 +138,11 @@ MALFORMED: list[tuple[str, bytes | dict[str, Any], int, str, tuple[str, ...]]] =
     ("empty body", b"", 400, "bad_json", ("not valid JSON",)),
     ("bad UTF-8", b'{"features": "\xff"}', 400, "bad_json", ("not valid JSON",)),
     ("deeply nested", b"[" * 5000, 400, "bad_json", ("not valid JSON",)),
-    ("a list", b"[1, 2]", 400, "bad_json", ("JSON list, expected an object",)),
-    ("a number", b"12", 400, "bad_json", ("JSON int",)),
+    ("a list", b"[1, 2]", 400, "bad_json", ("the body is an array, expected a JSON object",)),
+    ("a number", b"12", 400, "bad_json", ("the body is a number",)),
+    ("NaN is not JSON", b'{"features": ["user_spend:txn_count_1h"], '
+                        b'"entities": {"user_id": [NaN]}}', 400, "bad_json",
+     ("not valid JSON", "NaN is not a JSON value")),
     ("unknown field", {"features": ["user_spend:txn_count_1h"], "entitys": USER}, 400,
      "bad_request", ("'entitys'", "did you mean 'entities'")),
     ("features not a list", {"features": "user_spend:txn_count_1h", "entities": USER}, 400,
@@ -159,11 +164,15 @@ MALFORMED: list[tuple[str, bytes | dict[str, Any], int, str, tuple[str, ...]]] =
                       "entities": {"user_id": [1], "merchant_id": [2]}}, 400, "bad_request",
      ("'txn_count_1h' is requested twice",)),
     ("no entities", {"features": ["user_spend:txn_count_1h"]}, 400, "bad_entities",
-     ("'entities' must be an object",)),
+     ("'entities' is null; it must be an object",)),
     ("entities a list", {"features": ["user_spend:txn_count_1h"], "entities": [{"user_id": 1}]},
-     400, "bad_entities", ("'entities' must be an object",)),
+     400, "bad_entities", ("'entities' is an array; it must be an object",)),
+    ("empty entities", {"features": ["user_spend:txn_count_1h"], "entities": {}}, 400,
+     "bad_entities", ("no join key 'user_id' (feature view 'user_spend' needs it; given: none)",)),
     ("entity not a list", {"features": ["user_spend:txn_count_1h"], "entities": {"user_id": 1}},
-     400, "bad_entities", ("entities['user_id'] is a JSON int",)),
+     400, "bad_entities", ("entities['user_id'] is a number, expected an array",)),
+    ("entity null", {"features": ["user_spend:txn_count_1h"], "entities": {"user_id": None}},
+     400, "bad_entities", ("entities['user_id'] is null",)),
     ("missing join key", {"features": ["user_spend:txn_count_1h"],
                           "entities": {"userid": [1]}}, 400, "bad_entities",
      ("no join key 'user_id'", "given: userid")),
@@ -206,6 +215,48 @@ def test_every_malformed_request_gets_a_one_line_4xx(server: Server, case: str,
     assert after[key] == before[key] + 1
     code = f'tessera_http_requests_total{{code="{status}",endpoint="/get-online-features"}}'
     assert after[code] == before.get(code, 0) + 1
+
+
+def test_huge_names_get_a_short_answer(server: Server) -> None:
+    """A name, key or field of 5,000 characters is echoed cut: the answer stays small."""
+    huge = "x" * 5000
+    for body, kind in (({"features": [f"user_spend:{huge}"], "entities": USER}, "unknown_feature"),
+                       ({"features": [f"{huge}:txn_count_1h"], "entities": USER},
+                        "unknown_feature"),
+                       ({"features": ["user_spend:txn_count_1h"], "entities": {huge: [1]}},
+                        "bad_entities"),
+                       ({"features": ["user_spend:txn_count_1h"], "entities": USER, huge: 1},
+                        "bad_request"),
+                       ({"features": ["user_spend:txn_count_1h"], "entities": {"user_id": [huge]}},
+                        "bad_entities")):
+        r = server.post(body)
+        error = one_line_error(r, 400, "characters)")
+        assert len(r.content) < 400, (kind, error)
+
+
+def test_a_body_shorter_than_its_content_length_gets_a_408(repo: Path) -> None:
+    """A client that declares more bytes than it sends is answered 408 after
+    ``serve.body_timeout_ms`` and its connection closed; the server goes on serving."""
+    import socket
+
+    with Server(repo, env={"TESSERA__SERVE__BODY_TIMEOUT_MS": "400"}) as s:
+        body = b'{"features": ["user_spend:txn_count_1h"], "entities": {"user_id": [1]}}'
+        head = (f"POST /get-online-features HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body) + 10}\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            began = time.monotonic()
+            sock.sendall(head.encode() + body)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+            elapsed = time.monotonic() - began
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 408 Request Timeout", answer[:300]
+        assert b"connection: close" in rest.lower()
+        assert b"the body had not all arrived after 0.4 s (serve.body_timeout_ms" in rest
+        assert 0.4 <= elapsed < 3.0
+        assert s.post(json.loads(body)).status_code == 200
+        assert s.metrics()['tessera_http_errors_total{kind="body_timeout"}'] == 1
 
 
 def test_a_chunked_body_is_cut_at_the_limit_without_a_content_length(server: Server) -> None:

@@ -60,6 +60,17 @@ def test_redis_down_is_a_quick_503_and_the_server_heals_itself(
             for t in threads:
                 t.join(timeout=10)
             assert codes == [503] * 8 and time.monotonic() - began < 1.5
+            # A malformed request is still a 400 (a 503 would tell the client to retry it);
+            # one that needs no key in Redis is answered as when Redis is up.
+            one_line_error(s.post({**body, "entities": {"user_id": [1.5]}}), 400,
+                           "entity row 0: join key 'user_id' is float 1.5")
+            one_line_error(s.post({**body, "entities": {"userid": [1]}}), 400,
+                           "no join key 'user_id'")
+            nulls = s.post({**body, "entities": {"user_id": [None, None]}})
+            assert nulls.status_code == 200, nulls.text
+            assert nulls.json()["results"][1]["statuses"] == ["NOT_FOUND"] * 2
+            empty = s.post({**body, "entities": {"user_id": []}})
+            assert empty.status_code == 200 and empty.json()["results"][1]["values"] == []
 
             redis.start()  # empty: it never saved
             deadline = time.monotonic() + 10
