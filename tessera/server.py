@@ -174,7 +174,8 @@ class FeatureServer:
             elif e.kind == "unavailable":
                 headers = [*_JSON, (b"retry-after", b"1")]
             elif e.kind == "method_not_allowed":
-                headers = [*_JSON, (b"allow", b"POST" if path == FEATURES_PATH else b"GET")]
+                headers = [*_JSON, (b"allow",
+                                    b"POST" if path == FEATURES_PATH else b"GET, HEAD")]
             elif e.kind == "body_timeout":  # the rest of the body may still come: drop it
                 headers = [*_JSON, (b"connection", b"close")]
         except Exception as e:  # a bug: still one line and JSON, and the traceback in the log
@@ -215,9 +216,9 @@ class FeatureServer:
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:
-        if method != allowed:
+        if method != allowed and not (method == "HEAD" and allowed == "GET"):  # HEAD: no body
             raise RequestError("method_not_allowed", f"method {method} is not allowed here; "
-                               f"use {allowed}")
+                               f"use {allowed}{' (or HEAD)' if allowed == 'GET' else ''}")
 
     async def _features(self, scope: Scope, receive: Receive, began: float
                         ) -> tuple[bytes, int]:

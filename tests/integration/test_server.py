@@ -280,6 +280,8 @@ def test_unknown_paths_and_methods(server: Server) -> None:
     one_line_error(r, 405, "use POST")
     assert r.headers["allow"] == "POST"
     one_line_error(httpx.post(server.url + "/health"), 405, "use GET")
+    head = httpx.head(server.url + "/health")  # probes that ask with HEAD: the status, no body
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_health_and_metrics(server: Server) -> None:
