@@ -238,12 +238,19 @@ def _read(path: Path) -> Manifest:
         raise
     except (OSError, ValueError) as e:
         raise OfflineStoreError(f"{path}: unreadable manifest ({e})") from e
-    if "coverage" not in data:  # written before coverage was recorded: the runs' day ranges
-        spans = [(date.fromisoformat(r["days"][0]), date.fromisoformat(r["days"][1]))
-                 for r in data.get("runs", []) if r.get("days")]
-        days = [a + timedelta(days=i) for a, b in spans for i in range((b - a).days + 1)]
-        data["coverage"] = _dump_coverage(add_coverage([], days))
-    return Manifest(**data)
+    try:
+        if "coverage" not in data:  # written before coverage was recorded: the runs' days
+            spans = [(date.fromisoformat(r["days"][0]), date.fromisoformat(r["days"][1]))
+                     for r in data.get("runs", []) if r.get("days")]
+            days = [a + timedelta(days=i) for a, b in spans for i in range((b - a).days + 1)]
+            data["coverage"] = _dump_coverage(add_coverage([], days))
+        manifest = Manifest(**data)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:  # JSON of another shape
+        raise OfflineStoreError(f"{path}: not a manifest ({type(e).__name__}: {e})") from None
+    if not (isinstance(manifest.version, int) and isinstance(manifest.partitions, dict)):
+        raise OfflineStoreError(f"{path}: not a manifest (version {manifest.version!r}, "
+                                f"partitions of type {type(manifest.partitions).__name__})")
+    return manifest
 
 
 def _dump_coverage(intervals: Sequence[Interval]) -> list[list[str | None]]:

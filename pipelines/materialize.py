@@ -15,6 +15,9 @@ kernels, one part (a snapshot row group or a range) after the other.
 - **Rule changes**: the fingerprint names the keys, so new rules start from an empty state key
   and are materialized in full; old keys expire (lifetime keys of old rules stay until
   ``tessera online gc --delete``, :mod:`pipelines.online_gc`).
+- **TTL changes**: a plain ``last``'s TTL decides which entities are written and when keys
+  expire, but not the offline tiles, so it is not in the fingerprint: the state key records it
+  (``ttl_signature``), and a change rewrites every entity from the tiles.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from features import offline_store
 from features.config import RepoConfig
 from features.definitions import FeatureView
+from features.errors import OfflineStoreError
 from features.online import keys as K
 from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
@@ -38,6 +42,7 @@ from pipelines import online_pack as pk
 from pipelines import online_parts as op
 from pipelines import online_snapshot
 from pipelines.errors import PipelineError
+from pipelines.online_expiry import ttl_signature
 
 Progress = Callable[[int, int | None], None]  # (entity rows done, total or estimate; None: none yet)
 
@@ -46,7 +51,7 @@ Progress = Callable[[int, int | None], None]  # (entity rows done, total or esti
 class MaterializeSummary:
     view: str
     fingerprint: str
-    mode: str  # "full", "incremental", "up to date"
+    mode: str  # "full", "incremental", "up to date", "failed" (the reason in note)
     days: list[str] = field(default_factory=list)  # days whose entities were rewritten
     entities: int = 0
     keys_written: int = 0
@@ -88,17 +93,17 @@ def _day_range(start: Any, end: Any) -> tuple[date, date] | None:
 _UNREADABLE = (OSError, ValueError, KeyError)  # and pyarrow.ArrowException (imported lazily)
 
 
-def _snapshot(cfg: RepoConfig, base: Any, version: int, now_us: int, wanted: Any,
-              summary: MaterializeSummary) -> op.Parts | None:
-    """The batch run's snapshot of this version, if usable (see pipelines.online_snapshot)."""
+def _snapshot(cfg: RepoConfig, base: Any, manifest: offline_store.Manifest, ttls: str,
+              now_us: int, wanted: Any, summary: MaterializeSummary) -> op.Parts | None:
+    """The batch run's snapshot of this manifest, if usable (see pipelines.online_snapshot)."""
     import pyarrow as pa
 
     if not cfg.offline.online_snapshot:
         return None
     try:
-        parts = online_snapshot.stream(base, version, now_us, wanted)
+        parts = online_snapshot.stream(base, manifest, ttls, now_us, wanted)
     except (*_UNREADABLE, pa.ArrowException) as e:
-        summary.note = _unreadable(base, version, e)
+        summary.note = _unreadable(base, manifest.version, e)
         return None
     if parts is not None:
         summary.source = "snapshot"
@@ -113,7 +118,39 @@ def _unreadable(base: Any, version: int, error: BaseException) -> str:
 def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                      start: Any = None, end: Any = None, now_us: int | None = None,
                      progress: Progress | None = None) -> MaterializeSummary:
-    """Write one view's online values (see the module docstring)."""
+    """Write one view's online values (see the module docstring). An offline file that cannot
+    be read (truncated, removed by hand) is a PipelineError naming it; what Redis holds stays
+    as it was or is rewritten whole, never half-built."""
+    import duckdb
+
+    try:
+        return _materialize_view(cfg, view, online, start, end, now_us, progress)
+    except duckdb.Error as e:
+        raise PipelineError(f"feature view {view.name!r}: offline tiles unreadable "
+                            f"({str(e).splitlines()[0]}); rebuild the days they hold with "
+                            f"`tessera run --view {view.name} --start D --end D`") from None
+
+
+def _read_state(online: RedisOnline, state_key: str) -> tuple[dict[str, Any] | None, str]:
+    """(what the last materialization recorded, a note): None, with a note, for a state key
+    that is not ours to read (then everything is rewritten)."""
+    text = online.get_text(state_key)
+    if not text:
+        return None, ""
+    try:
+        state = json.loads(text)
+        if (isinstance(state, dict) and isinstance(state.get("partitions"), dict)
+                and isinstance(state.get("at_us", 0), int)):
+            return state, ""
+        problem = "not the state materialize writes"
+    except ValueError as e:
+        problem = f"not JSON: {e}"
+    return None, f"state key {state_key} unreadable ({problem}): rewrote every entity"
+
+
+def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, start: Any,
+                      end: Any, now_us: int | None, progress: Progress | None
+                      ) -> MaterializeSummary:
     started = time.perf_counter()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     root = cfg.resolve(cfg.offline.path)
@@ -125,18 +162,31 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                             f"{view.name}` first")
     project = cfg.project
     state_key = K.state_key(project, view.name, fp)
-    state_text = online.get_text(state_key)
-    state = json.loads(state_text) if state_text else None
+    days = _day_range(start, end)
+    state, note = _read_state(online, state_key)
+    ttls = ttl_signature(view)
     before = state["partitions"] if state else None
+    # A full rewrite over values written before (state lost, TTLs changed, replaced tiles
+    # collected) also deletes the keys of entities left with no value: Redis is scanned for them.
+    rescan = bool(note)
+    if state and state.get("ttls") != ttls:  # values built under other TTLs: rewrite them all
+        before, rescan = None, True
+        note = ("the TTLs of plain last features changed" if "ttls" in state else
+                "the last materialization recorded no TTLs (an older Tessera)")
+        note += ": rewrote every entity"
     # Values are exact for reads at or after the latest instant any run pruned tiles at
     # (pipelines.consistency reads it): the max of every run's now.
     at_us = max(now_us, (state or {}).get("at_us", now_us))
     forced: set[str] = set()
-    days = _day_range(start, end)
     if days is not None:
         first, last = days[0].isoformat(), days[1].isoformat()
         forced = {d for d in manifest.days() if first <= d < last}
-    summary = MaterializeSummary(view.name, fp, "full", manifest_version=manifest.version)
+        if not forced:
+            note = "; ".join(filter(None, [note, f"no day of the offline store is in [{start or 'the first'}, "
+                    f"{end or 'the last'}) (it holds {min(manifest.days(), default='none')}.."
+                    f"{max(manifest.days(), default='none')}): nothing forced"]))
+    summary = MaterializeSummary(view.name, fp, "full", manifest_version=manifest.version,
+                                 note=note)
     base = offline_store.view_dir(root, view.name, fp)
     entities = None
     if before is not None:
@@ -151,9 +201,9 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
             entities = ob.changed_entities(ob.Reader(view, base, manifest, None), summary.days,
                                            before)
         except ob.OldFilesGone as e:  # which entities the replaced tiles held is unknown
-            summary.mode, summary.note = "full", f"{e}: rewrote every entity"
+            summary.mode, summary.note, rescan = "full", f"{e}: rewrote every entity", True
         if summary.mode == "incremental" and (entities is None or entities.num_rows == 0):
-            _save_state(online, state_key, manifest, at_us)
+            _save_state(online, state_key, manifest, at_us, ttls)
             summary.seconds = time.perf_counter() - started
             return summary
     elif forced:
@@ -161,14 +211,15 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
     cod = codec(view)
     wanted = (None if entities is None else
               ob.entity_tag_array([entities.column(k) for k in view.join_keys]))
+    held = _present(online, project, view, fp) if rescan else wanted
     import pyarrow as pa
 
     def tiles() -> op.Parts:
         return op.built(view, base, manifest, entities, cod, now_us)
 
-    parts = _snapshot(cfg, base, manifest.version, now_us, wanted, summary) or tiles()
+    parts = _snapshot(cfg, base, manifest, ttls, now_us, wanted, summary) or tiles()
     try:
-        written, deleted = _write(online, project, view, fp, cod, parts, wanted, now_us,
+        written, deleted = _write(online, project, view, fp, cod, parts, held, now_us,
                                   progress)
     except (*_UNREADABLE, pa.ArrowException) as e:
         if summary.source != "snapshot":
@@ -177,20 +228,31 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
         # (values are SET whole), and the tiles give every value again
         summary.source, summary.note = "tiles", _unreadable(base, manifest.version, e)
         parts = tiles()
-        written, deleted = _write(online, project, view, fp, cod, parts, wanted, now_us,
+        written, deleted = _write(online, project, view, fp, cod, parts, held, now_us,
                                   progress)
-    _save_state(online, state_key, manifest, at_us)
+    _save_state(online, state_key, manifest, at_us, ttls)
     summary.entities = parts.entities
     summary.keys_written, summary.keys_deleted = written, deleted
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+def _present(online: RedisOnline, project: str, view: FeatureView, fp: str) -> Any:
+    """The entity tags of the view's window and lifetime keys in Redis now (a ``SCAN``)."""
+    import pyarrow as pa
+
+    from pipelines.online_gc import entity_tags
+
+    return pa.array(sorted(set(entity_tags(online, project, view.name, fp))), pa.string())
+
+
 def _save_state(online: RedisOnline, state_key: str, manifest: offline_store.Manifest,
-                at_us: int) -> None:
-    """Record what Redis now holds: the next run diffs against these partitions."""
+                at_us: int, ttls: str) -> None:
+    """Record what Redis now holds: the next run diffs against these partitions, and rewrites
+    everything if the TTLs are no longer ``ttls``."""
     online.set_text(state_key, json.dumps({"version": manifest.version,
-                                           "partitions": manifest.partitions, "at_us": at_us}))
+                                           "partitions": manifest.partitions, "at_us": at_us,
+                                           "ttls": ttls}))
 
 
 def _ms(us: Any) -> Any:
@@ -261,11 +323,22 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
         deletes += [head + t + tail for t in missing(parts.window_tags)]
         if cod.lifetime is not None:
             deletes += [head + t + tail + K.LIFETIME for t in missing(parts.lifetime_tags)]
-    if deletes:
-        online.write((), deletes)
+    removed = _delete(online, deletes) if deletes else 0
     if progress is not None:
         progress(done, done)
-    return written, len(deletes)
+    return written, removed
+
+
+DELETE_ROUND = 1_000  # keys per DEL (single node) and commands per pipelined round
+
+
+def _delete(online: RedisOnline, keys: list[str]) -> int:
+    """``DEL`` the keys; how many there were (an expired key is not counted). One ``DEL`` of
+    many keys on a single node; one a key on a cluster, whose keys live on different nodes."""
+    commands = ([("DEL", k) for k in keys] if online.cluster else
+                [("DEL", *keys[lo:lo + DELETE_ROUND]) for lo in range(0, len(keys), DELETE_ROUND)])
+    return sum(sum(online.call_many(commands[lo:lo + DELETE_ROUND]))
+               for lo in range(0, len(commands), DELETE_ROUND))
 
 
 def _sets(head: str, tail: str, cod: Codec, values: ob.Values, now_us: int,
@@ -295,14 +368,16 @@ def _sets(head: str, tail: str, cod: Codec, values: ob.Values, now_us: int,
 def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnline, *,
                 start: Any = None, end: Any = None, now_us: int | None = None,
                 show_progress: bool = True) -> list[MaterializeSummary]:
-    """Materialize ``views`` with a rich progress bar (entities written per view)."""
+    """Materialize ``views`` with a rich progress bar (keys written per view). A view that
+    fails (no offline data for its rules, unreadable tiles) does not stop the others: a
+    :class:`MaterializeError` after them all names it and carries every view's summary."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     _day_range(start, end)  # checked before any work or progress bar
     out = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("entities"), TimeElapsedColumn(), disable=not show_progress,
+                  TextColumn("keys"), TimeElapsedColumn(), disable=not show_progress,
                   console=Console(stderr=True)) as bar:
         for view in views:
             task = bar.add_task(f"materialize {view.name}", total=None)
@@ -310,9 +385,25 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
             def progress(done: int, total: int | None, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
-            out.append(materialize_view(cfg, view, online, start=start, end=end, now_us=now_us,
-                                        progress=progress))
+            try:
+                out.append(materialize_view(cfg, view, online, start=start, end=end,
+                                            now_us=now_us, progress=progress))
+            except (PipelineError, OfflineStoreError) as e:  # the next view may be fine: go on
+                out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
+                                              note=str(e)))
+    failed = [m for m in out if m.mode == "failed"]
+    if failed:
+        raise MaterializeError(out, "; ".join(m.note for m in failed))
     return out
 
 
-__all__ = ["MaterializeSummary", "materialize", "materialize_view"]
+class MaterializeError(PipelineError):
+    """Some views failed to materialize (``summaries`` has every view's, mode ``failed`` for
+    those, the reason in their ``note``); the others were written."""
+
+    def __init__(self, summaries: list[MaterializeSummary], message: str) -> None:
+        super().__init__(message)
+        self.summaries = summaries
+
+
+__all__ = ["MaterializeError", "MaterializeSummary", "materialize", "materialize_view"]

@@ -8,6 +8,7 @@ Computed for every entity at once, the same way by materialization
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,3 +57,13 @@ def expiry_rules(view: FeatureView, cod: Codec) -> list[int | None]:
         rules.append(None if any(x is None for x in spans)
                      else max(x for x in spans if x is not None))
     return rules
+
+
+def ttl_signature(view: FeatureView) -> str:
+    """What decides a view's online values besides its rules: the TTL of each plain ``last``
+    (its own, else the view's). The fingerprint leaves the view's ``ttl`` out, since the offline
+    tiles do not depend on it; but which entities are written and when their keys expire do.
+    Materialization and the online snapshot record this and compare it, so a TTL change
+    rewrites every entity instead of keeping values built under the old one."""
+    return json.dumps([[f.name, view.feature_ttl_us(f)] for f in view.features
+                       if f.function == "last" and f.window is None])

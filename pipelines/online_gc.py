@@ -121,6 +121,19 @@ def _scan(online: RedisOnline, project: str) -> Iterator[bytes]:
         raise online._unavailable(e) from None
 
 
+def entity_tags(online: RedisOnline, project: str, view: str, fingerprint: str
+                ) -> Iterator[str]:
+    """The entity tag of each window and lifetime key of one view and fingerprint in Redis
+    (a ``SCAN`` of the project's keys): what materialize deletes of after a full rewrite."""
+    want = (view, fingerprint[:FINGERPRINT_CHARS], VERSION)
+    head = project + ":{"
+    for raw in _scan(online, project):
+        key = raw.decode(errors="replace")
+        parsed = parse(project, key)
+        if parsed is not None and parsed[:3] == want and parsed[3] in ("window", "lifetime"):
+            yield key[len(head):key.find("}", len(head))]
+
+
 def _delete(online: RedisOnline, keys: list[str]) -> int:
     """``DEL`` the keys (pipelined, each cluster key to its master); empties ``keys``."""
     online.write((), deletes=list(keys))

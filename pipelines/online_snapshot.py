@@ -6,7 +6,8 @@ A batch run that commits a manifest version also writes what materialization wou
     <view>/<fingerprint[:16]>/_online/<version:010d>.parquet
         tag (string), lifetime (bool), blob (binary), expire_us (int64; -1: never)
         metadata: tessera.version, tessera.now_us, tessera.partitions (the manifest's, JSON),
-                  tessera.format (features.online.codec.VERSION: another one is never copied)
+                  tessera.format (features.online.codec.VERSION: another one is never copied),
+                  tessera.ttls (pipelines.online_expiry.ttl_signature when built)
 
 ``tessera materialize`` then copies those values into Redis instead of re-reading and merging
 the tiles: the same bytes, ~4x faster (docs/benchmarks.md), one row group (``GROUP_ROWS``) at a
@@ -18,8 +19,9 @@ Chronon make: the batch job computes what is served, the upload only moves it.
 Why the values stay right when copied later: windows slide at read time, so a value built at
 ``now_us`` reads exactly at any later instant (its older tiles are skipped by the read); a key
 whose expiry passed meanwhile is deleted instead of written. A snapshot is used only for the
-manifest version it was built from and only by a materialization at or after its ``now_us``;
-otherwise materialization reads the tiles, as it always could.
+manifest version and partitions it was built from, with the TTLs it was built under, and only
+by a materialization at or after its ``now_us``; otherwise materialization reads the tiles, as it
+always could.
 
 A run after the first rebuilds only the entities of the days whose partitions changed (their
 events before and after, so an entity whose events were replaced away is rebuilt too) and keeps
@@ -42,11 +44,13 @@ from features.definitions import FeatureView
 from features.online.codec import VERSION, codec
 from pipelines import online_build as ob
 from pipelines import online_parts as op
+from pipelines.online_expiry import ttl_signature
 
 SNAPSHOT_DIR = "_online"
 # Rows per row group (~10 MB of values at ~1 KB an entity): what materialize holds at once
 GROUP_ROWS = 8_192
 _META = (b"tessera.version", b"tessera.now_us", b"tessera.partitions", b"tessera.format")
+_TTLS = b"tessera.ttls"  # absent from snapshots of before it: taken as other TTLs
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,24 @@ def _newest(base: Path, below: int) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
-def _open(file: Path) -> tuple[Any, int, int, dict[str, list[str]]]:
-    """(the open file, manifest version, built at µs, partitions) of a snapshot in this
-    Tessera's value format, from its footer alone (the rows are read only when used); raises
-    ValueError for anything else (a file in an older format is never copied)."""
+@dataclass(frozen=True)
+class _Footer:
+    parquet: Any  # the open pyarrow ParquetFile
+    version: int  # the manifest version it was built from
+    now_us: int  # built as of
+    partitions: dict[str, list[str]]  # the manifest's
+    ttls: str | None  # pipelines.online_expiry.ttl_signature of the view then
+
+    def serves(self, manifest: offline_store.Manifest, ttls: str) -> bool:
+        """Whether its values are those of ``manifest`` under the TTLs ``ttls``."""
+        return (self.version == manifest.version and self.partitions == manifest.partitions
+                and self.ttls == ttls)
+
+
+def _open(file: Path) -> _Footer:
+    """The footer of a snapshot in this Tessera's value format, read alone (the rows are read
+    only when used); raises ValueError for anything else (a file in an older format is never
+    copied)."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(file)  # not read_table: it goes through pyarrow.dataset, slower
@@ -85,7 +103,9 @@ def _open(file: Path) -> tuple[Any, int, int, dict[str, list[str]]]:
     if int(meta[_META[3]]) != VERSION:
         raise ValueError(f"online value format {int(meta[_META[3]])}, this Tessera writes "
                          f"{VERSION}")
-    return (parquet, int(meta[_META[0]]), int(meta[_META[1]]), json.loads(meta[_META[2]]))
+    ttls = meta.get(_TTLS)
+    return _Footer(parquet, int(meta[_META[0]]), int(meta[_META[1]]), json.loads(meta[_META[2]]),
+                   None if ttls is None else ttls.decode())
 
 
 def _table(values: ob.Values | None) -> Any:
@@ -129,11 +149,12 @@ def _increment(view: FeatureView, base: Path, manifest: offline_store.Manifest,
     if previous is None:
         return None
     try:
-        parquet, _, old_now, old_parts = _open(previous[1])
+        old = _open(previous[1])
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return None  # unreadable: build it all (and replace it)
+    parquet, old_parts = old.parquet, old.partitions
     days = ob.changed_days(manifest.partitions, old_parts)
-    if old_now > now_us or set(manifest.days()) <= days:
+    if old.now_us > now_us or set(manifest.days()) <= days or old.ttls != ttl_signature(view):
         return None
     try:
         entities = ob.changed_entities(ob.Reader(view, base, manifest, None), sorted(days),
@@ -196,7 +217,8 @@ def _write_file(target: Path, view: FeatureView, base: Path, manifest: offline_s
                  op.built(view, base, manifest, entities, cod, now_us))
     schema = _table(None).schema.with_metadata({
         _META[0]: str(manifest.version), _META[1]: str(now_us),
-        _META[2]: json.dumps(manifest.partitions), _META[3]: str(VERSION)})
+        _META[2]: json.dumps(manifest.partitions), _META[3]: str(VERSION),
+        _TTLS: ttl_signature(view)})
     tags = []
     pending: list[Any] = []  # rows not written yet: less than a row group
     held = 0
@@ -246,9 +268,11 @@ def _rows(table: Any, mask: Any, count: int) -> Any:
     return table.slice(0, 0) if count == 0 else table.filter(mask)
 
 
-def stream(base: Path, version: int, now_us: int, wanted: Any = None) -> op.Parts | None:
-    """The snapshot of manifest ``version`` (only the ``wanted`` entity tags, when given), or
-    None when there is none usable at ``now_us``. Its values are read one row group at a time
+def stream(base: Path, manifest: offline_store.Manifest, ttls: str, now_us: int,
+           wanted: Any = None) -> op.Parts | None:
+    """The snapshot of ``manifest`` (only the ``wanted`` entity tags, when given), or None when
+    there is none usable at ``now_us`` under the TTLs ``ttls`` (``ttl_signature``): one of
+    another version, other partitions (a stray file), or other TTLs is not. Its values are read one row group at a time
     as the parts are iterated, so materialize holds one group in memory and Redis applies a
     group while the next is read.
 
@@ -257,12 +281,13 @@ def stream(base: Path, version: int, now_us: int, wanted: Any = None) -> op.Part
     """
     import pyarrow.compute as pc
 
-    file = path(base, version)
+    file = path(base, manifest.version)
     if not file.is_file():
         return None
-    parquet, version_in, built_us, _ = _open(file)
-    if version_in != version or built_us > now_us:
+    footer = _open(file)
+    if not footer.serves(manifest, ttls) or footer.now_us > now_us:
         return None
+    parquet = footer.parquet
 
     def parts() -> Iterator[ob.Values]:
         # one row group at a time: iter_batches reads ahead and held twice the memory (a

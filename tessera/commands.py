@@ -82,12 +82,15 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
     """``tessera materialize``: online values into Redis (incremental unless days are given)."""
     from rich.table import Table
 
-    from pipelines.materialize import materialize
+    from pipelines.materialize import MaterializeError, materialize
 
     defs = load_valid(cfg)
     online = _batch_online(cfg)
+    failure = None
     try:
         summaries = materialize(cfg, defs.select(views), online, start=start, end=end)
+    except MaterializeError as e:  # the table still shows what was written
+        summaries, failure = e.summaries, e
     finally:
         online.close()
     table = Table(title=f"materialized into {cfg.online.url}")
@@ -96,14 +99,18 @@ def materialize_repo(cfg: RepoConfig, console: Console, start: str | None, end: 
         table.add_column(name, justify="left" if name in ("view", "mode", "from", "days")
                          else "right")
     for m in summaries:
-        days = (f"{m.days[0]}..{m.days[-1]} ({len(m.days)})" if m.days else "all")
-        table.add_row(m.view, m.fingerprint[:16], m.mode, m.source, days, f"{m.entities:,}",
-                      f"{m.keys_written:,}", f"{m.keys_deleted:,}", f"{m.seconds:.2f}",
-                      f"{m.rate:,.0f}")
+        wrote = m.mode in ("full", "incremental")  # up to date, failed: nothing read
+        days = (f"{m.days[0]}..{m.days[-1]} ({len(m.days)})" if m.days else
+                "all" if wrote else "-")
+        table.add_row(m.view, m.fingerprint[:16], m.mode, m.source if wrote else "-", days,
+                      f"{m.entities:,}", f"{m.keys_written:,}", f"{m.keys_deleted:,}",
+                      f"{m.seconds:.2f}", f"{m.rate:,.0f}")
     console.print(table)
     for m in summaries:
-        if m.note:
+        if m.note and m.mode != "failed":
             console.print(f"[yellow]note:[/] {m.view}: {m.note}", soft_wrap=True)
+    if failure is not None:
+        raise failure
     return summaries
 
 

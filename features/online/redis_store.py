@@ -371,23 +371,31 @@ class RedisOnline(RedisWrites):
                                              f"{r}")
         return replies
 
+    def _refused(self) -> tuple[type[BaseException], ...]:
+        """What a small command fails with when the store cannot serve it: the connection
+        errors, and an error reply (``DB index is out of range`` for a URL's bad database
+        number: its handshake's ``SELECT`` is refused)."""
+        import redis
+
+        return (*self._errors, redis.ResponseError)
+
     def get_text(self, key: str) -> str | None:
         try:
             value = self.client.get(key)
-        except self._errors as e:
+        except self._refused() as e:
             raise self._unavailable(e) from None
         return None if value is None else value.decode()
 
     def set_text(self, key: str, value: str) -> None:
         try:
             self.client.set(key, value)
-        except self._errors as e:
+        except self._refused() as e:
             raise self._unavailable(e) from None
 
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except self._errors as e:
+        except self._refused() as e:
             raise self._unavailable(e) from None
 
     def close(self) -> None:

@@ -48,3 +48,26 @@ def test_run_then_materialize_then_incremental(tmp_path: Path, redis_url: str) -
         assert len(out.strip().splitlines()) == 1, out
     assert store.online.get_text(key) == state
     store.close()
+
+
+def test_a_view_that_fails_does_not_stop_the_others(tmp_path: Path, redis_url: str) -> None:
+    """user_spend's rules changed and not run yet: merchant_activity is still materialized, the
+    table shows both, and the command fails naming the view and what to do."""
+    folder = make_repo(tmp_path / "repo", redis_url, rows=2_000, days=3)
+    repo = str(folder / "feature_repo.yaml")
+    code, out = invoke("run", "--repo", repo)
+    assert code == 0, out
+    source = folder / "example" / "card_features.py"
+    source.write_text(source.read_text().replace('filter=col("amount") > 0,',
+                                                 'filter=col("amount") > 1,'))
+    code, out = invoke("materialize", "--repo", repo)
+    assert code == 1, out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
+    assert " failed " in rows["user_spend"] and " full " in rows["merchant_activity"], out
+    assert ("error: feature view 'user_spend': nothing in the offline store for its current "
+            "rules") in out and "run `tessera run --view user_spend` first" in out
+    store = FeatureStore(config=load_config(folder))
+    merchants = store.definitions.views["merchant_activity"]
+    assert store.online.get_text(state_key(store.config.project, merchants.name,
+                                           merchants.fingerprint()))
+    store.close()

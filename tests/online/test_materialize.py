@@ -3,6 +3,7 @@ killed run completed by the next, and reads surviving a Redis restart."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from datetime import timedelta
@@ -12,15 +13,18 @@ from typing import Any
 import polars as pl
 import pytest
 
+from features import offline_store
 from features.config import load_config
+from features.errors import OfflineStoreError, OnlineUnavailableError
 from features.online import keys as K
 from features.online.redis_store import RedisOnline
 from features.store import FeatureStore
+from features.tiles import EXACT_TILE_US
 from features.windows import to_micros
 from pipelines import materialize as mat
 from pipelines.batch import run
 from tests.online.private_redis import PrivateRedis
-from tests.online.repo import build, equal, historical, today
+from tests.online.repo import build, equal, historical, ids, today
 
 
 def state(store: FeatureStore) -> dict[str, tuple[bytes, bool]]:
@@ -283,3 +287,137 @@ def test_values_that_expired_by_the_run_are_deleted_and_reads_stay_exact(
                for i, k in enumerate(keys) if not equal(f.function, got[f.name][i],
                                                           want[f.name][i])]
         assert bad == [], bad[:5]
+
+
+def _equal_to_offline(store: FeatureStore, view: str, key: str, keys: list[int]) -> None:
+    fv = store.definitions.views[view]
+    got = store.get_online_features([f"{view}:{f.name}" for f in fv.features],
+                                    [{key: k} for k in keys], now=NOW).to_dict()
+    want = historical(store, view, key, keys, today())
+    bad = [(f.name, k, got[f.name][i], want[f.name][i]) for f in fv.features
+           for i, k in enumerate(keys) if not equal(f.function, got[f.name][i], want[f.name][i])]
+    assert bad == [], bad[:5]
+
+
+def test_a_ttl_change_rewrites_every_entity(fresh: FeatureStore) -> None:
+    """A view's ttl decides which newest values are kept and when keys expire, but not the
+    tiles nor the fingerprint: materialization notices the change and rewrites every entity,
+    from the tiles (the batch run's snapshot was built under the old ttl)."""
+    source = fresh.config.root / "example" / "card_features.py"
+    text = source.read_text()
+    users = ids(fresh, "user_id", 80)
+    source.write_text(text.replace('ttl="30d",', 'ttl="2d",', 1))  # user_spend's
+    short = FeatureStore(config=load_config(fresh.config.root))
+    fp = short.definitions.views["user_spend"].fingerprint()
+    assert fp == fresh.definitions.views["user_spend"].fingerprint()
+    assert [m.mode for m in materialize(short)] == ["full", "full"]
+    _equal_to_offline(short, "user_spend", "user_id", users)
+    kept = short.get_online_features(["user_spend:last_country"], {"user_id": users},
+                                     now=NOW).to_dict()["last_country"]
+    short.close()
+
+    source.write_text(text)  # back to 30 days
+    long = FeatureStore(config=load_config(fresh.config.root))
+    spend, merchants = materialize(long)
+    assert (spend.mode, spend.source, merchants.mode) == ("full", "tiles", "up to date")
+    assert "the TTLs of plain last features changed: rewrote every entity" in spend.note
+    now = long.get_online_features(["user_spend:last_country"], {"user_id": users},
+                                   now=NOW).to_dict()["last_country"]
+    assert any(a is None and b is not None for a, b in zip(kept, now, strict=True))
+    _equal_to_offline(long, "user_spend", "user_id", users)
+    assert materialize(long)[0].mode == "up to date"  # recorded: no second rewrite
+    long.close()
+
+
+def test_a_full_rewrite_after_collected_tiles_deletes_entities_left_without_values(
+        fresh: FeatureStore, tmp_path: Path) -> None:
+    """A day re-run without one user's events, its superseded tiles collected before the next
+    materialization: which entities they held is unknown, so every entity is rewritten, and
+    Redis is scanned so that the user, now with no event, loses its key (not served stale)."""
+    materialize(fresh)
+    view = fresh.definitions.views["user_spend"]
+    fp, project, client = view.fingerprint(), fresh.config.project, fresh.online.client
+    data = fresh.config.resolve(Path("data/transactions"))
+    events = pl.read_parquet(data, hive_partitioning=False).with_columns(
+        day=pl.col("event_ts").dt.date())
+    lone = (events.group_by("user_id").agg(pl.col("day").n_unique().alias("days"),
+                                           pl.col("day").first())
+            .filter(pl.col("days") == 1).sort("user_id").row(0, named=True))
+    user, day = lone["user_id"], lone["day"]
+    key = K.window_key(project, "user_spend", fp, str(user))
+    assert client.exists(key)
+    for file in data.glob(f"*{day.isoformat()}*/*.parquet"):
+        table = pl.read_parquet(file, hive_partitioning=False)
+        table.filter(pl.col("user_id") != user).write_parquet(file)
+    before = json.loads(fresh.online.get_text(K.state_key(project, "user_spend", fp)))
+    run(fresh.config, [view], "polars", day, day.fromordinal(day.toordinal() + 1),
+        show_progress=False)
+    base = offline_store.view_dir(fresh.config.resolve(fresh.config.offline.path),
+                                  "user_spend", fp)
+    for i, f in enumerate(before["partitions"][f"{EXACT_TILE_US}/{day.isoformat()}"]):
+        (base / f).rename(tmp_path / f"collected-{i}.parquet")  # what the batch GC does
+    [spend] = mat.materialize(fresh.config, [view], fresh.online, now_us=NOW,
+                              show_progress=False)
+    assert spend.mode == "full" and "superseded tiles already collected" in spend.note
+    assert not client.exists(key) and spend.keys_deleted >= 1
+    _equal_to_offline(fresh, "user_spend", "user_id", [user, *ids(fresh, "user_id", 20)])
+
+
+def test_bad_offline_or_state_files_are_one_line_and_other_views_go_on(
+        fresh: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tile file cut short: the view fails naming it, the next view is materialized; a state
+    key that is not ours: every entity rewritten, with a note; a manifest of another shape:
+    named."""
+    materialize(fresh)
+    before = state(fresh)
+    view = fresh.definitions.views["user_spend"]
+    fp, project = view.fingerprint(), fresh.config.project
+    state_key = K.state_key(project, "user_spend", fp)
+
+    fresh.online.set_text(state_key, "not json")
+    spend = materialize(fresh)[0]
+    assert spend.mode == "full" and f"state key {state_key} unreadable (not JSON" in spend.note
+    assert state(fresh) == before
+    fresh.online.set_text(state_key, '{"version": 2}')
+    assert "(not the state materialize writes)" in materialize(fresh)[0].note
+
+    root = fresh.config.resolve(fresh.config.offline.path)
+    manifest = offline_store.latest(root, "user_spend", fp)
+    assert manifest is not None
+    victim = offline_store.view_dir(root, "user_spend", fp) / manifest.files(EXACT_TILE_US)[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    fresh.online.client.delete(state_key, *[K.state_key(project, v.name, v.fingerprint())
+                                            for v in views(fresh)])
+    monkeypatch.setenv("TESSERA__OFFLINE__ONLINE_SNAPSHOT", "false")
+    cfg = load_config(fresh.config.root)
+    with pytest.raises(mat.MaterializeError, match=r"^feature view 'user_spend': offline tiles "
+                                                   r"unreadable \(.*part-0\.parquet") as e:
+        mat.materialize(cfg, views(fresh), fresh.online, now_us=NOW, show_progress=False)
+    assert "\n" not in str(e.value)
+    assert [m.mode for m in e.value.summaries] == ["failed", "full"]
+    assert state(fresh) == before  # nothing lost or half-built
+
+    folder = offline_store.view_dir(root, "user_spend", fp) / "_manifest"
+    (folder / f"{manifest.version + 1:010d}.json").write_text("{}")
+    with pytest.raises(OfflineStoreError,
+                       match=rf"{manifest.version + 1:010d}\.json: not a manifest \(TypeError"):
+        offline_store.latest(root, "user_spend", fp)
+
+
+def test_days_with_no_data_say_so_and_deletes_count_keys_removed(fresh: FeatureStore,
+                                                                 redis_url: str) -> None:
+    materialize(fresh)
+    later = materialize(fresh, start="2030-01-01")
+    assert [m.mode for m in later] == ["up to date", "up to date"]
+    assert all("no day of the offline store is in [2030-01-01, the last)" in m.note
+               for m in later)
+    late = to_micros(today() + timedelta(days=29, hours=20))
+    twice = [mat.materialize(fresh.config, views(fresh), fresh.online, now_us=late,
+                             start="2000-01-01", end="2100-01-01", show_progress=False)
+             for _ in range(2)]
+    assert all(m.keys_deleted > 0 for m in twice[0])
+    assert [m.keys_deleted for m in twice[1]] == [0, 0]  # already gone: none counted
+    bad_db = RedisOnline(redis_url.rsplit("/", 1)[0] + "/99")
+    with pytest.raises(OnlineUnavailableError, match=r"/99 is unavailable: DB index is out of "
+                                                     r"range"):
+        bad_db.get_text("anything")

@@ -326,3 +326,21 @@ def test_a_previous_snapshot_failing_part_way_is_rebuilt_whole(
     assert spend.snapshot.rebuilt == spend.snapshot.entities
     for view in ("user_spend", "merchant_activity"):
         assert snapshot_rows(fresh, view) == built_rows(fresh, view, NOW), view
+
+
+def test_a_snapshot_of_other_partitions_or_ttls_is_not_copied(fresh: FeatureStore) -> None:
+    """A snapshot is copied only for the manifest it was built from (its version and its
+    partitions: a stray file of the same version is not) and the TTLs it was built under."""
+    run(fresh.config, views(fresh), "polars", now_us=NOW, show_progress=False)
+    file = snapshot_file(fresh, "user_spend")
+    table = pq.read_table(file)
+    meta = dict(table.schema.metadata)
+
+    def materialized_from(changes: dict[bytes, bytes]) -> str:
+        pq.write_table(table.replace_schema_metadata({**meta, **changes}), file)
+        delete_project_keys(fresh)
+        return materialize(fresh)[0].source
+
+    assert materialized_from({b"tessera.partitions": b"{}"}) == "tiles"
+    assert materialized_from({b"tessera.ttls": b"[]"}) == "tiles"
+    assert materialized_from({}) == "snapshot"  # as the batch run wrote it
