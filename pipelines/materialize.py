@@ -125,7 +125,7 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
 
     try:
         return _materialize_view(cfg, view, online, start, end, now_us, progress)
-    except duckdb.Error as e:
+    except (duckdb.IOException, duckdb.InvalidInputException) as e:  # a file, not our SQL
         raise PipelineError(f"feature view {view.name!r}: offline tiles unreadable "
                             f"({str(e).splitlines()[0]}); rebuild the days they hold with "
                             f"`tessera run --view {view.name} --start D --end D`") from None
