@@ -270,3 +270,42 @@ def test_a_hung_master_fails_only_the_awaited_reads_that_need_it(
     asyncio.run(scenario())
     store.close()
     built.close()
+
+
+def test_cluster_deletes_and_full_rewrites_match_single_node(tmp_path: Path, redis_url: str,
+                                                             redis_cluster_url: str) -> None:
+    """A full rewrite over earlier values (a state key that is not ours) 29 days on: on a
+    cluster the scan for the view's keys walks every master, one DEL a key goes to its slot's
+    master, and the keys removed and the reads equal single node's."""
+    from features.online.keys import state_key
+    from pipelines.materialize import MaterializeSummary
+
+    single = build(tmp_path / "repo", redis_url, rows=4_000, days=8)
+    folder = single.config.root
+    text = (folder / "feature_repo.yaml").read_text()
+    (folder / "feature_repo.yaml").write_text(
+        text.replace(f"url: '{redis_url}', cluster: false",
+                     f"url: '{redis_cluster_url}', cluster: true"))
+    cluster = FeatureStore(config=load_config(folder))
+    now = to_micros(today())
+    late = now + (29 * 24 + 20) * 3_600_000_000
+    view = single.definitions.views["user_spend"]
+    got: list[list[MaterializeSummary]] = []
+    for store in (single, cluster):
+        views = list(store.definitions.views.values())
+        materialize(store.config, views, store.online, now_us=now, show_progress=False)
+        store.online.set_text(state_key(store.config.project, view.name, view.fingerprint()),
+                              "not json")
+        got.append(materialize(store.config, views, store.online, now_us=late,
+                               show_progress=False))
+    spend = [g[0] for g in got]
+    assert all(s.mode == "full" and "unreadable (not JSON" in s.note for s in spend)
+    assert spend[0].keys_deleted == spend[1].keys_deleted > 0
+    users = pl.read_parquet(folder / "data" / "transactions",
+                            hive_partitioning=False)["user_id"].unique().sort().to_list()
+    refs = [f"user_spend:{f.name}" for f in view.features]
+    a = single.get_online_features(refs, {"user_id": users}, now=late)
+    b = cluster.get_online_features(refs, {"user_id": users}, now=late)
+    assert a.to_dict() == b.to_dict() and a.status_dict() == b.status_dict()
+    cluster.close()
+    single.close()
