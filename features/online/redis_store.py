@@ -82,6 +82,7 @@ class RedisOnline(RedisWrites):
             spin_us = default_spin_us(url=url)
         self.spin_s = spin_us / 1e6  # reads poll for their reply this long before blocking
         self._local = threading.local()
+        # A timeout (the second) means a hung Redis, which a retry would wait for twice
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError,
                                                          redis.TimeoutError)
         if cluster:
@@ -123,8 +124,11 @@ class RedisOnline(RedisWrites):
                     return reply
                 except self._errors as e:
                     self._drop(conn)
-                    if attempt:
+                    if attempt or isinstance(e, self._errors[1]):  # hung (a timeout): no retry
                         raise self._unavailable(e) from None
+                except BaseException:  # interrupted (Ctrl-C) between the send and the reply:
+                    self._drop(conn)   # the reply must never be read as the next call's
+                    raise
             raise AssertionError("unreachable")
         finally:
             if counted:
@@ -157,20 +161,23 @@ class RedisOnline(RedisWrites):
             for attempt in (0, 1):  # one retry on a dropped connection (a restarted Redis)
                 conn = self._connection()
                 try:
+                    unread = 0  # counted as sent: an interruption anywhere drops the connection
                     for keys in made:
                         if keys:
+                            unread += 1
                             send(conn, mget(keys))
                     for keys in todo:
                         made.append(keys)
                         if keys:  # MGET of no key is an error: those lists read as []
+                            unread += 1
                             send(conn, mget(keys))
-                    unread = sum(1 for keys in made if keys)
                     first = read_reply(conn, reader, spin_s) if unread else None
                     break
                 except self._errors as e:
                     self._drop(conn)
+                    unread = 0
                     reader = self._reader()
-                    if attempt:
+                    if attempt or isinstance(e, self._errors[1]):  # hung (a timeout): no retry
                         raise self._unavailable(e) from None
             for keys in made:
                 if not keys:

@@ -100,7 +100,9 @@ def test_a_request_larger_than_the_send_buffer_is_sent_whole(redis_url: str) -> 
     client.mset(stored)
     try:
         for spin_us in (200, 0):
-            online = RedisOnline(redis_url, spin_us=spin_us)
+            # a send this slow (delayed ACKs of a 4 KB buffer) needs more than the default
+            # timeout: a timeout is not retried (a hung Redis would be waited for twice)
+            online = RedisOnline(redis_url, spin_us=spin_us, timeout_s=30.0)
             assert online.get([keys[0]]) == [b"0"]  # connected
             sock = online._connection()._sock
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -260,4 +262,60 @@ def test_pipelined_reads_stay_in_step_and_fail_like_one_read(tmp_path: Path) -> 
         assert list(online.get_pipelined(lists)) == want
         online.close()
     finally:
+        server.stop(save=False)
+
+
+def test_a_read_interrupted_before_its_reply_never_hands_it_to_the_next(tmp_path: Path) -> None:
+    """Ctrl-C (here a SIGALRM handler raising KeyboardInterrupt) while a read waits for its
+    reply: the next reads, single and pipelined, get their own values, not the reply left on
+    the socket. A hung Redis costs one timeout, not a retry's second one."""
+    import os
+    import signal
+    import time
+
+    import redis as redis_py
+
+    from features.errors import OnlineUnavailableError
+    from features.online.redis_store import RedisOnline
+    from tests.online.private_redis import PrivateRedis
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        redis_py.Redis(port=server.port).mset({f"k{i}": f"v{i}" for i in range(8)})
+        for spin_us in (0, 1000):
+            online = RedisOnline(server.url, timeout_s=2.0, spin_us=spin_us)
+            assert online.get(["k0"]) == [b"v0"]
+            for read in (lambda o=online: o.get(["k1"]),
+                         lambda o=online: list(o.get_pipelined([["k1"], ["k2"]]))):
+                assert server.proc is not None
+                os.kill(server.proc.pid, signal.SIGSTOP)
+                signal.setitimer(signal.ITIMER_REAL, 0.1)
+                try:
+                    with pytest.raises(KeyboardInterrupt):
+                        read()
+                finally:
+                    os.kill(server.proc.pid, signal.SIGCONT)
+                assert online.get(["k3"]) == [b"v3"]
+                assert list(online.get_pipelined([["k4"], ["k5", "k6"]])) == [
+                    [b"v4"], [b"v5", b"v6"]]
+            online.close()
+        hung = RedisOnline(server.url, timeout_s=0.4, spin_us=0)
+        assert hung.get(["k0"]) == [b"v0"]  # connected: the hang is found by the read
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(OnlineUnavailableError, match="Timeout"):
+                hung.get(["k0"])
+            assert time.monotonic() - began < 0.4 * 1.5  # one timeout, no retry
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert hung.get(["k7"]) == [b"v7"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
         server.stop(save=False)
