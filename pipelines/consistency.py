@@ -18,7 +18,6 @@ expired; long windows and TTLs expiring too.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -32,6 +31,7 @@ from features.online import keys as K
 from features.sql import file_list, quote
 from features.tiles import EXACT_TILE_US
 from features.windows import US_PER_UNIT, from_micros, to_micros
+from pipelines.materialize import read_state
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -155,12 +155,11 @@ def check_view(store: FeatureStore, view: FeatureView, *, sample: int, rng: Any,
         out.problem = (f"nothing in the offline store for its current rules (fingerprint "
                        f"{fp[:16]}): run `tessera run --view {view.name} --materialize`")
         return out
-    state_text = store.online.get_text(K.state_key(cfg.project, view.name, fp))
-    if not state_text:
-        out.problem = (f"never materialized for its current rules (fingerprint {fp[:16]}): run "
-                       f"`tessera materialize --view {view.name}`")
+    state, problem = read_state(store.online, K.state_key(cfg.project, view.name, fp))
+    if state is None:
+        problem = problem or f"never materialized for its current rules (fingerprint {fp[:16]})"
+        out.problem = f"{problem}: run `tessera materialize --view {view.name}`"
         return out
-    state = json.loads(state_text)
     if state.get("version") != manifest.version:
         out.note = (f"the offline store changed since the last materialization (manifest "
                     f"{manifest.version}, materialized {state.get('version')}): run `tessera "

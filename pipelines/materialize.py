@@ -131,21 +131,23 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                             f"`tessera run --view {view.name} --start D --end D`") from None
 
 
-def _read_state(online: RedisOnline, state_key: str) -> tuple[dict[str, Any] | None, str]:
-    """(what the last materialization recorded, a note): None, with a note, for a state key
-    that is not ours to read (then everything is rewritten)."""
-    text = online.get_text(state_key)
-    if not text:
-        return None, ""
+def read_state(online: RedisOnline, state_key: str) -> tuple[dict[str, Any] | None, str]:
+    """(what the last materialization recorded, a problem): None and no problem when there is
+    no state key; None and what is wrong with it for one that is not ours to read (not UTF-8,
+    not JSON, another shape). Materialization then rewrites everything; a consistency check
+    cannot check."""
     try:
+        text = online.get_text(state_key)
+        if not text:
+            return None, ""
         state = json.loads(text)
         if (isinstance(state, dict) and isinstance(state.get("partitions"), dict)
                 and isinstance(state.get("at_us", 0), int)):
             return state, ""
         problem = "not the state materialize writes"
-    except ValueError as e:
+    except ValueError as e:  # UnicodeDecodeError too
         problem = f"not JSON: {e}"
-    return None, f"state key {state_key} unreadable ({problem}): rewrote every entity"
+    return None, f"state key {state_key} unreadable ({problem})"
 
 
 def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, start: Any,
@@ -163,7 +165,8 @@ def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, s
     project = cfg.project
     state_key = K.state_key(project, view.name, fp)
     days = _day_range(start, end)
-    state, note = _read_state(online, state_key)
+    state, note = read_state(online, state_key)
+    note += ": rewrote every entity" if note else ""
     ttls = ttl_signature(view)
     before = state["partitions"] if state else None
     # A full rewrite over values written before (state lost, TTLs changed, replaced tiles
@@ -406,4 +409,5 @@ class MaterializeError(PipelineError):
         self.summaries = summaries
 
 
-__all__ = ["MaterializeError", "MaterializeSummary", "materialize", "materialize_view"]
+__all__ = ["MaterializeError", "MaterializeSummary", "materialize", "materialize_view",
+           "read_state"]

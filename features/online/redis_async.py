@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,12 +47,14 @@ class _Replies(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.heard = 0.0  # time.monotonic() (the loop's clock) of the last bytes received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
+        self.heard = time.monotonic()
         reader.feed(data)
         while (reply := reader.gets()) is not False:
             if not waiting:  # a reply nobody asked for: the stream is out of step
@@ -86,13 +89,23 @@ class _Replies(asyncio.Protocol):
                                                            f"{error}"))
 
 
-def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s: float) -> None:
+def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s: float,
+            loop: asyncio.AbstractEventLoop) -> None:
     """A call's time is up: fail what it still waits for, and close those connections (their
-    later replies would be misread)."""
+    later replies would be misread) -- unless its connection received bytes within the
+    timeout. Replies come in order, so then Redis is answering, and the call waits behind
+    others' replies or the loop's own work (a burst of thousands of awaited reads): that is
+    not Redis being unavailable. The timeout is the time without a byte, as a blocking
+    socket's is; checked again when it would next run out."""
+    now = loop.time()  # time.monotonic(), as _Replies.heard
+    later = [(r, f, at) for r, f, at in pending if not f.done() and now - r.heard < timeout_s]
     for replies, future, _ in pending:
-        if not future.done():
+        if not future.done() and now - replies.heard >= timeout_s:
             future.set_exception(_Timeout(f"Timeout reading from socket ({timeout_s} s)"))
             replies.fail(ConnectionError("a read timed out"))
+    if later:
+        due = min(r.heard for r, _, _ in later) + timeout_s
+        loop.call_at(due, _expire, later, timeout_s, loop)
 
 
 class AsyncReads:
@@ -239,7 +252,8 @@ class AsyncReads:
                         replies.waiting.append(pending[-1][1])
                     assert replies.transport is not None
                     replies.transport.write(b"".join(mget(some) for _, some in batches))
-                timer = loop.call_later(online.timeout_s, _expire, pending, online.timeout_s)
+                timer = loop.call_later(online.timeout_s, _expire, pending, online.timeout_s,
+                                        loop)
                 try:
                     if len(pending) == 1:
                         got: list[bytes | None] = await pending[0][1]
@@ -257,9 +271,8 @@ class AsyncReads:
                 # MOVED/ASK while slots move: the blocking read refreshes the map and follows
                 await self._forget_slots(loop)
                 return await loop.run_in_executor(None, online.get, keys)
-            except _Timeout as e:  # _expire closed the connections that did not answer
-                if attempt:
-                    raise online._unavailable(e) from None
+            except _Timeout as e:  # _expire closed the connections that did not answer: a
+                raise online._unavailable(e) from None  # hung Redis, not retried (twice the wait)
             except errors as e:  # its connection closed (the others stay: their calls go on)
                 if online.cluster:  # a node failed, maybe in a failover
                     await self._forget_slots(loop)

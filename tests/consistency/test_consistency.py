@@ -103,3 +103,13 @@ def test_cli_not_materialized_then_equal_then_corrupted(tmp_path: Path, redis_ur
     assert re.search(r"txn_count_7d\s+│ count\s+│\s+[\d,]+ │\s+[\d,]+ │\s+[1-9]", out), out
     assert re.search(rf"user_spend:txn_count_7d\s+│ {busy}\s", out), out
     assert "values differ" in out
+
+    # A state key that is not materialize's (not UTF-8, not JSON): cannot check, exit 2
+    store = FeatureStore(config=load_config(folder))
+    state = K.state_key(store.config.project, view.name, view.fingerprint())
+    for junk in (b"\xaf\xff\x00", b"garbage"):
+        store.online.client.set(state, junk)
+        code, out = invoke("check-consistency", "--repo", repo, "--view", "user_spend")
+        assert code == 2 and f"state key {state} unreadable (not JSON" in out, out
+        assert "Traceback" not in out
+    store.close()

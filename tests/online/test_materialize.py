@@ -380,6 +380,9 @@ def test_bad_offline_or_state_files_are_one_line_and_other_views_go_on(
     assert state(fresh) == before
     fresh.online.set_text(state_key, '{"version": 2}')
     assert "(not the state materialize writes)" in materialize(fresh)[0].note
+    fresh.online.client.set(state_key, b"\xaf\xff\x00")  # not even UTF-8
+    assert "unreadable (not JSON: 'utf-8' codec" in materialize(fresh)[0].note
+    assert state(fresh) == before
 
     root = fresh.config.resolve(fresh.config.offline.path)
     manifest = offline_store.latest(root, "user_spend", fp)

@@ -50,6 +50,38 @@ def test_awaited_reads_equal_blocking_reads_and_pipeline(materialized: FeatureSt
                                                            [{"user_id": 1}]))
 
 
+def test_a_burst_longer_than_the_timeout_is_not_an_outage(materialized: FeatureStore) -> None:
+    """Hundreds of awaited reads started together take longer than ``online.timeout_ms`` to be
+    answered and evaluated, one after the other, with Redis answering all along: none fails
+    (the timeout is the time without a byte from Redis, not since the request was sent)."""
+    from features.online.redis_store import RedisOnline
+
+    users = ids(materialized, "user_id", 100)
+    feats = [f"user_spend:{f.name}" for f in materialized.definitions.views["user_spend"].features]
+    online = materialized.online
+    quick = RedisOnline(online.url, timeout_s=0.03, spin_us=0)
+    materialized._online, materialized._aio = quick, None
+    try:
+        async def burst() -> tuple[list, float]:
+            began = time.monotonic()
+            got = await asyncio.gather(*[materialized.get_online_features_async(
+                feats, {"user_id": users}, now=today()) for _ in range(600)],
+                return_exceptions=True)
+            return got, time.monotonic() - began
+
+        got, seconds = asyncio.run(burst())
+        assert seconds > 3 * quick.timeout_s  # the burst did outlast the timeout
+        assert [type(r).__name__ for r in got if isinstance(r, Exception)] == []
+        want = materialized.get_online_features(feats, {"user_id": users}, now=today())
+        for response in got:
+            _same(response, want)
+    finally:
+        if materialized._aio is not None:
+            materialized._aio.close()
+        quick.close()
+        materialized._online, materialized._aio = online, None
+
+
 def test_an_awaited_read_survives_a_restart_and_fails_like_a_blocking_one(
         tmp_path: Path) -> None:
     """A restarted Redis works on the next call (one retry on a new connection); a Redis that
