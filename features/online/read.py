@@ -7,8 +7,10 @@ older than its TTL; ``lifetime`` reads the lifetime value. :func:`features.tiles
 merged partials into values, as in the offline read, so both paths give equal values.
 
 Statuses follow Feast: ``PRESENT``; ``NULL_VALUE`` (the entity is known, the value is null: an
-empty window's mean); ``NOT_FOUND`` (no online value: never seen, or every window expired);
-``OUTSIDE_MAX_AGE`` (a plain feature's newest value is older than its TTL).
+empty window's mean); ``NOT_FOUND`` (no online value for the feature: never seen, or every
+window expired, for the features of the window value; no lifetime value, for lifetime ones);
+``OUTSIDE_MAX_AGE`` (a plain feature's newest value is older than its TTL). A feature's status
+depends on its own value only, never on which other features a request names.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ NOT_FOUND = "NOT_FOUND"
 OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
 
 _WINDOW, _WINDOW_LAST, _PLAIN, _LIFETIME, _LIFETIME_LAST = range(5)
+_FROM_LIFETIME = (_LIFETIME, _LIFETIME_LAST)  # read from the lifetime value; the rest: window
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class ViewRead:
     # (tile size, tiles, fill) with fill the features.tiles.finalizers of its features
     walk: tuple[Any, ...]
     never_null: tuple[bool, ...]  # per feature: a count or sum over tiles, never null
+    on_window: tuple[int, ...]  # positions of the features read from the window value
+    on_lifetime: tuple[int, ...]  # ... and from the lifetime value
 
     @classmethod
     def of(cls, view: FeatureView, features: Sequence[Feature]) -> ViewRead:
@@ -100,7 +105,9 @@ class ViewRead:
                    tuple(others), bool(hows & {_PLAIN, _WINDOW_LAST}),
                    c.window_plan(by_section),
                    tuple(s.how in (_WINDOW, _LIFETIME) and s.feature.function in ("count", "sum")
-                         for s in steps))
+                         for s in steps),
+                   tuple(k for k, s in enumerate(steps) if s.how not in _FROM_LIFETIME),
+                   tuple(k for k, s in enumerate(steps) if s.how in _FROM_LIFETIME))
 
     def evaluate(self, windows: Sequence[bytes | None], lifetimes: Sequence[bytes | None],
                  now_us: int) -> tuple[list[list[Any]], list[list[str]], list[int | None]]:
@@ -134,11 +141,15 @@ class ViewRead:
                             [NULL_VALUE if v is None else PRESENT for v in column])
         for i, k in marked:
             statuses[k][i] = OUTSIDE_MAX_AGE
-        if None in windows:
+        on_window, on_lifetime = self.on_window, self.on_lifetime
+        if (on_window and None in windows) or (on_lifetime and None in lifetimes):
             for i, (window, lifetime) in enumerate(zip(windows, lifetimes, strict=True)):
-                if window is None and lifetime is None:  # no online value at all
-                    for column in statuses:
-                        column[i] = NOT_FOUND
+                if window is None:  # no window value: its features are not found
+                    for k in on_window:
+                        statuses[k][i] = NOT_FOUND
+                if lifetime is None:
+                    for k in on_lifetime:
+                        statuses[k][i] = NOT_FOUND
         if NO_EVENT in newest:
             return values_out, statuses, [None if t == NO_EVENT else t for t in newest]
         return values_out, statuses, newest  # type: ignore[return-value]
@@ -165,6 +176,9 @@ class ViewRead:
                     for v, never in zip(values, self.never_null, strict=True)]
         for k in marked:
             statuses[k] = OUTSIDE_MAX_AGE
+        for k in (self.on_window if window is None else
+                  self.on_lifetime if lifetime is None else ()):  # one value of two missing
+            statuses[k] = NOT_FOUND
         return values, statuses, None if newest == NO_EVENT else newest
 
     def _rest(self, values: list[Any], latest: list[Any] | None, lifetime: bytes | None,

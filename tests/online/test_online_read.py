@@ -250,6 +250,30 @@ def test_bad_requests_fail_in_one_line(materialized: FeatureStore, kwargs: dict,
     assert "\n" not in str(e.value)
 
 
+def test_a_features_status_depends_on_its_own_value_only(materialized: FeatureStore) -> None:
+    """A merchant with a lifetime value and no window value (its windows emptied): its
+    windowed features are NOT_FOUND whether or not the request also names a lifetime feature
+    (which is PRESENT), for one entity and among several."""
+    [merchant] = ids(materialized, "merchant_id", 2)[:1]
+    view = materialized.definitions.views["merchant_activity"]
+    head, tail = K.prefix(materialized.config.project, view.name, view.fingerprint())
+    client = materialized.online.client
+    client.set(f"{head}{ORPHAN}{tail}{K.LIFETIME}",
+               client.get(f"{head}{merchant}{tail}{K.LIFETIME}"))
+    windowed = ["merchant_activity:txn_count_1d", "merchant_activity:amount_eur_mean_7d"]
+    try:
+        for rows in ([{"merchant_id": ORPHAN}],
+                     [{"merchant_id": ORPHAN}, {"merchant_id": merchant}]):
+            alone = materialized.get_online_features(windowed, rows).status_dict()
+            mixed = materialized.get_online_features(
+                [*windowed, "merchant_activity:txn_count_lifetime"], rows).status_dict()
+            assert alone["txn_count_1d"][0] == alone["amount_eur_mean_7d"][0] == "NOT_FOUND"
+            assert {f: mixed[f] for f in alone} == alone, len(rows)
+            assert mixed["txn_count_lifetime"][0] == "PRESENT"
+    finally:
+        client.delete(f"{head}{ORPHAN}{tail}{K.LIFETIME}")
+
+
 def test_a_feature_service_object_reads_as_its_name(materialized: FeatureStore) -> None:
     """As Feast's SDK takes it: ``feature_service=store.get_feature_service(...)``'s object."""
     rows = [{"user_id": ids(materialized, "user_id", 2)[0], "merchant_id": ORPHAN}]
