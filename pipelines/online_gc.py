@@ -8,10 +8,11 @@ gc`` finds them by ``SCAN`` (every master of a cluster) and deletes them:
 
 - a key is **current** when its view, fingerprint and format are those of a view of the repo
   now: kept;
-- a key in the online layout whose view, fingerprint or format is not current is **stale**:
+- a key in the online layout whose view, fingerprint or (older) format is not current is **stale**:
   deleted (window ``…:v<N>``, lifetime ``…:L``, stream offsets ``…:O`` and the materialize
   state ``{_materialized}`` key of that fingerprint alike);
-- any other key under ``<project>:`` is not ours to judge: counted, left.
+- any other key under ``<project>:`` is not ours to judge: counted, left; so is a key of a
+  newer byte format than this Tessera's (another deployment, already upgraded, writes it).
 
 It only reads until told to delete (``--delete``), and reports per view and fingerprint what it
 found. Run it once no server or stream of the old rules still runs: they would find their
@@ -88,6 +89,9 @@ def collect(project: str, views: dict[str, FeatureView], online: RedisOnline, *,
         view, fp, fmt, kind = parsed
         if (view, fp, fmt) in current:
             out.current += 1
+            continue
+        if fmt > VERSION:  # a newer Tessera's (a rollout in progress): not ours to judge
+            out.other += 1
             continue
         family = stale.get((view, fp, fmt))
         if family is None:

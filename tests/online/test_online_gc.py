@@ -59,6 +59,7 @@ def _scenario(store: FeatureStore) -> None:
         K.lifetime_key(project, "gone_view", "f" * 64, "7"): b"removed view",
         f"{project}:notes": b"not ours",
         K.lifetime_key(project + "x", "user_spend", old_fps["user_spend"], "7"): b"other",
+        some_window[:-len(f":v{VERSION}")] + f":v{VERSION + 1}": b"newer format",
     }
     for key, value in planted.items():
         client.set(key, value)
@@ -87,7 +88,7 @@ def _scenario(store: FeatureStore) -> None:
     assert by_why[("merchant_activity", "rules changed")].keys["lifetime"] > 0
     assert by_why[("user_spend", "old format")].total == 1
     assert by_why[("gone_view", "view removed")].keys == {"lifetime": 1}
-    assert report.other == 1  # project:notes
+    assert report.other == 2  # project:notes, and the newer Tessera's key
     stale = sum(len(o) for o in old.values()) + 2
     assert report.stale_keys == stale and report.deleted == 0
     assert report.current + report.other + stale == report.scanned
@@ -100,6 +101,7 @@ def _scenario(store: FeatureStore) -> None:
     assert left == {k: v for k, v in everything.items() if k not in gone}
     assert client.get(f"{project}:notes") == b"not ours"
     assert client.get(list(planted)[3]) == b"other"
+    assert client.get(list(planted)[4]) == b"newer format"  # never deleted by an older gc
     after = changed.get_online_features(refs, users, now=NOW)
     assert after.to_dict() == before.to_dict() and after.status_dict() == before.status_dict()
     assert "PRESENT" in after.status_dict()["txn_count_7d"]
