@@ -14,16 +14,24 @@ from pipelines.materialize import materialize
 from tests.online.repo import build, today
 
 
-def test_cluster_reads_equal_single_node(tmp_path: Path, redis_url: str,
-                                         redis_cluster_url: str) -> None:
-    single = build(tmp_path / "repo", redis_url, rows=6_000, days=8)
-    folder = single.config.root
+def single_and_cluster(folder: Path, redis_url: str, redis_cluster_url: str,
+                       rows: int) -> tuple[FeatureStore, FeatureStore]:
+    """One repo (run, not materialized), as a store on single-node Redis and one on the
+    cluster."""
+    single = build(folder, redis_url, rows=rows, days=8)
     text = (folder / "feature_repo.yaml").read_text()
     (folder / "feature_repo.yaml").write_text(
         text.replace(f"url: '{redis_url}', cluster: false",
                      f"url: '{redis_cluster_url}', cluster: true"))
     cluster = FeatureStore(config=load_config(folder))
     assert cluster.config.online.cluster
+    return single, cluster
+
+
+def test_cluster_reads_equal_single_node(tmp_path: Path, redis_url: str,
+                                         redis_cluster_url: str) -> None:
+    single, cluster = single_and_cluster(tmp_path / "repo", redis_url, redis_cluster_url, 6_000)
+    folder = single.config.root
     now = to_micros(today())
     for store in (single, cluster):
         materialize(store.config, list(store.definitions.views.values()), store.online,
@@ -280,13 +288,8 @@ def test_cluster_deletes_and_full_rewrites_match_single_node(tmp_path: Path, red
     from features.online.keys import state_key
     from pipelines.materialize import MaterializeSummary
 
-    single = build(tmp_path / "repo", redis_url, rows=4_000, days=8)
+    single, cluster = single_and_cluster(tmp_path / "repo", redis_url, redis_cluster_url, 4_000)
     folder = single.config.root
-    text = (folder / "feature_repo.yaml").read_text()
-    (folder / "feature_repo.yaml").write_text(
-        text.replace(f"url: '{redis_url}', cluster: false",
-                     f"url: '{redis_cluster_url}', cluster: true"))
-    cluster = FeatureStore(config=load_config(folder))
     now = to_micros(today())
     late = now + (29 * 24 + 20) * 3_600_000_000
     view = single.definitions.views["user_spend"]
