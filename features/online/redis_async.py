@@ -98,6 +98,9 @@ def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s:
     not Redis being unavailable. The timeout is the time without a byte, as a blocking
     socket's is; checked again when it would next run out."""
     now = loop.time()  # time.monotonic(), as _Replies.heard
+    for replies, future, _ in pending:
+        if not future.done() and now - replies.heard >= timeout_s and _unread(replies):
+            replies.heard = now  # Redis's bytes wait on the socket: the loop is behind, not Redis
     later = [(r, f, at) for r, f, at in pending if not f.done() and now - r.heard < timeout_s]
     for replies, future, _ in pending:
         if not future.done() and now - replies.heard >= timeout_s:
@@ -106,6 +109,24 @@ def _expire(pending: list[tuple[_Replies, asyncio.Future[Any], Any]], timeout_s:
     if later:
         due = min(r.heard for r, _, _ in later) + timeout_s
         loop.call_at(due, _expire, later, timeout_s, loop)
+
+
+def _unread(replies: _Replies) -> bool:
+    """Whether bytes wait unread on the connection's socket: a loop busy running the calls
+    before this one (thousands started together) has not read them yet, so the time since
+    ``heard`` is the loop's, not Redis's. One ``select`` with no wait, only when a timer
+    would fail a call."""
+    import select
+
+    transport = replies.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):  # closed meanwhile
+        return False
+    return bool(readable)
 
 
 class AsyncReads:
