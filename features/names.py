@@ -42,7 +42,8 @@ def check_identifier(kind: str, name: object) -> str | None:
             f"not starting with a digit)")
 
 
-__all__ = ["IDENTIFIER", "IDENTIFIER_PATTERN", "check_identifier", "is_identifier", "shown"]
+__all__ = ["IDENTIFIER", "IDENTIFIER_PATTERN", "check_identifier", "cut", "is_identifier",
+           "shown"]
 
 #: The longest repr an error message echoes of what a caller gave (a name, a key, a value).
 SHOWN_CHARS = 80
@@ -58,10 +59,14 @@ def shown(value: object) -> str:
         >>> shown("x" * 1000)[55:]
         'xxxxx... (1,002 characters)'
     """
-    text = repr(value)
-    if len(text) <= SHOWN_CHARS:
+    return cut(repr(value), SHOWN_CHARS)
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit - 20`` characters and its full length when longer."""
+    if len(text) <= limit:
         return text
-    return f"{text[:SHOWN_CHARS - 20]}... ({len(text):,} characters)"
+    return f"{text[:limit - 20]}... ({len(text):,} characters)"
 
 
 def did_you_mean(name: str, names: Iterable[str]) -> str:

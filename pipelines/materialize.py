@@ -165,18 +165,17 @@ def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, s
     project = cfg.project
     state_key = K.state_key(project, view.name, fp)
     days = _day_range(start, end)
-    state, note = read_state(online, state_key)
-    note += ": rewrote every entity" if note else ""
+    state, problem = read_state(online, state_key)
     ttls = ttl_signature(view)
     before = state["partitions"] if state else None
     # A full rewrite over values written before (state lost, TTLs changed, replaced tiles
     # collected) also deletes the keys of entities left with no value: Redis is scanned for them.
-    rescan = bool(note)
+    rescan = bool(problem)
     if state and state.get("ttls") != ttls:  # values built under other TTLs: rewrite them all
         before, rescan = None, True
-        note = ("the TTLs of plain last features changed" if "ttls" in state else
-                "the last materialization recorded no TTLs (an older Tessera)")
-        note += ": rewrote every entity"
+        problem = ("the TTLs of plain last features changed" if "ttls" in state else
+                   "the last materialization recorded no TTLs (an older Tessera)")
+    notes = [f"{problem}: rewrote every entity"] if problem else []
     # Values are exact for reads at or after the latest instant any run pruned tiles at
     # (pipelines.consistency reads it): the max of every run's now.
     at_us = max(now_us, (state or {}).get("at_us", now_us))
@@ -185,11 +184,12 @@ def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, s
         first, last = days[0].isoformat(), days[1].isoformat()
         forced = {d for d in manifest.days() if first <= d < last}
         if not forced:
-            note = "; ".join(filter(None, [note, f"no day of the offline store is in [{start or 'the first'}, "
-                    f"{end or 'the last'}) (it holds {min(manifest.days(), default='none')}.."
-                    f"{max(manifest.days(), default='none')}): nothing forced"]))
+            held = manifest.days()
+            notes.append(f"no day of the offline store is in [{start or 'the first'}, "
+                         f"{end or 'the last'}) (it holds {min(held, default='none')}.."
+                         f"{max(held, default='none')}): nothing forced")
     summary = MaterializeSummary(view.name, fp, "full", manifest_version=manifest.version,
-                                 note=note)
+                                 note="; ".join(notes))
     base = offline_store.view_dir(root, view.name, fp)
     entities = None
     if before is not None:
@@ -326,22 +326,10 @@ def _write(online: RedisOnline, project: str, view: FeatureView, fp: str, cod: C
         deletes += [head + t + tail for t in missing(parts.window_tags)]
         if cod.lifetime is not None:
             deletes += [head + t + tail + K.LIFETIME for t in missing(parts.lifetime_tags)]
-    removed = _delete(online, deletes) if deletes else 0
+    removed = online.delete(deletes) if deletes else 0
     if progress is not None:
         progress(done, done)
     return written, removed
-
-
-DELETE_ROUND = 1_000  # keys per DEL (single node) and commands per pipelined round
-
-
-def _delete(online: RedisOnline, keys: list[str]) -> int:
-    """``DEL`` the keys; how many there were (an expired key is not counted). One ``DEL`` of
-    many keys on a single node; one a key on a cluster, whose keys live on different nodes."""
-    commands = ([("DEL", k) for k in keys] if online.cluster else
-                [("DEL", *keys[lo:lo + DELETE_ROUND]) for lo in range(0, len(keys), DELETE_ROUND)])
-    return sum(sum(online.call_many(commands[lo:lo + DELETE_ROUND]))
-               for lo in range(0, len(commands), DELETE_ROUND))
 
 
 def _sets(head: str, tail: str, cod: Codec, values: ob.Values, now_us: int,

@@ -33,7 +33,7 @@ from features.online.keys import FINGERPRINT_CHARS, parse
 from features.online.redis_store import RedisOnline
 
 Progress = Callable[[int], None]  # keys scanned so far
-DELETE_BATCH = 1_000  # keys per DEL round of the pipelined write
+DELETE_BATCH = 1_000  # keys found before they are deleted, in one round
 
 @dataclass
 class StaleState:
@@ -139,9 +139,9 @@ def entity_tags(online: RedisOnline, project: str, view: str, fingerprint: str
 
 
 def _delete(online: RedisOnline, keys: list[str]) -> int:
-    """``DEL`` the keys (pipelined, each cluster key to its master); empties ``keys``."""
-    online.write((), deletes=list(keys))
-    n = len(keys)
+    """``DEL`` the keys (each cluster key to its master); how many there were. Empties
+    ``keys``."""
+    n = online.delete(keys)
     keys.clear()
     return n
 

@@ -272,9 +272,9 @@ def stream(base: Path, manifest: offline_store.Manifest, ttls: str, now_us: int,
            wanted: Any = None) -> op.Parts | None:
     """The snapshot of ``manifest`` (only the ``wanted`` entity tags, when given), or None when
     there is none usable at ``now_us`` under the TTLs ``ttls`` (``ttl_signature``): one of
-    another version, other partitions (a stray file), or other TTLs is not. Its values are read one row group at a time
-    as the parts are iterated, so materialize holds one group in memory and Redis applies a
-    group while the next is read.
+    another version, other partitions (a stray file), or other TTLs is not. Its values are
+    read one row group at a time as the parts are iterated, so materialize holds one group in
+    memory and Redis applies a group while the next is read.
 
     Raises ``OSError``/``ValueError``/``pyarrow.ArrowException`` for an unreadable file, here
     or while iterating.

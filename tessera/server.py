@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from features.errors import OnlineRequestError, OnlineUnavailableError
+from features.names import cut
 from tessera.feast_json import RequestError, dumps, encode_response, parse_request
 from tessera.server_metrics import ENDPOINTS, OTHER, Metrics
 
@@ -61,8 +62,7 @@ _CREDENTIALS = re.compile(r"(?<=//)[^/@\s]*@")  # user:password@ in a URL
 
 
 def one_line(message: str) -> str:
-    text = _CREDENTIALS.sub("***@", " ".join(message.split()))
-    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 20] + "... (cut)"
+    return cut(_CREDENTIALS.sub("***@", " ".join(message.split())), _MESSAGE_CHARS)
 
 
 # --------------------------------------------------------------------------------------------

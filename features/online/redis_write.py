@@ -1,5 +1,6 @@
 """Writes to the online store: pipelined ``SET``/``DEL``, packed as RESP on a single node
-(:meth:`RedisWrites.write_packed`: materialize, and `online gc`'s deletes), through
+(:meth:`RedisWrites.write_packed`: materialize), and counted ``DEL``s (:meth:`RedisWrites.delete`:
+materialize's and ``online gc``'s), through
 redis-py's pipeline on a cluster. A mixin of :class:`features.online.redis_store.RedisOnline`,
 which holds the connection."""
 
@@ -18,6 +19,7 @@ WRITE_BATCH = 2_000  # commands per pipeline flush when writing
 # of 5,000 wrote 2M values as fast as reading every reply at the end; 1-4 were ~5% slower
 # (bench/write_replies.py, docs/benchmarks.md)
 WRITE_LAG = 8
+DELETE_ROUND = 1_000  # keys per DEL (single node), and commands per pipelined round
 
 
 class RedisWrites:
@@ -32,6 +34,17 @@ class RedisWrites:
         def shown_url(self) -> str: ...
 
         def _unavailable(self, e: BaseException) -> OnlineUnavailableError: ...
+
+        def call_many(self, commands: Any, *, script: str | None = None) -> list[Any]: ...
+
+    def delete(self, keys: list[str]) -> int:
+        """``DEL`` the keys; how many there were (one already expired is not counted). One
+        ``DEL`` of up to ``DELETE_ROUND`` keys on a single node; one a key on a cluster, whose
+        keys live on different nodes."""
+        n = DELETE_ROUND
+        commands = ([("DEL", k) for k in keys] if self.cluster else
+                    [("DEL", *keys[lo:lo + n]) for lo in range(0, len(keys), n)])
+        return sum(sum(self.call_many(commands[lo:lo + n])) for lo in range(0, len(commands), n))
 
     def write(self, sets: Iterable[tuple[str, bytes, int | None]],
               deletes: Iterable[str] = ()) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 from features.definitions import Feature, FeatureView
 from features.errors import OnlineRequestError
-from features.names import did_you_mean, shown
+from features.names import cut, did_you_mean, shown
 from features.online import keys as K
 from features.online.read import ViewRead
 from features.repo import Definitions
@@ -39,8 +39,7 @@ def _utf8(text: str) -> bool:
 
 def _given(names: Iterable[Any]) -> str:
     """The names a caller gave, for an error message: comma-separated, cut to a line."""
-    text = ", ".join(map(str, names)) or "none"
-    return text if len(text) <= 200 else f"{text[:180]}... ({len(text):,} characters)"
+    return cut(", ".join(map(str, names)) or "none", 200)
 
 
 def _is_null(value: Any) -> bool:
