@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from features.config import ServeConfig
 from features.errors import OnlineRequestError, OnlineUnavailableError
 from features.names import cut
 from tessera.feast_json import RequestError, dumps, encode_response, parse_request
@@ -49,9 +50,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 FEATURES_PATH = "/get-online-features"
 PROBE_SECONDS = 0.2  # how often the breaker pings Redis while it is open
 # A request whose body has not all arrived this long after it started gets a 408: a client that
-# declared more bytes than it sent, or sends them a few a minute, holds no connection for ever
-# (serve.body_timeout_ms).
-BODY_TIMEOUT_S = 10.0
+# declared more bytes than it sent, or sends them a few a minute, holds no connection for ever.
+# The default is the config's (serve.body_timeout_ms), written once there.
+BODY_TIMEOUT_S = ServeConfig.model_fields["body_timeout_ms"].default / 1000
 _MESSAGE_CHARS = 1000  # an error message longer than this is cut (the sources already cut names)
 # A request that starts within this long of the previous one's end was waiting on the loop: the
 # sign of a queue, and the switch to awaited reads. A lone client's next request takes longer
