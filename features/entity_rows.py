@@ -36,6 +36,7 @@ class EntityRows:
 
     table: pa.Table
     times_us: pa.Array  # int64, never null
+    timestamp_field: str  # the column they were read from
 
 
 def to_table(rows: Any) -> pa.Table:
@@ -113,13 +114,37 @@ def _read_file(path: Path) -> pa.Table:
                               f"({str(e).splitlines()[0]})") from None
 
 
-def check(rows: Any, *, timestamp_field: str, keys: Mapping[str, tuple[str, str]],
+def time_column(table: pa.Table, given: str | None) -> str:
+    """The column holding each row's instant: ``given``; else ``event_ts``, else Feast's
+    ``event_timestamp``, else the table's only timestamp column."""
+    import pyarrow as pa
+
+    names = table.column_names
+    if given is None:
+        stamps = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
+        for name in ("event_ts", "event_timestamp"):
+            if name in names:
+                return name
+        if len(stamps) == 1:
+            return stamps[0]
+        why = (f"several timestamp columns ({', '.join(stamps)})" if stamps
+               else "no timestamp column")
+        raise EntityRowsError(f"entity rows: {why} and none named event_ts or event_timestamp "
+                              f"(columns: {', '.join(names) or 'none'}); pass "
+                              f"timestamp_field= to name it")
+    if given not in names:
+        raise EntityRowsError(f"entity rows: no timestamp column {given!r} (columns: "
+                              f"{', '.join(names) or 'none'}); pass timestamp_field= to name it")
+    return given
+
+
+def check(rows: Any, *, timestamp_field: str | None, keys: Mapping[str, tuple[str, str]],
           outputs: Sequence[str] = ()) -> EntityRows:
     """Check entity rows for a read and compute each row's instant.
 
     Args:
         rows: see :func:`to_table`.
-        timestamp_field: the column holding each row's instant.
+        timestamp_field: the column holding each row's instant (None: :func:`time_column`).
         keys: join key → (entity dtype ``"int64"`` or ``"string"``, what needs it, for errors).
         outputs: the names of the feature columns the read adds (must not exist already).
 
@@ -133,9 +158,7 @@ def check(rows: Any, *, timestamp_field: str, keys: Mapping[str, tuple[str, str]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise EntityRowsError(f"entity rows: column {dupes[0]!r} appears more than once")
-    if timestamp_field not in names:
-        raise EntityRowsError(f"entity rows: no timestamp column {timestamp_field!r} (columns: "
-                              f"{', '.join(names) or 'none'}); pass timestamp_field= to name it")
+    timestamp_field = time_column(table, timestamp_field)
     for key, (dtype, who) in keys.items():
         if key not in names:
             raise EntityRowsError(f"entity rows: {who} needs join key column {key!r} (columns: "
@@ -146,7 +169,7 @@ def check(rows: Any, *, timestamp_field: str, keys: Mapping[str, tuple[str, str]
         raise EntityRowsError(f"entity rows: column {clash[0]!r} has the name of a feature the "
                               f"read adds; rename the column, or pass full_feature_names=True")
     times = instants_us(table.column(timestamp_field), timestamp_field)
-    return EntityRows(table, pa.array(times, pa.int64()))
+    return EntityRows(table, pa.array(times, pa.int64()), timestamp_field)
 
 
 def _check_key(got: pa.DataType, key: str, dtype: str, who: str, column: Any) -> None:

@@ -154,6 +154,7 @@ class PointInTimeRead:
     rows: int
     time_range_us: tuple[int, int] | None  # the entity rows' first and last instant
     outputs: list[tuple[FeatureView, Feature, str]]  # (view, feature, output column)
+    timestamp_field: str  # the entity rows' time column
 
     def to_arrow(self) -> pa.Table:
         return self._run(lambda: self.con.sql(self.sql).to_arrow_table())
@@ -181,7 +182,7 @@ class PointInTimeRead:
 
 
 def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path,
-                            *, timestamp_field: str = "event_ts",
+                            *, timestamp_field: str | None = None,
                             full_feature_names: bool = False,
                             allow_uncovered: bool = False) -> pa.Table:
     """Every feature of ``views`` at each row's timestamp, from the offline tiles.
@@ -192,7 +193,8 @@ def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offl
             :mod:`features.entity_rows` accepts (DataFrame, Table, list of dicts, file path).
             Any order; unknown keys read as empty windows.
         offline_path: the offline store's root (``offline.path``).
-        timestamp_field: the column holding each row's instant.
+        timestamp_field: the column holding each row's instant (default ``event_ts``, else
+            ``event_timestamp``, else the rows' only timestamp column).
         full_feature_names: name outputs ``view__feature`` instead of ``feature``.
         allow_uncovered: read days the rules never computed as if they had no events (with a
             warning) instead of failing.
@@ -212,7 +214,7 @@ def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offl
 
 
 def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path, *,
-              timestamp_field: str = "event_ts", full_feature_names: bool = False,
+              timestamp_field: str | None = None, full_feature_names: bool = False,
               allow_uncovered: bool = False, versions: dict[str, int] | None = None,
               only: Sequence[tuple[str, str]] | None = None,
               memory_limit: str | None = None, temp_directory: Path | None = None,
@@ -298,4 +300,5 @@ def plan_read(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path
     with_clause = ("WITH " + ", ".join(ctes) + " ") if ctes else ""
     sql = f"{with_clause}SELECT {select} FROM req_in{joins} ORDER BY req_in.{_q(n.rid)}"
     return PointInTimeRead(con, sql, manifests, table.num_rows,
-                           None if lo is None else (int(lo), int(hi)), outputs)
+                           None if lo is None else (int(lo), int(hi)), outputs,
+                           rows.timestamp_field)

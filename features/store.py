@@ -23,13 +23,14 @@ from features.config import RepoConfig, load_config
 from features.errors import OnlineRequestError
 from features.names import shown
 from features.online.keys import entity_tag
-from features.online.request import Plan, resolve, service_name
+from features.online.request import Plan, named, resolve
 from features.repo import Definitions, load_definitions
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from features.definitions import FeatureService, FeatureView
     from features.online.redis_async import AsyncReads
     from features.online.redis_store import RedisOnline
     from features.online.serving_log import ServingLog
@@ -57,34 +58,53 @@ class OnlineResponse:
         self.event_times_us = event_times_us
 
     def to_dict(self, include_event_timestamps: bool = False) -> dict[str, list[Any]]:
-        """Join keys then features, one list per column (Feast's ``to_dict``)."""
-        out: dict[str, list[Any]] = dict(self.entities)
+        """Join keys then features, one list per column (Feast's ``to_dict``).
+
+        With ``include_event_timestamps``, each column is followed by ``<name>__ts``: its event
+        times in whole seconds since the epoch, 0 for none and for the join keys, as Feast
+        gives them (``event_times_us`` holds them to the microsecond, None for none)."""
+        if not include_event_timestamps:
+            out: dict[str, list[Any]] = dict(self.entities)
+            out.update(zip(self.feature_names, self.values, strict=True))
+            return out
+        out = {}
+        for key, column in self.entities.items():
+            out[key] = column
+            out[f"{key}__ts"] = [0] * len(column)
         for name, column, times in zip(self.feature_names, self.values, self.event_times_us,
                                        strict=True):
             out[name] = column
-            if include_event_timestamps:
-                out[f"{name}__ts"] = [None if t is None else _datetime(t) for t in times]
+            out[f"{name}__ts"] = [0 if t is None else t // 1_000_000 for t in times]
         return out
 
     def status_dict(self) -> dict[str, list[str]]:
         return dict(zip(self.feature_names, self.statuses, strict=True))
 
-    def to_arrow(self) -> pa.Table:
+    def to_arrow(self, include_event_timestamps: bool = False) -> pa.Table:
+        """The columns of :meth:`to_dict` as typed Arrow columns (int64, float64, bool, string,
+        timestamp[us, UTC]); ``__ts`` columns are int64 seconds."""
         import pyarrow as pa
 
         key_types = {k: getattr(pa, _ARROW_TYPES[d])() for k, (d, _) in self.key_types.items()}
-        columns: dict[str, pa.Array] = {k: pa.array(v, key_types.get(k))
-                                        for k, v in self.entities.items()}
+        seconds = pa.int64()
+        columns: dict[str, pa.Array] = {}
+        for key, column in self.entities.items():
+            columns[key] = pa.array(column, key_types.get(key))  # another key: as given
+            if include_event_timestamps:
+                columns[f"{key}__ts"] = pa.array([0] * len(column), seconds)
+        stamps = self.to_dict(True) if include_event_timestamps else {}
         for name, dtype, column in zip(self.feature_names, self.dtypes, self.values,
                                        strict=True):
             if dtype == "timestamp":
                 columns[name] = pa.array(column, pa.timestamp("us", tz="UTC"))
             else:
                 columns[name] = pa.array(column, getattr(pa, _ARROW_TYPES[dtype])())
+            if include_event_timestamps:
+                columns[f"{name}__ts"] = pa.array(stamps[f"{name}__ts"], seconds)
         return pa.table(columns)
 
-    def to_df(self) -> pd.DataFrame:
-        return self.to_arrow().to_pandas()
+    def to_df(self, include_event_timestamps: bool = False) -> pd.DataFrame:
+        return self.to_arrow(include_event_timestamps).to_pandas()
 
 
 def _datetime(us: int) -> Any:
@@ -108,6 +128,10 @@ class FeatureStore:
         self._online: RedisOnline | None = None
         self._aio: AsyncReads | None = None
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        # Every join key of the repo -> dtype: a response echoes those the entity rows give.
+        self._join_keys = {e.join_key: e.dtype for e in self.definitions.entities.values()}
+        self._join_keys.update((e.join_key, e.dtype) for v in self.definitions.views.values()
+                               for e in v.entities)
         self.serving_log: ServingLog | None = None
         log_cfg = self.config.serving_log
         if log_cfg.enabled and log_cfg.sample_rate > 0:  # else nothing is made, nothing costs
@@ -126,15 +150,15 @@ class FeatureStore:
                                        timeout_s=cfg.timeout_ms / 1000, spin_us=cfg.spin_us)
         return self._online
 
-    def plan(self, features: Sequence[str] | None = None, feature_service: str | None = None,
+    def plan(self, features: Sequence[str] | FeatureService | None = None,
+             feature_service: str | FeatureService | None = None,
              full_feature_names: bool = False) -> Plan:
         """The checked shape of a request (cached: the same features plan once)."""
-        if feature_service is not None and type(feature_service) is not str:
-            feature_service = service_name(feature_service)  # a FeatureService object
-        flag = full_feature_names
-        if type(flag) is not bool and type(flag).__name__ != "bool_":  # numpy's is as good
-            raise OnlineRequestError(f"full_feature_names is {type(flag).__name__} "
-                                     f"{shown(flag)}; expected True or False")
+        if type(features) is not list or (feature_service is not None
+                                          and type(feature_service) is not str):
+            features, feature_service = named(features, feature_service)  # objects: names
+        if type(full_feature_names) is not bool:
+            _flag("full_feature_names", full_feature_names)
         try:
             cache_key: tuple[Any, ...] | None = (
                 None if features is None else tuple(features), feature_service,
@@ -144,26 +168,31 @@ class FeatureStore:
             cache_key, plan = None, None
         if plan is None:
             pairs = resolve(self.definitions, features, feature_service)
-            plan = Plan.of(self.config.project, pairs, full_feature_names)
+            plan = Plan.of(self.config.project, pairs, full_feature_names, self._join_keys)
             if cache_key is not None:
                 if len(self._plans) >= _PLAN_CACHE_SIZE:
                     self._plans.clear()
                 self._plans[cache_key] = plan
         return plan
 
-    def get_online_features(self, features: Sequence[str] | None = None,
-                            entity_rows: Any = (), *, feature_service: str | None = None,
-                            full_feature_names: bool = False,
+    def get_online_features(self, features: Sequence[str] | FeatureService | None = None,
+                            entity_rows: Any = (), full_feature_names: bool = False,
+                            include_feature_view_version_metadata: bool = False, *,
+                            feature_service: str | FeatureService | None = None,
                             now: Any = None) -> OnlineResponse:
         """Feature values now, from Redis, every window merged at request time.
 
         Args:
-            features: ``["view:feature", ...]``; or give ``feature_service``.
+            features: ``["view:feature", ...]``, or a FeatureService (as Feast takes it); or
+                give ``feature_service``.
             entity_rows: ``[{"user_id": 1}, ...]``, ``{"user_id": [1, ...]}`` or a pandas,
                 Polars or pyarrow frame of join keys. A null key reads as not found; a
-                missing, mistyped or (int) out-of-int64 key is an error.
-            feature_service: the name of a feature service.
+                missing, mistyped or (int) out-of-int64 key is an error. The response
+                echoes the join keys given, in their order (other columns are not read).
             full_feature_names: name outputs ``view__feature``.
+            include_feature_view_version_metadata: Feast's flag; accepted, and changes
+                nothing (views have no versions here: the rule fingerprint names their state).
+            feature_service: the name of a feature service, or the object.
             now: the request instant (a datetime, naive read as UTC; an ISO 8601 string; a numpy
                 datetime64; µs since the epoch); default the current time. Values are
                 exact for any instant at or after the newest materialized event. A call with
@@ -175,6 +204,8 @@ class FeatureStore:
             OnlineUnavailableError: Redis could not be reached within ``online.timeout_ms``.
         """
         plan = self.plan(features, feature_service, full_feature_names)
+        if include_feature_view_version_metadata is not False:
+            _flag("include_feature_view_version_metadata", include_feature_view_version_metadata)
         n, columns = plan.entity_columns(entity_rows)
         now_us = _now_us(now)
         response = read(self.online, plan, n, columns, now_us)
@@ -182,10 +213,11 @@ class FeatureStore:
             self.serving_log.record(plan, response, now_us)
         return response
 
-    async def get_online_features_async(self, features: Sequence[str] | None = None,
-                                        entity_rows: Any = (), *,
-                                        feature_service: str | None = None,
-                                        full_feature_names: bool = False,
+    async def get_online_features_async(self,
+                                        features: Sequence[str] | FeatureService | None = None,
+                                        entity_rows: Any = (), full_feature_names: bool = False,
+                                        include_feature_view_version_metadata: bool = False, *,
+                                        feature_service: str | FeatureService | None = None,
                                         now: Any = None) -> OnlineResponse:
         """:meth:`get_online_features` for asyncio code (Feast's name and call shape): the
         Redis round trip is awaited, so the event loop runs other work meanwhile, and reads
@@ -195,6 +227,8 @@ class FeatureStore:
         A store's async reads belong to one event loop at a time.
         """
         plan = self.plan(features, feature_service, full_feature_names)
+        if include_feature_view_version_metadata is not False:
+            _flag("include_feature_view_version_metadata", include_feature_view_version_metadata)
         _, columns = plan.entity_columns(entity_rows)
         now_us = _now_us(now)
         keys, spans = _keys(plan, columns)
@@ -212,6 +246,21 @@ class FeatureStore:
             self._aio = AsyncReads(self.online)
         return self._aio
 
+    def get_feature_service(self, name: str) -> FeatureService:
+        """The feature service ``name`` (for ``get_online_features(features=...)``, as in
+        Feast); an unknown name is an error with the close names."""
+        return _named(self.definitions.services, name, "feature service")
+
+    def get_feature_view(self, name: str) -> FeatureView:
+        """The feature view ``name``; an unknown name is an error with the close names."""
+        return _named(self.definitions.views, name, "feature view")
+
+    def list_feature_services(self) -> list[FeatureService]:
+        return list(self.definitions.services.values())
+
+    def list_feature_views(self) -> list[FeatureView]:
+        return list(self.definitions.views.values())
+
     def materialize(self, start: Any = None, end: Any = None,
                     views: Sequence[str] | None = None) -> list[Any]:
         """Write the offline tiles to Redis (see :mod:`pipelines.materialize`)."""
@@ -220,17 +269,22 @@ class FeatureStore:
         return materialize(self.config, self.definitions.select(list(views or [])),
                            self.online, start=start, end=end, show_progress=False)
 
-    def get_historical_features(self, entity_df: Any, features: Sequence[str] | None = None, *,
-                                feature_service: str | None = None,
-                                full_feature_names: bool = False,
+    def get_historical_features(self, entity_df: Any,
+                                features: Sequence[str] | FeatureService | None = None,
+                                full_feature_names: bool = False, *,
+                                feature_service: str | FeatureService | None = None,
                                 allow_uncovered: bool = False,
-                                timestamp_field: str = "event_ts") -> RetrievalJob:
+                                timestamp_field: str | None = None) -> RetrievalJob:
         """Point-in-time values of the features at each entity row's timestamp (a training set).
 
         Args:
             entity_df: join keys, ``timestamp_field`` and any label columns (all kept, in
                 order): a pandas/Polars DataFrame, a pyarrow Table, or a Parquet/CSV path.
-            features: ``["view:feature", ...]``; or give ``feature_service``.
+            features: ``["view:feature", ...]``, or a FeatureService (as Feast takes it); or
+                give ``feature_service``.
+            full_feature_names: name outputs ``view__feature``.
+            timestamp_field: the rows' time column: default ``event_ts``, else Feast's
+                ``event_timestamp``, else the only timestamp column.
 
         Returns:
             A job: ``to_df()``, ``to_arrow()``, or ``to_parquet(path)`` (out of core, with a
@@ -238,6 +292,7 @@ class FeatureStore:
         """
         from pipelines.export import RetrievalJob
 
+        features, feature_service = named(features, feature_service)  # the manifest's names
         return RetrievalJob.plan(self.config, self.definitions, entity_df, features=features,
                                  feature_service=feature_service,
                                  full_feature_names=full_feature_names,
@@ -253,6 +308,24 @@ class FeatureStore:
         if self._online is not None:
             self._online.close()
             self._online = None
+
+
+def _named(table: Mapping[str, Any], name: Any, kind: str) -> Any:
+    found = table.get(name) if isinstance(name, str) else None
+    if found is None:
+        from features.names import did_you_mean
+
+        raise OnlineRequestError(f"unknown {kind} {shown(name)}"
+                                 f"{did_you_mean(str(name), table)}; defined: "
+                                 f"{', '.join(sorted(table)) or 'none'}")
+    return found
+
+
+def _flag(name: str, flag: Any) -> None:
+    """A flag must be a bool (numpy's is as good): "no" is not False."""
+    if type(flag) is not bool and type(flag).__name__ != "bool_":
+        raise OnlineRequestError(f"{name} is {type(flag).__name__} {shown(flag)}; expected "
+                                 f"True or False")
 
 
 def _now_us(now: Any) -> int:
@@ -314,7 +387,7 @@ def read(online: RedisOnline, plan: Plan, n: int, columns: dict[str, list[Any]],
             for column, more in zip(mine, theirs, strict=True):
                 column += more
     assert out is not None
-    out.entities = {k: list(columns[k]) for k in plan.join_keys}
+    out.entities = {k: list(v) for k, v in columns.items()}
     return out
 
 
@@ -371,7 +444,7 @@ def _respond(plan: Plan, columns: dict[str, list[Any]], spans: list[Any],
             times[slot] = list(newest)
     for s in plan.timestamps:  # stored as µs since the epoch
         values_out[s] = [None if v is None else _datetime(v) for v in values_out[s]]
-    entities = {k: list(columns[k]) for k in plan.join_keys}
+    entities = {k: list(v) for k, v in columns.items()}
     return OnlineResponse(plan.names, plan.dtypes, entities, values_out, statuses, times,
                           plan.key_types)
 

@@ -95,7 +95,7 @@ class RetrievalJob:
     def plan(cls, cfg: RepoConfig, defs: Definitions, entity_rows: Any, *,
              features: Sequence[str] | None = None, feature_service: str | None = None,
              full_feature_names: bool = False, allow_uncovered: bool = False,
-             timestamp_field: str = "event_ts",
+             timestamp_field: str | None = None,
              versions: dict[str, int] | None = None) -> RetrievalJob:
         pairs = resolve(defs, features, feature_service)
         views = list({v.name: v for v, _ in pairs}.values())
@@ -107,7 +107,7 @@ class RetrievalJob:
                          temp_directory=cfg.resolve(cfg.offline.spill_path))
         entities_file = Path(entity_rows).resolve() if isinstance(entity_rows, str | Path) else None
         return cls(cfg, read, feature_service, full_feature_names, allow_uncovered,
-                   timestamp_field, entities_file)
+                   read.timestamp_field, entities_file)
 
     @property
     def refs(self) -> list[str]:

@@ -108,8 +108,9 @@ def export_cmd(
     manifest: Annotated[Path | None, typer.Option(
         "--manifest", help="Re-run the export this manifest describes (same rows, features "
         "and offline versions): the same bytes.")] = None,
-    timestamp_field: Annotated[str, typer.Option(help="The entity rows' time column.")]
-    = "event_ts",
+    timestamp_field: Annotated[str | None, typer.Option(
+        help="The entity rows' time column (default: event_ts, else event_timestamp, else "
+        "their only timestamp column).")] = None,
     full_feature_names: Annotated[bool, typer.Option(help="Name columns view__feature.")]
     = False,
     allow_uncovered: Annotated[bool, typer.Option(

@@ -155,7 +155,7 @@ def online_gc(cfg: RepoConfig, console: Console, *, delete: bool) -> GcSummary:
 def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
                         entities: Path | None, features: str | None,
                         feature_service: str | None, manifest: Path | None,
-                        timestamp_field: str = "event_ts", full_feature_names: bool = False,
+                        timestamp_field: str | None = None, full_feature_names: bool = False,
                         allow_uncovered: bool = False, echo: bool = False) -> ExportSummary:
     """``tessera export``: a training set and its manifest (or a manifest's export again).
 
@@ -167,7 +167,7 @@ def export_training_set(cfg: RepoConfig, console: Console, *, out: Path,
 
     given = {"--entities": entities, "--features": features,
              "--feature-service": feature_service, "--manifest": manifest, "--out": out,
-             "--timestamp-field": None if timestamp_field == "event_ts" else timestamp_field}
+             "--timestamp-field": timestamp_field}
     command = shlex.join(["tessera", "export", *[x for k, v in given.items() if v is not None
                                                  for x in (k, str(v))],
                           *(["--full-feature-names"] if full_feature_names else []),

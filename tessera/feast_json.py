@@ -1,9 +1,9 @@
 """Feast's feature-server JSON: the request parser and the response encoder.
 
-The request is Feast's ``POST /get-online-features`` body; the response has Feast's shape,
-byte for byte where Feast is deterministic: the join keys first (``PRESENT``, with the zero
-timestamp ``1970-01-01T00:00:00Z``), then one result per feature with its values, statuses and
-event timestamps (RFC 3339 in UTC, with no fraction, milliseconds or microseconds, whichever is
+The request is Feast's ``POST /get-online-features`` body; the response has Feast's shape and
+JSON values (not its bytes: docs/serving.md lists the differences): the join keys first
+(``PRESENT``, with the zero timestamp ``1970-01-01T00:00:00Z``), then one result per feature
+with its values, statuses and event timestamps (RFC 3339 in UTC, with no fraction, milliseconds or microseconds, whichever is
 exact, as protobuf's JSON writes them). Non-finite floats are the strings ``"NaN"``,
 ``"Infinity"`` and ``"-Infinity"``, as Feast answers them.
 """
@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from features.names import shown
+from features.windows import to_micros
 from tessera.server_metrics import ERROR_KINDS
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def _finite(value: Any) -> Any:
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-try:  # 2-3x faster than the stdlib for a response (measured: docs/serving.md); same text
+try:  # 2-3x faster than the stdlib for a response (measured: docs/serving.md); same values
     import ujson
 
     def _fast(obj: Any) -> str:
@@ -163,10 +164,10 @@ _TEXTS: dict[int | None, str] = {None: EPOCH}
 _TEXTS_MAX = 1 << 16
 
 
-def encode_response(resp: OnlineResponse, entity_order: list[str]) -> bytes:
-    """Feast's response JSON: join keys first (PRESENT, epoch timestamps), then each feature."""
-    keys = [k for k in entity_order if k in resp.entities]
-    keys += [k for k in resp.entities if k not in keys]
+def encode_response(resp: OnlineResponse) -> bytes:
+    """Feast's response JSON: the join keys given, in the request's order (PRESENT, epoch
+    timestamps), then each feature."""
+    keys = list(resp.entities)
     n = len(resp.entities[keys[0]]) if keys else 0
     epoch, present = [EPOCH] * n, ["PRESENT"] * n
     results: list[dict[str, Any]] = [
@@ -188,8 +189,8 @@ def encode_response(resp: OnlineResponse, entity_order: list[str]) -> bytes:
                 for t in missing:
                     texts[t] = rfc3339(t)  # type: ignore[arg-type]
             stamps = columns[column] = [texts[t] for t in column]
-        if dtype == "timestamp":  # µs since the epoch: RFC 3339 text, as for event times
-            values = [None if v is None else rfc3339(v) for v in values]
+        if dtype == "timestamp":  # datetimes: RFC 3339 text, as for event times
+            values = [None if v is None else rfc3339(to_micros(v)) for v in values]
         results.append({"values": values, "statuses": statuses, "event_timestamps": stamps})
     return dumps({"metadata": {"feature_names": keys + resp.feature_names},
                   "results": results})

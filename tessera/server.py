@@ -282,7 +282,7 @@ class FeatureServer:
         finally:
             self._busy -= 1
         n = len(next(iter(resp.entities.values()), ()))
-        return encode_response(resp, list(entities)), n
+        return encode_response(resp), n
 
     async def _body(self, receive: Receive, length: bytes | None, began: float) -> bytes:
         """The request's body, whole; a 413 past ``max_body_bytes``, a 408 when it has not all

@@ -50,11 +50,12 @@ def _is_null(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, Integral) and value != value
 
 
-def _frame_columns(rows: Any, join_keys: Sequence[str]) -> Any:
-    """A data frame's join key columns as lists of Python values, nulls as None, read as the
-    point-in-time read reads entity rows (:func:`features.entity_rows.to_table`); anything else
-    as it is. Its other columns (labels, anything) are not read. By module name, so no frame
-    library is imported for a list or a dict."""
+def _frame_columns(rows: Any, join_keys: Mapping[str, str]) -> Any:
+    """A data frame's join key columns (any of the repo's, in the frame's order) as lists of
+    Python values, nulls as None, read as the point-in-time read reads entity rows
+    (:func:`features.entity_rows.to_table`); anything else as it is. Its other columns (labels,
+    anything) are not read. By module name, so no frame library is imported for a list or a
+    dict."""
     module = type(rows).__module__.partition(".")[0]
     if module not in ("pyarrow", "pandas", "polars"):
         return rows
@@ -65,7 +66,7 @@ def _frame_columns(rows: Any, join_keys: Sequence[str]) -> Any:
     from features.errors import EntityRowsError
 
     names = [str(c) for c in (rows.column_names if module == "pyarrow" else rows.columns)]
-    keep = [k for k in join_keys if k in names]  # a missing one: entity_columns names it
+    keep = [k for k in names if k in join_keys]  # a missing one: entity_columns names it
     try:
         check_unique([n for n in names if n in keep])
         if module == "pandas":
@@ -87,14 +88,34 @@ def service_name(service: Any) -> str:
                              f"expected a feature service's name (a str) or a FeatureService")
 
 
+def as_service(features: Any) -> Any:
+    """``features`` given as a FeatureService object (ours or Feast's: a ``name``, not a list),
+    as Feast's ``get_online_features(features=...)`` takes it; else None."""
+    if isinstance(features, str | Iterable) or not isinstance(getattr(features, "name", None),
+                                                              str):
+        return None
+    return features
+
+
+def named(features: Any, feature_service: Any) -> tuple[Any, str | None]:
+    """(features, the service's name) of a request: ``features`` may be a FeatureService (as
+    Feast takes it), ``feature_service`` a name or the object."""
+    if features is not None and as_service(features) is not None:  # Feast's way to give one
+        if feature_service is not None:
+            raise OnlineRequestError("features is a FeatureService and feature_service is "
+                                     "given too; give one of them")
+        features, feature_service = None, features
+    return features, None if feature_service is None else service_name(feature_service)
+
+
 def resolve(defs: Definitions, features: Sequence[str] | None,
             feature_service: str | None) -> list[tuple[FeatureView, Feature]]:
     """The (view, feature) pairs a request names, in its order."""
+    features, feature_service = named(features, feature_service)
     if (features is None) == (feature_service is None):
         raise OnlineRequestError("give either features=['view:feature', ...] or "
                                  "feature_service='name', not both and not neither")
     if feature_service is not None:
-        feature_service = service_name(feature_service)
         service = defs.services.get(feature_service)
         if service is None:
             raise OnlineRequestError(f"unknown feature service {shown(feature_service)}"
@@ -138,6 +159,7 @@ class Plan:
     slots: tuple[tuple[int, ...], ...]  # per read: output position of each of its features
     join_keys: tuple[str, ...]  # every join key any view needs, first-seen order
     key_types: Mapping[str, tuple[str, str]]  # join key -> (dtype, view needing it)
+    echo: Mapping[str, str]  # every join key of the repo -> dtype: echoed when given
     view_keys: tuple[tuple[int, ...], ...]  # per read: positions of its join keys
     key_parts: tuple[tuple[str, str, str], ...]  # per read: (head, tail, lifetime suffix)
     dtypes: tuple[str, ...]  # output type per name
@@ -145,7 +167,10 @@ class Plan:
 
     @classmethod
     def of(cls, project: str, pairs: Sequence[tuple[FeatureView, Feature]],
-           full_feature_names: bool) -> Plan:
+           full_feature_names: bool, echo: Mapping[str, str] | None = None) -> Plan:
+        """The plan of ``pairs``; ``echo``: the repo's join keys (-> dtype), which a response
+        echoes when the entity rows give them, as Feast does, needed or not (default: the
+        keys the views need)."""
         names: list[str] = []
         by_view: dict[str, tuple[FeatureView, list[Feature], list[int]]] = {}
         for view, f in pairs:
@@ -176,14 +201,19 @@ class Plan:
         for view, feats, positions in by_view.values():
             for f, pos in zip(feats, positions, strict=True):
                 dtypes[pos] = view.output_dtype(f)
-        return cls(tuple(names), tuple(reads), tuple(slots), tuple(join_keys), key_types,
+        echo = {**{k: d for k, (d, _) in key_types.items()}, **(echo or {})}
+        return cls(tuple(names), tuple(reads), tuple(slots), tuple(join_keys), key_types, echo,
                    tuple(view_keys), tuple(key_parts), tuple(dtypes),
                    tuple(k for k, dtype in enumerate(dtypes) if dtype == "timestamp"))
 
     def entity_columns(self, entity_rows: Any) -> tuple[int, dict[str, list[Any]]]:
-        """(row count, join key -> values) of the entity rows, checked against the key types."""
+        """(row count, join key -> values) of the entity rows, checked against the key types.
+
+        The join keys the views need come in the caller's column order, with any other join
+        key of the repo the caller gave (echoed as given, as Feast answers them)."""
         if type(entity_rows) is not list and not isinstance(entity_rows, Mapping):
-            entity_rows = _frame_columns(entity_rows, self.join_keys)
+            entity_rows = _frame_columns(entity_rows, self.echo)
+        rows = None
         if isinstance(entity_rows, Mapping):
             columns = {}
             for k, v in entity_rows.items():
@@ -199,6 +229,7 @@ class Plan:
             for key in self.join_keys:
                 if key not in columns:
                     raise self._no_key("entities have", key, f"given: {_given(sorted(columns))}")
+            given = list(columns)
         else:
             if type(entity_rows) is list:
                 rows = entity_rows
@@ -209,6 +240,7 @@ class Plan:
             else:
                 rows = list(entity_rows)
             n = len(rows)
+            given = list(rows[0]) if n and isinstance(rows[0], Mapping) else []
             found = None
             if n > _FEW and set(map(type, rows)) <= _DICT:  # plain dicts: C-level loops
                 with suppress(KeyError):  # a key is missing: _row_columns names the row
@@ -251,7 +283,20 @@ class Plan:
                     if echoed is None:  # Feast does, so the response is JSON as it is
                         echoed = columns[key] = list(column)  # never the caller's list
                     echoed[i] = plain(value)
+        if len(given) != len(self.join_keys) or tuple(given) != self.join_keys:
+            columns = self._echoed(columns, given, rows)
         return n, columns
+
+    def _echoed(self, columns: dict[str, list[Any]], given: list[Any],
+                rows: list[Any] | None) -> dict[str, list[Any]]:
+        """The columns a response echoes: the join keys, and the repo's other join keys the
+        caller gave, in the caller's order (Feast's); other columns are not echoed."""
+        out = {k: columns[k] if k in columns else [r.get(k) for r in rows]  # type: ignore[union-attr]
+               for k in given if k in self.echo and (k in columns or rows is not None)}
+        for k in self.join_keys:  # all given, but a first row may lack what the others have
+            if k not in out:
+                out[k] = columns[k]
+        return out
 
     def _row_columns(self, rows: list[Any]) -> dict[str, list[Any]]:
         """Join key -> values of entity rows given as dicts or other mappings; a row that is

@@ -156,7 +156,7 @@ def test_entity_rows_from_csv_with_iso_times(repo: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    (lambda t: t.drop("event_ts"), "no timestamp column 'event_ts'"),
+    (lambda t: t.drop("event_ts"), "no timestamp column and none named event_ts"),
     (lambda t: t.drop("user_id"), "join key column 'user_id'"),
     (lambda t: t.set_column(t.column_names.index("event_ts"), "event_ts",
                             pa.array(["yesterday"] * t.num_rows)), "'event_ts'"),

@@ -139,3 +139,40 @@ def test_every_input_row_comes_back_in_order_with_its_columns(
     out = pl.from_arrow(get_historical_features([view], rows, root))
     assert out.select("label", "user_id", "event_ts").equals(rows)
     assert out["n"].to_list() == [0, 3, 0, 2]  # a null key reads like an unseen entity
+
+
+@pytest.mark.parametrize(("columns", "chosen"), [
+    ({"event_ts": [T0], "event_timestamp": [T0 - timedelta(days=1)]}, "event_ts"),
+    ({"event_timestamp": [T0], "label_ts": [T0 - timedelta(days=1)]}, "event_timestamp"),
+    ({"label": [1], "asked_at": [T0]}, "asked_at"),  # Feast's rule: the one datetime column
+])
+def test_the_time_column_is_found_as_feast_finds_it(columns: dict, chosen: str) -> None:
+    """With no timestamp_field, the rows' instants come from event_ts, else Feast's
+    event_timestamp, else the only timestamp column, and the choice is recorded."""
+    rows = check({"user_id": [1], **columns}, timestamp_field=None, keys=KEYS)
+    assert rows.timestamp_field == chosen
+    assert rows.times_us.to_pylist() == [int(columns[chosen][0].timestamp() * 1_000_000)]
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ({"label": [1]}, r"^entity rows: no timestamp column and none named event_ts or "
+                     r"event_timestamp \(columns: user_id, label\); pass timestamp_field="),
+    ({"a": [T0], "b": [T0]}, r"^entity rows: several timestamp columns \(a, b\) and none "
+                             r"named event_ts"),
+])
+def test_no_time_column_or_an_ambiguous_one_is_one_line(columns: dict, message: str) -> None:
+    with pytest.raises(EntityRowsError, match=message):
+        check({"user_id": [1], **columns}, timestamp_field=None, keys=KEYS)
+    with pytest.raises(EntityRowsError, match=r"no timestamp column 'when' \(columns: user_id"):
+        check({"user_id": [1], **columns}, timestamp_field="when", keys=KEYS)
+
+
+def test_a_feast_entity_frame_reads_as_with_its_column_named(
+        store: tuple[FeatureView, Path]) -> None:
+    view, root = store
+    feast_style = pd.DataFrame({"user_id": [1, 1], "event_timestamp": [T0, T0 - timedelta(
+        minutes=2, seconds=30)]})
+    named = get_historical_features([view], feast_style, root,
+                                    timestamp_field="event_timestamp").to_pylist()
+    assert get_historical_features([view], feast_style, root).to_pylist() == named
+    assert [r["n"] for r in named] == [3, 1]

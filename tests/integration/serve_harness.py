@@ -42,7 +42,8 @@ by_country = Source(
 country_activity = FeatureView(
     name="country_activity", entities=[country], source=by_country, ttl="30d",
     features=[agg.count(windows=["1d"], name="txn_count"),
-              agg.last(col("channel"), name="last_channel")])
+              agg.last(col("channel"), name="last_channel"),
+              agg.last(col("event_ts"), name="last_seen")])
 '''
 
 

@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from features.store import FeatureStore, OnlineResponse
+from features.windows import to_micros
+from tessera.feast_json import rfc3339
 from tests.conftest import REPO_ROOT
 from tests.integration.serve_harness import (
     MAX_BODY,
@@ -50,7 +52,9 @@ def as_feast_json(resp: OnlineResponse, keys: list[str]) -> tuple[list, list, li
     """(names, values, statuses) the server must answer for this Python result."""
     n = len(resp.entities[keys[0]])
     names = keys + resp.feature_names
-    values = [resp.entities[k] for k in keys] + resp.values
+    values = [resp.entities[k] for k in keys] + [
+        [rfc3339(to_micros(v)) if isinstance(v, datetime) else v for v in column]
+        for column in resp.values]  # a timestamp feature's values are RFC 3339 text
     statuses = [["PRESENT"] * n for _ in keys] + resp.statuses
     return names, values, statuses
 
@@ -122,14 +126,31 @@ def test_feature_service_and_full_feature_names(server: Server, store: FeatureSt
     assert r.status_code == 200 and r.json()["metadata"]["feature_names"] == names
 
 
-def test_string_join_keys(server: Server, store: FeatureStore) -> None:
-    feats = ["country_activity:txn_count_1d", "country_activity:last_channel"]
+def test_string_join_keys_and_a_timestamp_feature(server: Server, store: FeatureStore) -> None:
+    feats = ["country_activity:txn_count_1d", "country_activity:last_channel",
+             "country_activity:last_seen"]
     countries = ["FR", "DE", "nowhere", "a,b}\\"]
     body = {"features": feats, "entities": {"country": countries}}
     doc = same_as_python(server, store, body, ["country"], features=feats,
                          entity_rows={"country": countries})
     assert doc["results"][2]["statuses"][:2] == ["PRESENT", "PRESENT"]
     assert doc["results"][2]["statuses"][2:] == ["NOT_FOUND", "NOT_FOUND"]
+    seen = doc["results"][3]
+    assert all(TS.match(v) for v in seen["values"][:2]) and seen["values"][2:] == [None, None]
+    assert seen["values"][:2] == seen["event_timestamps"][:2]  # last(event_ts): the newest
+
+
+def test_join_keys_given_are_echoed_in_the_requests_order(server: Server, store: FeatureStore,
+                                                          users: list[int]) -> None:
+    """As Feast answers: a join key of the repo that no requested view needs is echoed, in
+    the request's order; a column that is no join key is not."""
+    merchants = [2_000_000_000 + i for i in range(len(users))]
+    entities = {"merchant_id": merchants, "label": users, "user_id": users}
+    doc = same_as_python(server, store, {"features": USER_FEATURES, "entities": entities},
+                         ["merchant_id", "user_id"], features=USER_FEATURES,
+                         entity_rows=entities)
+    assert doc["metadata"]["feature_names"][:3] == ["merchant_id", "user_id", "txn_count_1h"]
+    assert doc["results"][0]["values"] == merchants
 
 
 USER = {"user_id": [1]}
