@@ -154,7 +154,9 @@ class FeatureView:
                               f"(it has: {', '.join(f.name for f in self.features)})")
 
     def rules_dict(self) -> dict[str, Any]:
-        """Everything that decides the stored values: the canonical form of the rules."""
+        """Everything that decides the stored values: the canonical form of the rules. Not the
+        TTLs (the view's, a plain feature's own): they decide what a read returns, not the
+        tiles, so a TTL change needs no batch re-run (materialization notices it)."""
         return {
             "view": self.name,
             "join_keys": list(self.join_keys),
@@ -162,7 +164,8 @@ class FeatureView:
             "schema": dict(sorted(self.source.schema.items())),
             "filter": None if self.filter is None else ex.to_dict(self.filter),
             "derived": [[n, ex.to_dict(e)] for n, e in self.derived],
-            "features": [f.to_dict() for f in self.features],
+            "features": [{k: v for k, v in f.to_dict().items() if k != "ttl"}
+                         for f in self.features],
         }
 
     def fingerprint(self) -> str:
@@ -171,7 +174,8 @@ class FeatureView:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def feature_fingerprint(self, feature: Feature) -> str:
-        """sha256 of what decides one feature's values: filter, derived columns and itself."""
+        """sha256 of what decides one feature's values: filter, derived columns and itself
+        (its own TTL included: a drift reference says when a feature changed meaning)."""
         rules = self.rules_dict()
         text = json.dumps({"filter": rules["filter"], "derived": rules["derived"],
                            "keys": rules["join_keys"], "feature": feature.to_dict()},

@@ -31,7 +31,7 @@ from features.online import keys as K
 from features.sql import file_list, quote
 from features.tiles import EXACT_TILE_US
 from features.windows import US_PER_UNIT, from_micros, to_micros
-from pipelines.materialize import read_state
+from pipelines.online_state import read_state
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -22,7 +22,6 @@ kernels, one part (a snapshot row group or a range) after the other.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 from features import offline_store
 from features.config import RepoConfig
 from features.definitions import FeatureView
-from features.errors import OfflineStoreError
+from features.errors import OfflineStoreError, OnlineUnavailableError
 from features.online import keys as K
 from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
@@ -43,6 +42,14 @@ from pipelines import online_parts as op
 from pipelines import online_snapshot
 from pipelines.errors import PipelineError
 from pipelines.online_expiry import ttl_signature
+from pipelines.online_state import (
+    WAIT_S,
+    ViewLease,
+    check_evictions,
+    evictions,
+    read_state,
+    save_state,
+)
 
 Progress = Callable[[int, int | None], None]  # (entity rows done, total or estimate; None: none yet)
 
@@ -117,42 +124,26 @@ def _unreadable(base: Any, version: int, error: BaseException) -> str:
 
 def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                      start: Any = None, end: Any = None, now_us: int | None = None,
-                     progress: Progress | None = None) -> MaterializeSummary:
-    """Write one view's online values (see the module docstring). An offline file that cannot
+                     progress: Progress | None = None,
+                     lock_wait_s: float = WAIT_S) -> MaterializeSummary:
+    """Write one view's online values (see the module docstring), holding the view's lease
+    (another materialization of it waits up to ``lock_wait_s``). An offline file that cannot
     be read (truncated, removed by hand) is a PipelineError naming it; what Redis holds stays
     as it was or is rewritten whole, never half-built."""
     import duckdb
 
     try:
-        return _materialize_view(cfg, view, online, start, end, now_us, progress)
+        with ViewLease(online, cfg.project, view.name, wait_s=lock_wait_s) as lease:
+            return _materialize_view(cfg, view, online, start, end, now_us, progress, lease)
     except (duckdb.IOException, duckdb.InvalidInputException) as e:  # a file, not our SQL
         raise PipelineError(f"feature view {view.name!r}: offline tiles unreadable "
                             f"({str(e).splitlines()[0]}); rebuild the days they hold with "
                             f"`tessera run --view {view.name} --start D --end D`") from None
 
 
-def read_state(online: RedisOnline, state_key: str) -> tuple[dict[str, Any] | None, str]:
-    """(what the last materialization recorded, a problem): None and no problem when there is
-    no state key; None and what is wrong with it for one that is not ours to read (not UTF-8,
-    not JSON, another shape). Materialization then rewrites everything; a consistency check
-    cannot check."""
-    try:
-        text = online.get_text(state_key)
-        if not text:
-            return None, ""
-        state = json.loads(text)
-        if (isinstance(state, dict) and isinstance(state.get("partitions"), dict)
-                and isinstance(state.get("at_us", 0), int)):
-            return state, ""
-        problem = "not the state materialize writes"
-    except ValueError as e:  # UnicodeDecodeError too
-        problem = f"not JSON: {e}"
-    return None, f"state key {state_key} unreadable ({problem})"
-
-
 def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, start: Any,
-                      end: Any, now_us: int | None, progress: Progress | None
-                      ) -> MaterializeSummary:
+                      end: Any, now_us: int | None, progress: Progress | None,
+                      lease: ViewLease) -> MaterializeSummary:
     started = time.perf_counter()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     root = cfg.resolve(cfg.offline.path)
@@ -206,7 +197,7 @@ def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, s
         except ob.OldFilesGone as e:  # which entities the replaced tiles held is unknown
             summary.mode, summary.note, rescan = "full", f"{e}: rewrote every entity", True
         if summary.mode == "incremental" and (entities is None or entities.num_rows == 0):
-            _save_state(online, state_key, manifest, at_us, ttls)
+            save_state(online, state_key, manifest, at_us, ttls, lease)
             summary.seconds = time.perf_counter() - started
             return summary
     elif forced:
@@ -233,7 +224,7 @@ def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, s
         parts = tiles()
         written, deleted = _write(online, project, view, fp, cod, parts, held, now_us,
                                   progress)
-    _save_state(online, state_key, manifest, at_us, ttls)
+    save_state(online, state_key, manifest, at_us, ttls, lease)
     summary.entities = parts.entities
     summary.keys_written, summary.keys_deleted = written, deleted
     summary.seconds = time.perf_counter() - started
@@ -247,15 +238,6 @@ def _present(online: RedisOnline, project: str, view: FeatureView, fp: str) -> A
     from pipelines.online_gc import entity_tags
 
     return pa.array(sorted(set(entity_tags(online, project, view.name, fp))), pa.string())
-
-
-def _save_state(online: RedisOnline, state_key: str, manifest: offline_store.Manifest,
-                at_us: int, ttls: str) -> None:
-    """Record what Redis now holds: the next run diffs against these partitions, and rewrites
-    everything if the TTLs are no longer ``ttls``."""
-    online.set_text(state_key, json.dumps({"version": manifest.version,
-                                           "partitions": manifest.partitions, "at_us": at_us,
-                                           "ttls": ttls}))
 
 
 def _ms(us: Any) -> Any:
@@ -358,14 +340,17 @@ def _sets(head: str, tail: str, cod: Codec, values: ob.Values, now_us: int,
 
 def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnline, *,
                 start: Any = None, end: Any = None, now_us: int | None = None,
-                show_progress: bool = True) -> list[MaterializeSummary]:
+                show_progress: bool = True, lock_wait_s: float = WAIT_S
+                ) -> list[MaterializeSummary]:
     """Materialize ``views`` with a rich progress bar (keys written per view). A view that
-    fails (no offline data for its rules, unreadable tiles) does not stop the others: a
+    fails (no offline data for its rules, unreadable tiles, another materialization holding it
+    past ``lock_wait_s``, a write Redis refused) does not stop the others: a
     :class:`MaterializeError` after them all names it and carries every view's summary."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     _day_range(start, end)  # checked before any work or progress bar
+    evicted, setting = evictions(online)
     out = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("keys"), TimeElapsedColumn(), disable=not show_progress,
@@ -378,10 +363,15 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
 
             try:
                 out.append(materialize_view(cfg, view, online, start=start, end=end,
-                                            now_us=now_us, progress=progress))
+                                            now_us=now_us, progress=progress,
+                                            lock_wait_s=lock_wait_s))
             except (PipelineError, OfflineStoreError) as e:  # the next view may be fine: go on
                 out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
                                               note=str(e)))
+            except OnlineUnavailableError as e:  # a refused write (OOM), Redis away: the same
+                out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
+                                              note=f"feature view {view.name!r}: {e}"))
+    check_evictions(online, cfg.project, out, evicted, setting)
     failed = [m for m in out if m.mode == "failed"]
     if failed:
         raise MaterializeError(out, "; ".join(m.note for m in failed))
@@ -397,5 +387,4 @@ class MaterializeError(PipelineError):
         self.summaries = summaries
 
 
-__all__ = ["MaterializeError", "MaterializeSummary", "materialize", "materialize_view",
-           "read_state"]
+__all__ = ["MaterializeError", "MaterializeSummary", "materialize", "materialize_view"]

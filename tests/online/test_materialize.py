@@ -300,9 +300,10 @@ def _equal_to_offline(store: FeatureStore, view: str, key: str, keys: list[int])
 
 
 def test_a_ttl_change_rewrites_every_entity(fresh: FeatureStore) -> None:
-    """A view's ttl decides which newest values are kept and when keys expire, but not the
-    tiles nor the fingerprint: materialization notices the change and rewrites every entity,
-    from the tiles (the batch run's snapshot was built under the old ttl)."""
+    """A view's ttl, or a plain feature's own, decides which newest values are kept and when
+    keys expire, but not the tiles nor the fingerprint: materialization notices the change and
+    rewrites every entity, from the tiles (the batch run's snapshot was built under the old
+    ttl)."""
     source = fresh.config.root / "example" / "card_features.py"
     text = source.read_text()
     users = ids(fresh, "user_id", 80)
@@ -327,6 +328,18 @@ def test_a_ttl_change_rewrites_every_entity(fresh: FeatureStore) -> None:
     _equal_to_offline(long, "user_spend", "user_id", users)
     assert materialize(long)[0].mode == "up to date"  # recorded: no second rewrite
     long.close()
+
+    # A plain feature's own ttl: the same, and no `tessera run` is needed for it.
+    source.write_text(text.replace('name="last_country")', 'name="last_country", ttl="1d")'))
+    own = FeatureStore(config=load_config(fresh.config.root))
+    assert own.definitions.views["user_spend"].fingerprint() == fp
+    spend = materialize(own)[0]
+    assert spend.mode == "full" and "TTLs of plain last features changed" in spend.note
+    _equal_to_offline(own, "user_spend", "user_id", users)
+    status = own.get_online_features(["user_spend:last_country"], {"user_id": users},
+                                     now=NOW).status_dict()["last_country"]
+    assert "OUTSIDE_MAX_AGE" in status and "PRESENT" in status  # a day: some are too old
+    own.close()
 
 
 def test_a_full_rewrite_after_collected_tiles_deletes_entities_left_without_values(
