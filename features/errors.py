@@ -36,6 +36,15 @@ class OfflineStoreError(TesseraError):
     """The offline store could not be read or written."""
 
 
+class SumOverflowError(OfflineStoreError):
+    """A sum of integers left int64: in a tile, or where tiles merge into a window. Never
+    wrapped round: the job that met it fails and says how to sum a float64 instead."""
+
+
+SUM_HINT = ("sum a float64 instead (.cast(\"float64\") on the summed expression), or filter "
+            "out the values that cannot be meant")
+
+
 class UncoveredError(OfflineStoreError):
     """A read needs days the feature view's current rules never computed."""
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from features import entity_rows as er
 from features import offline_store
 from features.definitions import Feature, FeatureView
-from features.errors import OfflineStoreError, UncoveredError
+from features.errors import SUM_HINT, OfflineStoreError, SumOverflowError, UncoveredError
 from features.pit_sql import floor_sql, view_plan
 from features.sql import quote as _q
 from features.tiles import EXACT_TILE_US, layout
@@ -179,6 +179,12 @@ class PointInTimeRead:
             raise OfflineStoreError(f"offline files listed by a manifest could not be read "
                                     f"(removed by a writer while this read ran?): "
                                     f"{first}") from None
+        except duckdb.ConversionException as e:  # a window's HUGEINT sum cast to BIGINT
+            first = str(e).splitlines()[0]
+            if "INT128" not in first and "HUGEINT" not in first:
+                raise
+            raise SumOverflowError(f"a sum of integers leaves int64 in a window of the "
+                                   f"point-in-time read ({first}): {SUM_HINT}") from None
 
 
 def get_historical_features(views: Sequence[FeatureView], entity_rows: Any, offline_path: Path,

@@ -59,16 +59,31 @@ def _keys(view: FeatureView, a: str, b: str) -> str:
 # Running sums of doubles are split into an exact fixed-point part (HUGEINT multiples of 2^-32)
 # and a tiny remainder, so a window's sum, the difference of two running sums, keeps ~1 ulp
 # however large the key's history has grown (a plain double difference loses eps·|history|).
+# Values too large for the fixed point (|x| ≥ 9.2e18, ±inf, NaN) are summed apart, with a
+# running count: a window holding none of them adds nothing, so one such value in a key's past
+# cannot turn every later window's sum into NaN (inf − inf) or wipe out its small values.
 _SCALE = "4294967296.0"  # 2^32
 _FIXED_MAX = "9.2e18"  # |x| below 2^63: x·2^32 < 2^95, and 2^32 rows of it fit a HUGEINT
 _FINE_SCALE = "79228162514264337593543950336.0"  # 2^96: a remainder below 2^-32, exactly
 
 
 def _split(expr: str, name: str) -> list[str]:
-    """Per-row columns ``f<name>`` (exact fixed-point part) and ``r<name>`` (the remainder)."""
-    fixed = (f"CASE WHEN abs({expr}) < {_FIXED_MAX} THEN round(({expr}) * {_SCALE})::HUGEINT "
-             f"ELSE 0::HUGEINT END")
-    return [f"{fixed} AS f{name}", f"({expr}) - ({fixed})::DOUBLE / {_SCALE} AS r{name}"]
+    """Per-row columns ``f<name>`` (exact fixed-point part), ``r<name>`` (the remainder) and,
+    for a value too large for the fixed point (or not finite), ``h<name>`` (the value) and
+    ``hn<name>`` (1)."""
+    small = f"abs({expr}) < {_FIXED_MAX}"  # false for NaN: DuckDB orders it above all
+    fixed = f"CASE WHEN {small} THEN round(({expr}) * {_SCALE})::HUGEINT ELSE 0::HUGEINT END"
+    return [f"{fixed} AS f{name}",
+            f"CASE WHEN {small} THEN ({expr}) - ({fixed})::DOUBLE / {_SCALE} ELSE 0.0 END "
+            f"AS r{name}",
+            f"CASE WHEN {small} THEN 0.0 ELSE {expr} END AS h{name}",
+            f"CASE WHEN {small} THEN 0 ELSE 1 END AS hn{name}"]
+
+
+def _split_sums(name: str, frame: str) -> list[str]:
+    """The running sums of :func:`_split`'s columns, read by :func:`_split_diff`."""
+    return [f"sum(f{name}) {frame} AS pf{name}", f"sum(r{name}) {frame} AS pr{name}",
+            f"sum(h{name}) {frame} AS ph{name}", f"sum(hn{name}) {frame}::BIGINT AS phn{name}"]
 
 
 NEEDS = {"count": {"c"}, "sum": {"s"}, "mean": {"c", "s"}, "stddev": {"c", "d", "e"},
@@ -100,14 +115,13 @@ def _prefix_sql(view: FeatureView, lay: Layout, wanted: dict[int, set[str]],
             cols.append(f"sum({s}) {frame} AS p{s}")
         elif "s" in need:
             per_row += _split(f"coalesce({s}, 0.0)", s)
-            cols += [f"sum(f{s}) {frame} AS pf{s}", f"sum(r{s}) {frame} AS pr{s}"]
+            cols += _split_sums(s, frame)
         if "d" in need:
             dev = f"coalesce({s}::DOUBLE - {c} * k{i}, 0.0)"
             per_row += _split(dev, f"d{i}")
             per_row += _split(f"CASE WHEN {c} > 0 THEN {q} + {dev} * {dev} / {c} ELSE 0.0 END",
                               f"e{i}")
-            cols += [f"sum(fd{i}) {frame} AS pfd{i}", f"sum(rd{i}) {frame} AS prd{i}",
-                     f"sum(fe{i}) {frame} AS pfe{i}", f"sum(re{i}) {frame} AS pre{i}"]
+            cols += _split_sums(f"d{i}", frame) + _split_sums(f"e{i}", frame)
         if "lo" in need:
             cols.append(f"min({inp.column('lo')}) {frame} AS p{inp.column('lo')}")
         if "hi" in need:
@@ -139,9 +153,14 @@ def _diff(end: str, start: str | None, column: str) -> str:
 
 
 def _split_diff(end: str, start: str | None, name: str) -> str:
-    """A window's double sum from the split running sums ``pf<name>`` and ``pr<name>``."""
+    """A window's double sum from the split running sums (:func:`_split_sums`). The values
+    too large for the fixed point count only when the window holds some; when values of that
+    size lie on both sides of its start, their difference keeps only their magnitude."""
+    huge = _diff(end, start, f"ph{name}")
+    if start is not None:
+        huge = f"CASE WHEN {_diff(end, start, f'phn{name}')} = 0 THEN 0.0 ELSE {huge} END"
     return (f"({_diff(end, start, f'pf{name}')}::DOUBLE / {_SCALE} + "
-            f"{_diff(end, start, f'pr{name}')})")
+            f"{_diff(end, start, f'pr{name}')} + {huge})")
 
 
 def _window_sum(inp: Input, end: str, start: str | None) -> str:

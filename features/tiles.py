@@ -38,6 +38,7 @@ from typing import Any
 
 from features import expr as ex
 from features.definitions import Feature, FeatureView
+from features.errors import SUM_HINT, SumOverflowError
 
 NEEDS: dict[str, frozenset[str]] = {
     "count": frozenset({"c"}),
@@ -265,7 +266,7 @@ def suffix_merge(lay: Layout, columns: Mapping[str, Any], group_end: Any) -> dic
     of a window's tiles is the window's merged partial, so a read at any instant costs one
     lookup instead of a merge. ``last`` is not here: the newest value alone answers every window.
 
-    Same rules as :func:`merge` (sums; min; max; M2 by the two-pass Chan form, pairwise), up to
+    Same rules as :func:`merge` (sums; min; max; M2 by Chan's pairwise form), up to
     the rounding of floating sums, which DESIGN.md's equality rule allows.
     """
     import numpy as np
@@ -306,15 +307,22 @@ def merge_pairs(lay: Layout, a: Mapping[str, Any], b: Mapping[str, Any]) -> dict
         na, nb = a[c].astype(np.float64), b[c].astype(np.float64)
         sa, sb = a[s].astype(np.float64), b[s].astype(np.float64)
         total = na + nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            grand = (sa + sb) / total
-            dev_a = np.where(na > 0, na * (sa / na - grand) ** 2, 0.0)
-            dev_b = np.where(nb > 0, nb * (sb / nb - grand) ** 2, 0.0)
-        out[q] = np.where(total > 0, a[q] + b[q] + dev_a + dev_b, 0.0)
+        # Chan's pairwise form, na·nb/(na+nb)·(mean_a − mean_b)², equal to the two-pass terms
+        # about the grand mean but never through (sa + sb), which overflows for values near
+        # 1e308 (two of 1e308 read a stddev of inf, not 0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            delta = sa / na - sb / nb
+            cross = np.where((na > 0) & (nb > 0), delta * delta * (na * nb / total), 0.0)
+        out[q] = np.where(total > 0, a[q] + b[q] + cross, 0.0)
     for name in a:
         kind = name.rstrip("0123456789")
         if kind in ("n", "c", "s"):
-            out[name] = a[name] + b[name]
+            with np.errstate(over="ignore"):  # a float sum past 1e308 is inf, as anywhere
+                out[name] = total = a[name] + b[name]
+            if kind == "s" and total.dtype.kind == "i" and (
+                    ((a[name] ^ total) & (b[name] ^ total)) < 0).any():  # int64 wrapped round
+                raise SumOverflowError(f"a sum of integers leaves int64 where tiles merge "
+                                       f"into a window (partial {name!r}): {SUM_HINT}")
         elif kind in ("lo", "hi"):
             present = f"{name}?"
             pa_, pb = a[present], b[present]

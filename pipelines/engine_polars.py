@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from features.compile import compile_expr
 from features.definitions import FeatureView
+from features.errors import SUM_HINT, SumOverflowError
 from features.tiles import EXACT_TILE_US, Layout, layout, partial_dtype
 from features.windows import US_PER_UNIT
 from pipelines.counts import Counts
@@ -173,7 +174,9 @@ def partial_aggs(lay: Layout) -> list[pl.Expr]:
         has = x.is_not_null()
         by_kind = {
             "c": x.count(),
-            "s": x.sum(),
+            # integers summed in 128 bits: the cast to int64 below then fails (tile_frames
+            # says which view) instead of Polars' wrapped int64 sum
+            "s": x.cast(pl.Int128).sum() if inp.dtype in ("int64", "bool") else x.sum(),
             "q": (x.var(ddof=0) * x.count()).fill_null(0.0),
             "lo": x.min(),
             "hi": x.max(),
@@ -232,16 +235,21 @@ def tile_frames(view: FeatureView, projected: pl.DataFrame
         for size in sizes:
             tile = pl.col("__ts") // size
             change = key_change | (tile != tile.shift())
-            frame = (
+            query = (
                 by_key.lazy().with_columns(tile.alias("tile"))
                 .with_columns(change.fill_null(True).cum_sum().set_sorted().alias("__group"))
                 .group_by("__group", maintain_order=True)
                 .agg(*(pl.col(k).first() for k in keys), pl.col("tile").first(), *aggs)
-                .drop("__group")
+                .drop("__group"))
+            try:
                 # The in-memory engine, not the streaming one: the streaming engine merges
                 # per-thread partial sums in scheduling order, so float sums would change in the
                 # last bits from one run to the next. Rerunning a day must give the same bits.
-                .collect(engine="in-memory"))
+                frame = query.collect(engine="in-memory")
+            except pl.exceptions.InvalidOperationError as e:  # an int64 sum that overflowed
+                raise SumOverflowError(
+                    f"feature view {view.name!r}: a sum of integers leaves int64 in a tile of "
+                    f"{day} ({str(e).splitlines()[0]}): {SUM_HINT}") from None
             yield size, day, frame
             del frame
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from features.compile import compile_expr
 from features.definitions import FeatureView
+from features.errors import SUM_HINT, SumOverflowError
 from features.tiles import EXACT_TILE_US, Layout, layout, partial_dtype
 from features.windows import US_PER_UNIT
 from pipelines.counts import Counts
@@ -207,6 +208,10 @@ def run(spark: SparkSession, view: FeatureView, files: Sequence[SourceFile],
         advance(1)
         counts.written = write_tiles(view, events, out_dir, advance)
     except (PySparkException, Py4JJavaError) as e:  # a corrupt file fails inside a job
+        if "ARITHMETIC_OVERFLOW" in str(e):  # ANSI mode: a sum of longs (expressions never)
+            raise SumOverflowError(f"feature view {view.name!r}: a sum of integers leaves int64 "
+                                   f"in a tile (Spark: [ARITHMETIC_OVERFLOW]): "
+                                   f"{SUM_HINT}") from None
         found = find_unreadable(view.source, files, e)
         if found is e:
             raise

@@ -366,8 +366,10 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
                                             now_us=now_us, progress=progress,
                                             lock_wait_s=lock_wait_s))
             except (PipelineError, OfflineStoreError) as e:  # the next view may be fine: go on
+                named = str(e) if str(e).startswith("feature view") else (
+                    f"feature view {view.name!r}: {e}")  # SumOverflowError from a merge
                 out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
-                                              note=str(e)))
+                                              note=named))
             except OnlineUnavailableError as e:  # a refused write (OOM), Redis away: the same
                 out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
                                               note=f"feature view {view.name!r}: {e}"))

@@ -240,7 +240,9 @@ class Plan:
             else:
                 rows = list(entity_rows)
             n = len(rows)
-            given = list(rows[0]) if n and isinstance(rows[0], Mapping) else []
+            first = rows[0] if n else None
+            given = (list(first) if type(first) is dict or isinstance(first, Mapping)
+                     else [])  # the caller's column order (Feast's rows share their columns)
             found = None
             if n > _FEW and set(map(type, rows)) <= _DICT:  # plain dicts: C-level loops
                 with suppress(KeyError):  # a key is missing: _row_columns names the row
@@ -283,7 +285,7 @@ class Plan:
                     if echoed is None:  # Feast does, so the response is JSON as it is
                         echoed = columns[key] = list(column)  # never the caller's list
                     echoed[i] = plain(value)
-        if len(given) != len(self.join_keys) or tuple(given) != self.join_keys:
+        if tuple(given) != self.join_keys:  # another order, or more columns: echo as given
             columns = self._echoed(columns, given, rows)
         return n, columns
 

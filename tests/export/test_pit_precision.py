@@ -58,3 +58,30 @@ def test_reading_the_same_state_twice_gives_the_same_bits(tmp_path: Path) -> Non
     first = read_back(v, cfg, requests)
     second = read_back(v, cfg, requests)
     assert [sorted(r.items()) for r in first] == [sorted(r.items()) for r in second]
+
+
+def test_values_too_large_for_the_fixed_point_do_not_poison_later_windows(
+        tmp_path: Path) -> None:
+    """Values of 1e19 and more (and ±inf, NaN) are summed apart from the fixed point, with a
+    count: once they have left a window it reads as if they never were. Before a review found
+    it, two of 1e308 turned every later 1h sum, mean and stddev of the key into NaN (inf − inf),
+    and one of 1e19 wiped out later values near 1e-12."""
+    past = T0 - timedelta(hours=3)
+    small = [1.0, 2.0]
+    tiny = [1e-12, 2e-12, 3e-12]
+    rows = [{"k": 1, "x": 1e308, "ts": past}, {"k": 1, "x": 1e308, "ts": past + timedelta(1)},
+            {"k": 2, "x": 1e19, "ts": past}, {"k": 3, "x": math.inf, "ts": past},
+            {"k": 4, "x": math.nan, "ts": past}]
+    for k, values in ((1, small), (2, tiny), (3, small), (4, small)):
+        rows += [{"k": k, "x": x, "ts": T0 + timedelta(minutes=10 * j)}
+                 for j, x in enumerate(values)]
+    v, cfg = materialize("polars", view, SOURCE, rows, tmp_path)
+    at = T0 + timedelta(minutes=30)
+    got = read_back(v, cfg, [((k,), at) for k in (1, 2, 3, 4)])
+    for row, values in zip(got, (small, tiny, small, small), strict=True):
+        assert close(row["s_1h"], math.fsum(values)), (row, values)
+        assert close(row["m_1h"], math.fsum(values) / len(values)), (row, values)
+    assert close(got[0]["sd_1h"], statistics.stdev(small))
+    # a window holding such a value still has it: 1e19 + 6e-12 is 1e19 in float64
+    with_it = read_back(v, cfg, [((2,), past + timedelta(minutes=30))])[0]
+    assert with_it["s_1h"] == 1e19 and with_it["m_1h"] == 1e19

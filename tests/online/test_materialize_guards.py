@@ -15,24 +15,13 @@ import redis
 
 from features.online import keys as K
 from features.store import FeatureStore
-from features.windows import to_micros
 from pipelines import materialize as mat
 from pipelines.batch import run
 from pipelines.consistency import check_consistency
 from pipelines.online_state import lock_key
 from tests.online.private_redis import PrivateRedis
 from tests.online.repo import build, today
-
-NOW = to_micros(today())
-
-
-def views(store: FeatureStore) -> list:
-    return list(store.definitions.views.values())
-
-
-def materialize(store: FeatureStore, **kwargs: Any) -> list[mat.MaterializeSummary]:
-    return mat.materialize(store.config, views(store), store.online, now_us=NOW,
-                           show_progress=False, **kwargs)
+from tests.online.test_materialize import NOW, materialize, views
 
 
 @pytest.fixture
@@ -164,18 +153,25 @@ def tight_redis(tmp_path: Path) -> Any:
     private.stop(save=False)
 
 
-def _limit(url: str, policy: str, room: int) -> None:
-    client = redis.Redis.from_url(url)
-    used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory", used + room)
-    client.config_set("maxmemory-policy", policy)
-    client.close()
-
-
-def test_keys_evicted_while_materializing_fail_every_view_and_clear_its_state(
-        tmp_path: Path, tight_redis: PrivateRedis) -> None:
+@pytest.fixture
+def tight(tmp_path: Path, tight_redis: PrivateRedis) -> Any:
+    """(a repo on the private Redis, ``limit(policy, room)``: its maxmemory set to what it
+    holds now plus ``room`` bytes, with that eviction policy)."""
     store = build(tmp_path / "repo", tight_redis.url, rows=6_000, days=6)
-    _limit(tight_redis.url, "allkeys-lru", 300_000)
+
+    def limit(policy: str, room: int) -> None:
+        client = redis.Redis.from_url(tight_redis.url)
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + room)
+        client.config_set("maxmemory-policy", policy)
+        client.close()
+
+    yield store, limit
+    store.close()
+
+
+def test_keys_evicted_while_materializing_fail_every_view_and_clear_its_state(tight) -> None:
+    store, limit = tight
+    limit("allkeys-lru", 300_000)
     with pytest.raises(mat.MaterializeError) as e:
         materialize(store)
     assert {m.mode for m in e.value.summaries} == {"failed"}
@@ -184,17 +180,15 @@ def test_keys_evicted_while_materializing_fail_every_view_and_clear_its_state(
         state = K.state_key(store.config.project, view.name, view.fingerprint())
         assert store.online.client.get(state) is None  # the next run rewrites it all
     # Room enough: written, with a note that Redis may still evict.
-    _limit(tight_redis.url, "allkeys-lru", 200_000_000)
+    limit("allkeys-lru", 200_000_000)
     done = materialize(store)
     assert [m.mode for m in done] == ["full", "full"]
     assert all("Redis may evict keys (maxmemory-policy allkeys-lru" in m.note for m in done)
-    store.close()
 
 
-def test_a_full_redis_refusing_writes_fails_each_view_by_name(
-        tmp_path: Path, tight_redis: PrivateRedis) -> None:
-    store = build(tmp_path / "repo", tight_redis.url, rows=6_000, days=6)
-    _limit(tight_redis.url, "noeviction", 100_000)
+def test_a_full_redis_refusing_writes_fails_each_view_by_name(tight) -> None:
+    store, limit = tight
+    limit("noeviction", 100_000)
     with pytest.raises(mat.MaterializeError) as e:
         materialize(store)
     notes = {m.view: m.note for m in e.value.summaries}
@@ -202,6 +196,5 @@ def test_a_full_redis_refusing_writes_fails_each_view_by_name(
     for view, note in notes.items():
         assert note.startswith(f"feature view {view!r}: "), note
         assert "OOM" in note or "used memory > 'maxmemory'" in note, note  # Redis's words
-    _limit(tight_redis.url, "noeviction", 200_000_000)
+    limit("noeviction", 200_000_000)
     assert [m.mode for m in materialize(store)] == ["full", "full"]
-    store.close()
