@@ -124,16 +124,18 @@ def _unreadable(base: Any, version: int, error: BaseException) -> str:
 
 def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                      start: Any = None, end: Any = None, now_us: int | None = None,
-                     progress: Progress | None = None,
-                     lock_wait_s: float = WAIT_S) -> MaterializeSummary:
+                     progress: Progress | None = None, lock_wait_s: float = WAIT_S,
+                     on_wait: Callable[[str], None] | None = None) -> MaterializeSummary:
     """Write one view's online values (see the module docstring), holding the view's lease
-    (another materialization of it waits up to ``lock_wait_s``). An offline file that cannot
+    (another materialization of it waits up to ``lock_wait_s``, after ``on_wait(holder)``). An
+    offline file that cannot
     be read (truncated, removed by hand) is a PipelineError naming it; what Redis holds stays
     as it was or is rewritten whole, never half-built."""
     import duckdb
 
     try:
-        with ViewLease(online, cfg.project, view.name, wait_s=lock_wait_s) as lease:
+        with ViewLease(online, cfg.project, view.name, wait_s=lock_wait_s,
+                       on_wait=on_wait) as lease:
             return _materialize_view(cfg, view, online, start, end, now_us, progress, lease)
     except (duckdb.IOException, duckdb.InvalidInputException) as e:  # a file, not our SQL
         raise PipelineError(f"feature view {view.name!r}: offline tiles unreadable "
@@ -358,13 +360,18 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
         for view in views:
             task = bar.add_task(f"materialize {view.name}", total=None)
 
-            def progress(done: int, total: int | None, task: Any = task) -> None:
-                bar.update(task, completed=done, total=total)
+            def progress(done: int, total: int | None, task: Any = task,
+                         name: str = f"materialize {view.name}") -> None:
+                bar.update(task, completed=done, total=total, description=name)
+
+            def waiting(holder: str, task: Any = task, name: str = view.name) -> None:
+                bar.update(task, description=f"materialize {name}: waiting for another "
+                                             f"materialization ({holder})")
 
             try:
                 out.append(materialize_view(cfg, view, online, start=start, end=end,
                                             now_us=now_us, progress=progress,
-                                            lock_wait_s=lock_wait_s))
+                                            lock_wait_s=lock_wait_s, on_wait=waiting))
             except (PipelineError, OfflineStoreError) as e:  # the next view may be fine: go on
                 named = str(e) if str(e).startswith("feature view") else (
                     f"feature view {view.name!r}: {e}")  # SumOverflowError from a merge

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from features import offline_store
@@ -135,8 +136,10 @@ class ViewLease:
     whether it expired while held (see the module docstring)."""
 
     def __init__(self, online: RedisOnline, project: str, view: str, *,
-                 wait_s: float = WAIT_S, lease_s: float = LEASE_S) -> None:
+                 wait_s: float = WAIT_S, lease_s: float = LEASE_S,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         self.online, self.view, self.wait_s, self.lease_s = online, view, wait_s, lease_s
+        self.on_wait = on_wait  # told who holds the view, when it must wait for it
         self.key = lock_key(project, view)
         self.lost = False
         self._lock: Any = None
@@ -152,7 +155,11 @@ class ViewLease:
         self._lock = self.online.client.lock(self.key, timeout=self.lease_s, sleep=0.1,
                                              blocking_timeout=self.wait_s, thread_local=False)
         try:
-            got = self._lock.acquire(token=holder)
+            got = self._lock.acquire(token=holder, blocking=False)
+            if not got:
+                if self.on_wait is not None:
+                    self.on_wait(self._holder())
+                got = self._lock.acquire(token=holder)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
             raise self.online._unavailable(e) from None
         if not got:

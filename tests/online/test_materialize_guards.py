@@ -101,11 +101,16 @@ def test_a_held_view_fails_naming_its_holder_and_a_dead_holder_frees_it(
     key = lock_key(fresh.config.project, "user_spend")
     holder = {"host": "batch-7", "pid": 4242, "since": "2026-12-03T10:00:00Z", "token": "x"}
     client.set(key, json.dumps(holder), px=60_000)
+    told: list[str] = []
     try:
         with pytest.raises(mat.MaterializeError) as e:
             materialize(fresh, lock_wait_s=0.3)
+        with pytest.raises(mat.PipelineError):  # the progress bar says whom it waits for
+            mat.materialize_view(fresh.config, fresh.definitions.views["user_spend"],
+                                 fresh.online, now_us=NOW, lock_wait_s=0.2, on_wait=told.append)
     finally:
         client.delete(key)
+    assert told == ["process 4242 on batch-7, since 2026-12-03T10:00:00Z"]
     modes = {m.view: m.mode for m in e.value.summaries}
     assert modes == {"user_spend": "failed", "merchant_activity": "full"}  # the others go on
     assert ("feature view 'user_spend': another materialization is writing it (process 4242 "
