@@ -245,6 +245,9 @@ class StreamConfig(_Model):
 
     allowed_lateness: str = Field("1d", description="How late an event may arrive after its "
                                   "tile left the longest window and still count.")
+    max_future: str = Field("1d", description="How far after the consumer's clock an event may "
+                            "be stamped; later ones are dead letters (too_early): a sentinel "
+                            "time like 9999-12-31 never reaches a window.")
     max_batch_events: int = Field(60_000, ge=1, description="Events per micro-batch, at most.")
     max_batch_ms: int = Field(200, ge=1, description="Longest wait to fill a micro-batch.")
     fetch_min_bytes: int = Field(65_536, ge=1, description="Kafka fetch: the broker answers "
@@ -264,7 +267,7 @@ class StreamConfig(_Model):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve Prometheus "
                                      "metrics on 127.0.0.1:port (0: any free port).")
 
-    @field_validator("allowed_lateness")
+    @field_validator("allowed_lateness", "max_future")
     @classmethod
     def _duration(cls, v: str) -> str:
         from features.windows import parse_duration

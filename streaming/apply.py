@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from features.definitions import FeatureView
+from features.errors import SUM_HINT, SumOverflowError
 from features.online import keys as K
 from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
@@ -29,7 +30,7 @@ from pipelines import online_pack as pk
 from pipelines.engine_polars import project
 from pipelines.online_build import entity_tag_array
 from streaming import offsets as O
-from streaming.decode import NULL_KEY, RULE_ERROR, TOO_LATE, Bad
+from streaming.decode import NULL_KEY, OVERFLOW, RULE_ERROR, TOO_EARLY, TOO_LATE, Bad
 from streaming.state import merge_batch
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class ViewWriter:
     """Applies micro-batches of one view (one topic) to Redis, exactly once per event."""
 
     def __init__(self, project_name: str, view: FeatureView, topic: str, online: RedisOnline,
-                 allowed_lateness_us: int) -> None:
+                 allowed_lateness_us: int, max_future_us: int = 86_400_000_000) -> None:
         self.view = view
         self.topic = topic
         self.online = online
@@ -78,18 +79,24 @@ class ViewWriter:
         self.head, self.tail = K.prefix(project_name, view.name, self.fp)
         keep = retention_us(view)
         self.retention = None if keep is None else keep + allowed_lateness_us
+        self.max_future_us = max_future_us
 
     def reject(self, events: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, list[Bad]]:
-        """(events this view can use, its dead letters): null keys, too late."""
+        """(events this view can use, its dead letters): null keys, too late, too early (a
+        time far in the future would be a tile no window reaches, and the merge's packed
+        (entity, tile) numbers have 32 bits for the tile)."""
         import polars as pl
 
         ts = self.view.source.timestamp_field
         null_key = pl.any_horizontal(pl.col(k).is_null() for k in self.view.join_keys)
+        at = pl.col(ts).dt.epoch("us")
         late = pl.lit(False)
         if self.retention is not None:
-            late = pl.col(ts).dt.epoch("us") < now_us - self.retention
-        flags = events.select(null_key.alias("k"), (~null_key & late).alias("l"))
-        if not flags["k"].any() and not flags["l"].any():
+            late = at < now_us - self.retention
+        early = at > now_us + self.max_future_us
+        flags = events.select(null_key.alias("k"), (~null_key & late).alias("l"),
+                              (~null_key & early).alias("f"))
+        if not flags["k"].any() and not flags["l"].any() and not flags["f"].any():
             return events, []  # the common case: one pass, no copy
         bad = [Bad(i, NULL_KEY, f"join key {', '.join(self.view.join_keys)} is null",
                    self.view.name)
@@ -97,7 +104,10 @@ class ViewWriter:
         bad += [Bad(i, TOO_LATE, f"event time {t} is older than the view's retention "
                     f"(longest window + allowed lateness) at {_iso(now_us)}", self.view.name)
                 for i, t in events.filter(flags["l"]).select("__i", ts).iter_rows()]
-        return events.filter(~flags["k"] & ~flags["l"]), bad
+        bad += [Bad(i, TOO_EARLY, f"event time {t} is more than stream.max_future after the "
+                    f"consumer's clock ({_iso(now_us)})", self.view.name)
+                for i, t in events.filter(flags["f"]).select("__i", ts).iter_rows()]
+        return events.filter(~flags["k"] & ~flags["l"] & ~flags["f"]), bad
 
     def rules(self, events: pl.DataFrame) -> tuple[pl.DataFrame, list[Bad]]:
         """Projected rows (keys, ``__ts``, ``__seq``, inputs), and rows whose rules failed.
@@ -122,6 +132,46 @@ class ViewWriter:
                                    self.view.name))
             frame = pl.concat(good) if good else run(events.clear())
             return frame.sort(["__ts", "__seq"]), bad
+
+    def apply_or_reject(self, rows: pl.DataFrame, events: pl.DataFrame, now_us: int
+                        ) -> tuple[ApplyResult, list[Bad]]:
+        """:meth:`apply` of ``rows`` (projected from ``events``); when the batch's merge would
+        take an integer sum out of int64, the events of the entities it would (found one
+        entity at a time) become dead letters and the others are applied: the stream goes
+        on, never writing a wrapped value."""
+        try:
+            return self.apply(rows, now_us), []
+        except SumOverflowError:
+            rows, bad = self._overflowing(rows, events, now_us)
+            return self.apply(rows, now_us), bad
+
+    def _overflowing(self, rows: pl.DataFrame, events: pl.DataFrame, now_us: int
+                     ) -> tuple[pl.DataFrame, list[Bad]]:
+        """(the rows of the other entities, dead letters for the events of the entities
+        whose merge raises SumOverflowError)."""
+        import numpy as np
+        import polars as pl
+
+        coded = entity_tag_array([rows[k].to_arrow() for k in self.view.join_keys]
+                                 ).dictionary_encode()
+        entity = coded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        tags = coded.dictionary.to_pylist()
+        stored = self._read(tags)
+        over = np.zeros(len(tags), bool)
+        for e, tag in enumerate(tags):
+            one = rows.filter(pl.Series(entity == e)).with_columns(pl.lit(0, pl.Int64)
+                                                                   .alias("__e"))
+            life = None if self.cod.lifetime is None else [stored.lifetime[e]]
+            try:
+                merge_batch(self.cod, [tag], [stored.window[e]], life, one, now_us)
+            except SumOverflowError:
+                over[e] = True
+        drop = pl.Series(over[entity])
+        seqs = rows.filter(drop)["__seq"]
+        bad = [Bad(int(i), OVERFLOW, f"it would take a sum of integers of this entity out of "
+                   f"int64: {SUM_HINT}", self.view.name)
+               for i in events.filter(pl.col("__seq").is_in(seqs.implode()))["__i"].to_list()]
+        return rows.filter(~drop), bad
 
     def apply(self, rows: pl.DataFrame, now_us: int) -> ApplyResult:
         """Merge projected rows into Redis; retries entities another writer changed.

@@ -34,12 +34,14 @@ from typing import Any
 
 from features.config import RepoConfig
 from features.definitions import FeatureView
-from features.errors import OnlineUnavailableError, TesseraError
+from features.errors import OnlineUnavailableError
 from features.heap import freeze_heap
 from features.online.redis_store import RedisOnline
 from features.windows import parse_duration
 from streaming.apply import OFFSET_BITS, ViewWriter
+from streaming.dead_letters import send_dead_letters
 from streaming.decode import NULL_TIME, Bad, Decoder, JsonDecoder
+from streaming.errors import StreamError
 from streaming.expectations import RowGate
 from streaming.fetcher import Fetcher
 from streaming.kafka_admin import ensure_topic
@@ -51,10 +53,6 @@ from streaming.metrics import StreamMetrics
 
 log = logging.getLogger("tessera.stream")
 RETRY_FOR_S = 240.0  # below Kafka's max.poll.interval (300 s): the group keeps us meanwhile
-
-
-class StreamError(TesseraError, RuntimeError):
-    """The stream cannot start or cannot go on (named cause)."""
 
 
 @dataclass
@@ -116,13 +114,15 @@ class StreamConsumer:
                                             timeout_s=5.0)
         self.clock = clock or (lambda: time.time_ns() // 1000)
         lateness = parse_duration(self.settings.allowed_lateness)
+        future = parse_duration(self.settings.max_future)
         self.topics: dict[str, _Topic] = {}
         for name, vs in topics.items():
             sources = {v.source.name for v in vs}
             if len(sources) > 1:
                 raise StreamError(f"topic {name!r} feeds sources {sorted(sources)}: one topic "
                                   f"must have one source (one schema)")
-            writers = [ViewWriter(cfg.project, v, name, self.online, lateness) for v in vs]
+            writers = [ViewWriter(cfg.project, v, name, self.online, lateness, future)
+                       for v in vs]
             landing = Landing(cfg, vs[0].source, name) if self.settings.land else None
             self.topics[name] = _Topic(name, writers, decoder(vs[0].source), landing,
                                       RowGate(vs[0].source))
@@ -299,7 +299,9 @@ class StreamConsumer:
             summary.events += len(recs)
             self.metrics.events(name, len(recs))
             self.metrics.freshness(applied)
-        self._dead_letters(dead, summary)
+        for reason in send_dead_letters(self._producer, dead, self.settings.dlq_suffix):
+            summary.dead_letters[reason] = summary.dead_letters.get(reason, 0) + 1
+            self.metrics.dead_letter(reason)
         summary.batches += 1
         self.metrics.batch(time.monotonic() - started)
         return {tp: recs[-1].offset + 1 for tp, recs in records.items() if recs}, land
@@ -330,8 +332,8 @@ class StreamConsumer:
         for writer in topic.views:
             keep, rejected = writer.reject(frame, now_us)
             rows, failed = writer.rules(keep)
-            result = writer.apply(rows, now_us)
-            bad += rejected + failed
+            result, overflowed = writer.apply_or_reject(rows, keep, now_us)
+            bad += rejected + failed + overflowed
             name = writer.view.name
             summary.applied[name] = summary.applied.get(name, 0) + result.applied
             summary.skipped += result.skipped
@@ -357,22 +359,6 @@ class StreamConsumer:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def _dead_letters(self, dead: list[tuple[str, Any, Bad]], summary: StreamSummary) -> None:
-        if not dead:
-            return
-        for topic, rec, bad in dead:
-            headers = [("tessera.reason", bad.reason.encode()),
-                       ("tessera.detail", bad.detail.encode()[:1000]),
-                       ("tessera.topic", topic.encode()),
-                       ("tessera.partition", str(rec.partition).encode()),
-                       ("tessera.offset", str(rec.offset).encode())]
-            if bad.view:
-                headers.append(("tessera.view", bad.view.encode()))
-            self._producer.send(topic + self.settings.dlq_suffix, value=rec.value, key=rec.key,
-                                headers=headers)
-            summary.dead_letters[bad.reason] = summary.dead_letters.get(bad.reason, 0) + 1
-            self.metrics.dead_letter(bad.reason)
-        self._producer.flush(timeout=60)  # before the commit: a dead letter is never lost
 
 def _warm_up() -> None:
     """Import what the first batch needs before timing starts (a cold import of pandas, which

@@ -27,10 +27,12 @@ MISTYPED_FIELD = "mistyped_field"
 NULL_TIME = "null_time"
 NULL_KEY = "null_key"
 TOO_LATE = "too_late"
+TOO_EARLY = "too_early"  # stamped more than stream.max_future after the consumer's clock
 RULE_ERROR = "rule_error"
+OVERFLOW = "overflow"  # would take an entity's integer sum out of int64 (docs/tiles.md)
 EXPECTATION = "expectation"  # failed a row-level expectation of the source (features.expect)
-REASONS = (UNDECODABLE, MISSING_FIELD, MISTYPED_FIELD, NULL_TIME, NULL_KEY, TOO_LATE, RULE_ERROR,
-           EXPECTATION)
+REASONS = (UNDECODABLE, MISSING_FIELD, MISTYPED_FIELD, NULL_TIME, NULL_KEY, TOO_LATE, TOO_EARLY,
+           RULE_ERROR, OVERFLOW, EXPECTATION)
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 

@@ -25,6 +25,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from features.definitions import FeatureView
+from features.errors import SUM_HINT, SumOverflowError
 from features.online.codec import (
     _HEAD,
     NO_EVENT,
@@ -169,6 +170,9 @@ def _section(cod: Codec, k: int, old_entity: Any, old_rows: Any, tiles: pl.DataF
     new_entity = tiles["__e"].to_numpy().astype(np.int64)
     new_tile = tiles["tile"].to_numpy().astype(np.int64)
     base = first  # every kept tile is >= first
+    if len(new_tile) and not 0 <= int(new_tile.max()) - base < 1 << 32:  # rejected before
+        raise RuntimeError(f"tile {int(new_tile.max())} is out of the {1 << 32} tiles after "
+                           f"{base} a merge can pack (an event far in the future?)")
     old_key = (old_entity << 32) | (old_rows["tile"] - base)
     new_key = (new_entity << 32) | (new_tile - base)
     # both sides are sorted already: a stable sort of the two runs is one merge pass (timsort),
@@ -275,11 +279,16 @@ def merge_batch(cod: Codec, tags: list[str], window: Sequence[bytes | None],
     aggs, prep = _plan(cod.view)
     lazy = rows.lazy()
     # one collect for every query of the batch: each Polars call has a fixed cost (~1 ms)
-    per, *tiles = pl.collect_all(
-        [lazy.group_by("__e").agg([*aggs, pl.col("__ts").max().alias("__newest")])
-         .with_columns(prep).sort("__e"),
-         *[_tiles_plan(cod, k, lazy, now_us) for k in range(len(cod.sections))]],
-        engine="in-memory")
+    try:
+        per, *tiles = pl.collect_all(
+            [lazy.group_by("__e").agg([*aggs, pl.col("__ts").max().alias("__newest")])
+             .with_columns(prep).sort("__e"),
+             *[_tiles_plan(cod, k, lazy, now_us) for k in range(len(cod.sections))]],
+            engine="in-memory")
+    except pl.exceptions.InvalidOperationError as e:  # an int64 sum of the batch's tiles
+        raise SumOverflowError(f"feature view {cod.view.name!r}: a sum of integers leaves "
+                               f"int64 in a tile of the batch ({str(e).splitlines()[0]}): "
+                               f"{SUM_HINT}") from None
     if per.height != n or not bool((per["__e"].to_numpy() == np.arange(n)).all()):
         raise ValueError("merge_batch: every entity needs at least one row")
     stored = StoredValues(cod, window)

@@ -61,6 +61,7 @@ BAD: dict[str, tuple[Callable[[StreamRepo, int], bytes | dict], str, str | None]
     "null time": (lambda r, u: event(r, u, event_ts=None), "null_time", None),
     "null key": (lambda r, u: event(r, u, merchant_id=None), "null_key", "merchant_activity"),
     "too late": (late, "too_late", "user_spend"),
+
     # the source's expectations (example/card_features.py), the same ones tessera run checks
     "negative amount": (lambda r, u: event(r, u, amount=-12.5), "expectation", None),
     "unknown currency": (lambda r, u: event(r, u, currency="XYZ"), "expectation", None),
@@ -103,6 +104,30 @@ def test_a_bad_message_goes_to_the_dlq_with_its_reason_and_the_rest_is_applied(
     assert got["txn_count_7d"] == [1, 1 if applied_to_users else 0, 1]
 
 
+def test_an_event_stamped_far_in_the_future_is_a_dead_letter_of_each_view(
+        repo: StreamRepo) -> None:
+    """A sentinel time (9999-12-31) is past stream.max_future: each view rejects it. Before a
+    review found it, its tile overflowed the merge's packed (entity, tile) numbers and was
+    written into another entity's value (a merchant read an event it never had)."""
+    payloads = [json.dumps(event(repo, 500)).encode(),
+                json.dumps(event(repo, 501, event_ts="9999-12-31T23:59:59Z")).encode(),
+                json.dumps(event(repo, 502)).encode()]
+    repo.produce_raw(payloads, [b"500", b"501", b"502"])
+    consumer = StreamConsumer(repo.cfg, repo.views, group="g", clock=lambda: to_micros(AT))
+    summary = consumer.run(handle_signals=False, until_idle_s=2.0)
+    assert summary.dead_letters == {"too_early": len(repo.views)}
+    letters = dead_letters(repo.bootstrap, repo.topic + ".dlq", len(repo.views))
+    views = {dict(x.headers)["tessera.view"].decode() for x in letters}
+    assert views == {v.name for v in repo.views}
+    assert all(x.value == payloads[1] for x in letters)
+    detail = dict(letters[0].headers)["tessera.detail"].decode()
+    assert "9999-12-31" in detail and "stream.max_future" in detail
+    store = FeatureStore(config=repo.cfg)
+    got = store.get_online_features(["user_spend:txn_count_7d"],
+                                    [{"user_id": u} for u in (500, 501, 502)], now=AT).to_dict()
+    assert got["txn_count_7d"] == [1, 0, 1]
+
+
 def test_a_rule_that_fails_on_one_row_sends_only_that_row_to_the_dlq(
         repo: StreamRepo, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rules are total by design (division by zero is null, casts out of range are null),
@@ -134,3 +159,55 @@ def _explode_on_666(s: pl.Series) -> pl.Series:
     if (s > 50).any():  # 666 in any currency; the neighbours' 10 and 12 stay below
         raise pl.exceptions.ComputeError(f"cannot evaluate x0 = {s.max()}")
     return s
+
+
+def test_events_that_would_take_an_integer_sum_out_of_int64_are_dead_letters(
+        repo: StreamRepo) -> None:
+    """A view summing an int64 column: the events of an entity whose sum would leave int64
+    are dead letters (reason overflow) and the other entities' events are applied. Before, the
+    consumer stopped on the batch (with no view named) and on every restart after it."""
+    defs = repo.folder / "example" / "card_features.py"
+    defs.write_text(defs.read_text() + (
+        '\nid_sums = FeatureView(name="id_sums", entities=[user], source=transactions,\n'
+        '    ttl="30d", features=[agg.sum(col("transaction_id"), windows=["1d"], '
+        'name="ids")])\n'))
+    big = 2**62
+    payloads = [json.dumps(event(repo, 500, transaction_id=big)).encode(),
+                json.dumps(event(repo, 500, transaction_id=big)).encode(),
+                json.dumps(event(repo, 502, transaction_id=7)).encode()]
+    repo.produce_raw(payloads, [b"500", b"500", b"502"])
+    consumer = StreamConsumer(repo.cfg, repo.views, group="g", clock=lambda: to_micros(AT))
+    summary = consumer.run(handle_signals=False, until_idle_s=2.0)
+    assert summary.dead_letters == {"overflow": 2}
+    letters = dead_letters(repo.bootstrap, repo.topic + ".dlq", 2)
+    assert {dict(x.headers)["tessera.view"] for x in letters} == {b"id_sums"}
+    assert "out of int64" in dict(letters[0].headers)["tessera.detail"].decode()
+    store = FeatureStore(config=repo.cfg)
+    got = store.get_online_features(["id_sums:ids_1d", "user_spend:txn_count_7d"],
+                                    [{"user_id": u} for u in (500, 502)], now=AT).to_dict()
+    assert got["ids_1d"] == [0, 7]  # never a wrapped value
+    assert got["txn_count_7d"] == [2, 1]  # the other views took user 500's events
+
+
+def test_a_dead_letter_kafka_refuses_stops_the_stream_naming_it(repo: StreamRepo) -> None:
+    """A dead-letter topic that takes at most 2,000 bytes a message, and a malformed message of
+    5 KB: the consumer stops with the topic, the record and Kafka's reason, and commits nothing
+    (before, a bare `Future not done` traceback)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from streaming.errors import StreamError
+
+    admin = KafkaAdminClient(bootstrap_servers=repo.bootstrap)
+    try:
+        admin.create_topics([NewTopic(repo.topic + ".dlq", 1, 1,
+                                      topic_configs={"max.message.bytes": "2000"})])
+    finally:
+        admin.close()
+    repo.produce_raw([b'{"user_id": ' + b"9" * 5000, json.dumps(event(repo, 500)).encode()],
+                     [b"1", b"500"])
+    consumer = StreamConsumer(repo.cfg, repo.views, group="g", clock=lambda: to_micros(AT))
+    with pytest.raises(StreamError, match=rf"Kafka refused a dead letter for "
+                                          rf"'{repo.topic}.dlq' \(from partition 0, offset 0, "
+                                          rf"5,012 bytes\): MessageSizeTooLargeError.*Nothing "
+                                          rf"of this batch was committed"):
+        consumer.run(handle_signals=False, until_idle_s=2.0)
