@@ -23,7 +23,7 @@ from features.config import RepoConfig, load_config
 from features.errors import OnlineRequestError
 from features.names import shown
 from features.online.keys import entity_tag
-from features.online.request import Plan, named, resolve
+from features.online.request import Plan, lookup, named, resolve
 from features.repo import Definitions, load_definitions
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class OnlineResponse:
         for name, column, times in zip(self.feature_names, self.values, self.event_times_us,
                                        strict=True):
             out[name] = column
-            out[f"{name}__ts"] = [0 if t is None else t // 1_000_000 for t in times]
+            out[f"{name}__ts"] = _seconds(times)
         return out
 
     def status_dict(self) -> dict[str, list[str]]:
@@ -92,19 +92,23 @@ class OnlineResponse:
             columns[key] = pa.array(column, key_types.get(key))  # another key: as given
             if include_event_timestamps:
                 columns[f"{key}__ts"] = pa.array([0] * len(column), seconds)
-        stamps = self.to_dict(True) if include_event_timestamps else {}
-        for name, dtype, column in zip(self.feature_names, self.dtypes, self.values,
-                                       strict=True):
+        for name, dtype, column, times in zip(self.feature_names, self.dtypes, self.values,
+                                              self.event_times_us, strict=True):
             if dtype == "timestamp":
                 columns[name] = pa.array(column, pa.timestamp("us", tz="UTC"))
             else:
                 columns[name] = pa.array(column, getattr(pa, _ARROW_TYPES[dtype])())
             if include_event_timestamps:
-                columns[f"{name}__ts"] = pa.array(stamps[f"{name}__ts"], seconds)
+                columns[f"{name}__ts"] = pa.array(_seconds(times), seconds)
         return pa.table(columns)
 
     def to_df(self, include_event_timestamps: bool = False) -> pd.DataFrame:
         return self.to_arrow(include_event_timestamps).to_pandas()
+
+
+def _seconds(times: Sequence[int | None]) -> list[int]:
+    """Event times as Feast's ``__ts`` columns give them: whole seconds, 0 for none."""
+    return [0 if t is None else t // 1_000_000 for t in times]
 
 
 def _datetime(us: int) -> Any:
@@ -249,11 +253,11 @@ class FeatureStore:
     def get_feature_service(self, name: str) -> FeatureService:
         """The feature service ``name`` (for ``get_online_features(features=...)``, as in
         Feast); an unknown name is an error with the close names."""
-        return _named(self.definitions.services, name, "feature service")
+        return lookup(self.definitions.services, name, "feature service")
 
     def get_feature_view(self, name: str) -> FeatureView:
         """The feature view ``name``; an unknown name is an error with the close names."""
-        return _named(self.definitions.views, name, "feature view")
+        return lookup(self.definitions.views, name, "feature view")
 
     def list_feature_services(self) -> list[FeatureService]:
         return list(self.definitions.services.values())
@@ -308,17 +312,6 @@ class FeatureStore:
         if self._online is not None:
             self._online.close()
             self._online = None
-
-
-def _named(table: Mapping[str, Any], name: Any, kind: str) -> Any:
-    found = table.get(name) if isinstance(name, str) else None
-    if found is None:
-        from features.names import did_you_mean
-
-        raise OnlineRequestError(f"unknown {kind} {shown(name)}"
-                                 f"{did_you_mean(str(name), table)}; defined: "
-                                 f"{', '.join(sorted(table)) or 'none'}")
-    return found
 
 
 def _flag(name: str, flag: Any) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 from features import offline_store
 from features.config import RepoConfig
 from features.definitions import FeatureView
-from features.errors import OfflineStoreError, OnlineUnavailableError
+from features.errors import OfflineStoreError, OnlineUnavailableError, SumOverflowError
 from features.online import keys as K
 from features.online.codec import Codec, codec
 from features.online.redis_store import RedisOnline
@@ -127,10 +127,10 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
                      progress: Progress | None = None, lock_wait_s: float = WAIT_S,
                      on_wait: Callable[[str], None] | None = None) -> MaterializeSummary:
     """Write one view's online values (see the module docstring), holding the view's lease
-    (another materialization of it waits up to ``lock_wait_s``, after ``on_wait(holder)``). An
-    offline file that cannot
-    be read (truncated, removed by hand) is a PipelineError naming it; what Redis holds stays
-    as it was or is rewritten whole, never half-built."""
+    (another materialization of it waits up to ``lock_wait_s``, after ``on_wait(holder)``).
+    An offline file that cannot be read (truncated, removed by hand) is a PipelineError naming
+    it, and a sum that leaves int64 where tiles merge a SumOverflowError naming the view; what
+    Redis holds stays as it was or is rewritten whole, never half-built."""
     import duckdb
 
     try:
@@ -141,6 +141,8 @@ def materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, *,
         raise PipelineError(f"feature view {view.name!r}: offline tiles unreadable "
                             f"({str(e).splitlines()[0]}); rebuild the days they hold with "
                             f"`tessera run --view {view.name} --start D --end D`") from None
+    except SumOverflowError as e:  # from features.tiles' merge, which knows no view
+        raise SumOverflowError(f"feature view {view.name!r}: {e}") from None
 
 
 def _materialize_view(cfg: RepoConfig, view: FeatureView, online: RedisOnline, start: Any,
@@ -373,10 +375,8 @@ def materialize(cfg: RepoConfig, views: Sequence[FeatureView], online: RedisOnli
                                             now_us=now_us, progress=progress,
                                             lock_wait_s=lock_wait_s, on_wait=waiting))
             except (PipelineError, OfflineStoreError) as e:  # the next view may be fine: go on
-                named = str(e) if str(e).startswith("feature view") else (
-                    f"feature view {view.name!r}: {e}")  # SumOverflowError from a merge
                 out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
-                                              note=named))
+                                              note=str(e)))
             except OnlineUnavailableError as e:  # a refused write (OOM), Redis away: the same
                 out.append(MaterializeSummary(view.name, view.fingerprint(), "failed",
                                               note=f"feature view {view.name!r}: {e}"))

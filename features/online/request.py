@@ -78,34 +78,36 @@ def _frame_columns(rows: Any, join_keys: Mapping[str, str]) -> Any:
         raise OnlineRequestError(str(e)) from None
 
 
-def service_name(service: Any) -> str:
-    """The name of a feature service given by name, or as a FeatureService object (ours, or
-    Feast's: anything with a ``name``), as Feast's ``get_online_features`` takes it."""
-    name = getattr(service, "name", None)
-    if isinstance(service, str) or (isinstance(name, str) and not isinstance(service, Iterable)):
-        return service if isinstance(service, str) else name  # type: ignore[return-value]
-    raise OnlineRequestError(f"feature_service is {type(service).__name__} {shown(service)}; "
-                             f"expected a feature service's name (a str) or a FeatureService")
-
-
-def as_service(features: Any) -> Any:
-    """``features`` given as a FeatureService object (ours or Feast's: a ``name``, not a list),
-    as Feast's ``get_online_features(features=...)`` takes it; else None."""
-    if isinstance(features, str | Iterable) or not isinstance(getattr(features, "name", None),
-                                                              str):
-        return None
-    return features
+def _service_object(value: Any) -> bool:
+    """A FeatureService object, ours or Feast's: something with a ``name``, not a list."""
+    return (not isinstance(value, str | Iterable)
+            and isinstance(getattr(value, "name", None), str))
 
 
 def named(features: Any, feature_service: Any) -> tuple[Any, str | None]:
     """(features, the service's name) of a request: ``features`` may be a FeatureService (as
     Feast takes it), ``feature_service`` a name or the object."""
-    if features is not None and as_service(features) is not None:  # Feast's way to give one
+    if features is not None and _service_object(features):  # Feast's way to give one
         if feature_service is not None:
             raise OnlineRequestError("features is a FeatureService and feature_service is "
                                      "given too; give one of them")
         features, feature_service = None, features
-    return features, None if feature_service is None else service_name(feature_service)
+    if feature_service is None or isinstance(feature_service, str):
+        return features, feature_service
+    if _service_object(feature_service):
+        return features, feature_service.name
+    raise OnlineRequestError(f"feature_service is {type(feature_service).__name__} "
+                             f"{shown(feature_service)}; expected a feature service's name (a "
+                             f"str) or a FeatureService")
+
+
+def lookup(table: Mapping[str, Any], name: Any, kind: str) -> Any:
+    """``table[name]``; an unknown name is one line with the close names and every name."""
+    found = table.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise OnlineRequestError(f"unknown {kind} {shown(name)}{did_you_mean(str(name), table)}"
+                                 f"; defined: {', '.join(sorted(table)) or 'none'}")
+    return found
 
 
 def resolve(defs: Definitions, features: Sequence[str] | None,
@@ -116,12 +118,7 @@ def resolve(defs: Definitions, features: Sequence[str] | None,
         raise OnlineRequestError("give either features=['view:feature', ...] or "
                                  "feature_service='name', not both and not neither")
     if feature_service is not None:
-        service = defs.services.get(feature_service)
-        if service is None:
-            raise OnlineRequestError(f"unknown feature service {shown(feature_service)}"
-                                     f"{did_you_mean(feature_service, defs.services)}; defined: "
-                                     f"{', '.join(sorted(defs.services)) or 'none'}")
-        features = list(service.features)
+        features = list(lookup(defs.services, feature_service, "feature service").features)
     if isinstance(features, str):
         features = [features]
     elif not isinstance(features, list | tuple):
